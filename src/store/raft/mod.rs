@@ -1,0 +1,817 @@
+//! The Raft driver: the one thread that owns the raft-rs node. It batches proposals, makes
+//! the log durable before anything is acknowledged, sends messages, applies committed
+//! entries to the state machine in log order, answers ReadIndex requests and keeps lease
+//! deadlines. Everything else talks to it through `Input` messages (etcd's raft loop order:
+//! tick, step, Ready → persist → send → apply → advance).
+mod lessor;
+mod storage;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::StateRole;
+use tokio::sync::oneshot;
+
+use self::lessor::Lessor;
+pub use self::lessor::{MAX_TTL, MIN_TTL};
+use self::storage::LogStorage;
+use self::transport::Transport;
+use super::command::{self, Command, CommandResult, MemberChange, Proposal};
+use super::error::{Error, Result};
+use super::mvcc::{Applied, Membership, Mvcc};
+use super::types::Member;
+use super::wal::Wal;
+use super::watch::WatchHub;
+
+pub type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Requests to the Raft thread.
+pub enum Input {
+    Propose {
+        command: Command,
+        reply: Reply<CommandResult>,
+    },
+    ReadIndex {
+        reply: Reply<u64>,
+    },
+    Step(Box<Message>),
+    AddMember {
+        member: Member,
+        reply: Reply<Vec<Member>>,
+    },
+    RemoveMember {
+        id: u64,
+        reply: Reply<Vec<Member>>,
+    },
+    LeaseKeepAlive {
+        id: i64,
+        reply: Reply<i64>,
+    },
+    LeaseRemaining {
+        id: i64,
+        reply: Reply<i64>,
+    },
+    Unreachable(u64),
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
+}
+
+/// What other threads may read about the node without asking it.
+#[derive(Default, Debug)]
+pub struct NodeStatus {
+    pub leader: AtomicU64,
+    pub term: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    pub is_leader: AtomicBool,
+    /// Set when the Raft thread has stopped (fatal error or shutdown).
+    pub stopped: AtomicBool,
+}
+
+pub struct NodeConfig {
+    pub id: u64,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub state_dir: PathBuf,
+    /// Checkpoint (fsync the state machine, release old log segments) after this many
+    /// applied entries.
+    pub checkpoint_entries: u64,
+    /// Entries kept in memory behind the applied index for followers that lag a little.
+    pub keep_entries: u64,
+    /// A fresh store starts a new one-member cluster (otherwise it waits to be sent a
+    /// snapshot by the leader of the cluster it joined).
+    pub bootstrap: Option<Member>,
+}
+
+/// The most commands one log entry carries, and the most bytes.
+const MAX_BATCH: usize = 1024;
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+pub struct RaftNode {
+    cfg: NodeConfig,
+    node: RawNode<LogStorage>,
+    wal: Wal,
+    mvcc: Arc<Mvcc>,
+    hub: WatchHub,
+    transport: Arc<dyn Transport>,
+    inputs: Receiver<Input>,
+    status: Arc<NodeStatus>,
+    stop: Arc<AtomicBool>,
+    seq: u64,
+    pending: HashMap<u64, Reply<CommandResult>>,
+    reads: HashMap<Vec<u8>, Vec<Reply<u64>>>,
+    reads_waiting_apply: Vec<(u64, Reply<u64>)>,
+    conf_waiters: HashMap<u64, Reply<Vec<Member>>>,
+    lessor: Lessor,
+    persisted_hs: HardState,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    role: StateRole,
+}
+
+fn slog_logger() -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!())
+}
+
+/// Sends raft-rs's slog records to tracing.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::debug!(target: "raft", "{}", record.msg()),
+            _ => tracing::trace!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+fn conf_state_of(m: &Membership) -> Result<ConfState> {
+    let mut cs = ConfState::default();
+    cs.merge_from_bytes(&m.conf_state)
+        .map_err(|e| Error::Corrupt(format!("stored Raft configuration: {e}")))?;
+    Ok(cs)
+}
+
+fn encode_pb(m: &impl protobuf::Message) -> Vec<u8> {
+    m.write_to_bytes().unwrap_or_default()
+}
+
+impl RaftNode {
+    /// Restores the node from the log and state machine (or bootstraps a fresh one).
+    pub fn open(
+        cfg: NodeConfig,
+        mut wal: Wal,
+        replay: super::wal::Replay,
+        mvcc: Arc<Mvcc>,
+        hub: WatchHub,
+        transport: Arc<dyn Transport>,
+        inputs: Receiver<Input>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(RaftNode, Arc<NodeStatus>)> {
+        let storage = LogStorage::new(mvcc.clone());
+        let mut applied = mvcc.applied();
+        let fresh = applied.index == 0 && replay.entries.is_empty() && replay.start.0 == 0;
+        if fresh {
+            if let Some(me) = &cfg.bootstrap {
+                // A virtual snapshot at index 1 holding the first membership: members that join
+                // later have no log and are sent a snapshot, as in TiKV.
+                let mut cs = ConfState::default();
+                cs.voters = vec![me.id];
+                let membership = Membership {
+                    members: vec![me.clone()],
+                    conf_state: encode_pb(&cs),
+                };
+                applied = Applied { index: 1, term: 1 };
+                mvcc.apply_membership(applied, Some(membership))?;
+                mvcc.checkpoint(&cfg.state_dir)?;
+                let mut hs = HardState::default();
+                hs.term = 1;
+                hs.commit = 1;
+                wal.restart_at(1, 1, &hs)?;
+                install_start(&storage, 1, 1, cs, hs);
+            }
+        } else {
+            let (start_index, start_term) = replay.start;
+            let last = replay
+                .entries
+                .last()
+                .map(|e| e.index)
+                .unwrap_or(start_index);
+            if applied.index < start_index {
+                return Err(Error::Corrupt(format!(
+                    "the state database is at log index {} but the log starts after {}: \
+                     entries in between are missing",
+                    applied.index, start_index
+                )));
+            }
+            let cs = conf_state_of(&mvcc.membership())?;
+            let mut hs = replay.hard_state.clone().unwrap_or_default();
+            if applied.index > last {
+                // The state machine holds a snapshot newer than the log (its install finished
+                // but the log restart did not): the log starts there.
+                hs.commit = hs.commit.max(applied.index);
+                hs.term = hs.term.max(applied.term);
+                wal.restart_at(applied.index, applied.term, &hs)?;
+                install_start(&storage, applied.index, applied.term, cs, hs);
+            } else {
+                // Entries up to `applied` were committed, whatever the stored commit says.
+                hs.commit = hs.commit.max(applied.index).min(last);
+                install_start(&storage, start_index, start_term, cs, hs);
+                let first_entry = start_index + 1;
+                let entries: Vec<Entry> = replay.entries;
+                if !entries.is_empty() {
+                    debug_assert_eq!(entries[0].index, first_entry);
+                    storage
+                        .mem
+                        .wl()
+                        .append(&entries)
+                        .map_err(|e| Error::Corrupt(format!("replaying the log: {e}")))?;
+                }
+            }
+        }
+        let persisted_hs = storage.mem.rl().hard_state().clone();
+        let config = Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: 1,
+            applied: applied.index,
+            max_size_per_msg: 4 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| Error::InvalidArgument(format!("raft configuration: {e}")))?;
+        let mut node = RawNode::new(&config, storage, &slog_logger())
+            .map_err(|e| Error::Corrupt(format!("starting raft: {e}")))?;
+        let single_voter = node.raft.prs().conf().voters().ids().len() == 1
+            && node.raft.prs().conf().voters().contains(cfg.id);
+        if single_voter {
+            // Nobody to wait for: elect ourselves now rather than after a timeout.
+            let _ = node.campaign();
+        }
+        let status = Arc::new(NodeStatus::default());
+        status.applied.store(applied.index, Ordering::Relaxed);
+        let mut lessor = Lessor::default();
+        lessor.promote(mvcc.leases().into_iter());
+        transport.set_members(&mvcc.membership().members);
+        let node = RaftNode {
+            cfg,
+            node,
+            wal,
+            mvcc,
+            hub,
+            transport,
+            inputs,
+            status: status.clone(),
+            stop,
+            seq: 0,
+            pending: HashMap::new(),
+            reads: HashMap::new(),
+            reads_waiting_apply: Vec::new(),
+            conf_waiters: HashMap::new(),
+            lessor,
+            persisted_hs,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            role: StateRole::Follower,
+        };
+        Ok((node, status))
+    }
+
+    /// Runs until stopped. A failure to persist is fatal (etcd's rule): returning the error
+    /// makes the store refuse further requests instead of acknowledging what is not durable.
+    pub fn run(mut self) -> Result<()> {
+        let result = self.run_loop();
+        self.status.stopped.store(true, Ordering::SeqCst);
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(Error::Stopped));
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "raft loop stopped");
+        }
+        // Leave the state machine durable so the next start replays little.
+        if let Ok(a) = self.mvcc.checkpoint(&self.cfg.state_dir) {
+            let _ = self.wal.release_to(a.index);
+        }
+        result
+    }
+
+    fn run_loop(&mut self) -> Result<()> {
+        let mut next_tick = Instant::now() + self.cfg.tick;
+        let mut proposals: Vec<(Command, Reply<CommandResult>)> = Vec::new();
+        let mut read_waiters: Vec<Reply<u64>> = Vec::new();
+        self.on_ready()?;
+        while !self.stop.load(Ordering::Relaxed) {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            match self.inputs.recv_timeout(timeout) {
+                Ok(first) => {
+                    self.take_input(first, &mut proposals, &mut read_waiters)?;
+                    // Group commit: take everything already queued into this round.
+                    while proposals.len() < MAX_BATCH {
+                        match self.inputs.try_recv() {
+                            Ok(i) => self.take_input(i, &mut proposals, &mut read_waiters)?,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.node.tick();
+                next_tick = Instant::now() + self.cfg.tick;
+                self.expire_leases();
+            }
+            if !proposals.is_empty() {
+                self.propose(std::mem::take(&mut proposals));
+            }
+            if !read_waiters.is_empty() {
+                self.seq += 1;
+                let ctx = self.seq.to_be_bytes().to_vec();
+                self.node.read_index(ctx.clone());
+                self.reads.insert(ctx, std::mem::take(&mut read_waiters));
+            }
+            self.on_ready()?;
+            self.maybe_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn take_input(
+        &mut self,
+        input: Input,
+        proposals: &mut Vec<(Command, Reply<CommandResult>)>,
+        reads: &mut Vec<Reply<u64>>,
+    ) -> Result<()> {
+        match input {
+            Input::Propose { command, reply } => proposals.push((command, reply)),
+            Input::ReadIndex { reply } => reads.push(reply),
+            Input::Step(m) => {
+                if let Err(e) = self.node.step(*m) {
+                    tracing::debug!(error = %e, "dropped a raft message");
+                }
+            }
+            Input::AddMember { member, reply } => self.change_member(
+                ConfChangeType::AddNode,
+                member.id,
+                MemberChange { member },
+                reply,
+            ),
+            Input::RemoveMember { id, reply } => {
+                let member = self
+                    .mvcc
+                    .membership()
+                    .members
+                    .into_iter()
+                    .find(|m| m.id == id);
+                match member {
+                    Some(member) => self.change_member(
+                        ConfChangeType::RemoveNode,
+                        id,
+                        MemberChange { member },
+                        reply,
+                    ),
+                    None => {
+                        let _ = reply.send(Err(Error::MemberNotFound));
+                    }
+                }
+            }
+            Input::LeaseKeepAlive { id, reply } => {
+                let r = if !self.is_leader() {
+                    Err(self.not_leader())
+                } else {
+                    self.lessor.keep_alive(id).ok_or(Error::LeaseNotFound)
+                };
+                let _ = reply.send(r);
+            }
+            Input::LeaseRemaining { id, reply } => {
+                let r = if !self.is_leader() {
+                    Err(self.not_leader())
+                } else {
+                    self.lessor.remaining(id).ok_or(Error::LeaseNotFound)
+                };
+                let _ = reply.send(r);
+            }
+            Input::Unreachable(id) => self.node.report_unreachable(id),
+            Input::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(to, status);
+            }
+        }
+        Ok(())
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    fn not_leader(&self) -> Error {
+        match self.node.raft.leader_id {
+            0 => Error::NoLeader,
+            leader => Error::NotLeader { leader },
+        }
+    }
+
+    fn change_member(
+        &mut self,
+        kind: ConfChangeType,
+        id: u64,
+        change: MemberChange,
+        reply: Reply<Vec<Member>>,
+    ) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        match self.node.propose_conf_change(command::encode(&change), cc) {
+            Ok(()) => {
+                self.conf_waiters.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::InvalidArgument(format!(
+                    "membership change refused: {e}"
+                ))));
+            }
+        }
+    }
+
+    fn propose(&mut self, proposals: Vec<(Command, Reply<CommandResult>)>) {
+        if !self.is_leader() {
+            let err = self.not_leader();
+            for (_, reply) in proposals {
+                let _ = reply.send(Err(clone_err(&err)));
+            }
+            return;
+        }
+        let mut batch: Vec<Proposal> = Vec::new();
+        let mut replies: Vec<(u64, Reply<CommandResult>)> = Vec::new();
+        let mut bytes = 0usize;
+        for (command, reply) in proposals {
+            self.seq += 1;
+            let id = self.seq;
+            bytes += approx_size(&command);
+            batch.push(Proposal { id, command });
+            replies.push((id, reply));
+            if bytes >= MAX_BATCH_BYTES {
+                self.propose_batch(std::mem::take(&mut batch), std::mem::take(&mut replies));
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.propose_batch(batch, replies);
+        }
+    }
+
+    fn propose_batch(&mut self, batch: Vec<Proposal>, replies: Vec<(u64, Reply<CommandResult>)>) {
+        let data = command::encode(&(self.cfg.id, batch));
+        match self.node.propose(Vec::new(), data) {
+            Ok(()) => self.pending.extend(replies),
+            Err(e) => {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(Error::InvalidArgument(format!(
+                        "proposal dropped: {e}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn expire_leases(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        for id in self.lessor.take_expired() {
+            tracing::debug!(lease = id, "lease expired; revoking");
+            self.seq += 1;
+            let data = command::encode(&(
+                self.cfg.id,
+                vec![Proposal {
+                    id: 0,
+                    command: Command::LeaseRevoke { id },
+                }],
+            ));
+            let _ = self.node.propose(Vec::new(), data);
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<()> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.node.ready();
+        if let Some(ss) = rd.ss() {
+            self.on_role(ss.raft_state, ss.leader_id);
+        }
+        if !rd.messages().is_empty() {
+            self.transport.send(rd.take_messages());
+        }
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.install_snapshot(snap)?;
+        }
+        for rs in rd.take_read_states() {
+            self.on_read_state(rs.index, rs.request_ctx);
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(committed)?;
+        self.persist(rd.entries(), rd.hs())?;
+        if !rd.persisted_messages().is_empty() {
+            self.transport.send(rd.take_persisted_messages());
+        }
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.node
+                .mut_store()
+                .mem
+                .wl()
+                .mut_hard_state()
+                .set_commit(commit);
+            self.status.commit.store(commit, Ordering::Relaxed);
+        }
+        self.transport.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.node.advance_apply();
+        Ok(())
+    }
+
+    fn on_role(&mut self, role: StateRole, leader: u64) {
+        self.status.leader.store(leader, Ordering::Relaxed);
+        self.status
+            .term
+            .store(self.node.raft.term, Ordering::Relaxed);
+        let was_leader = self.role == StateRole::Leader;
+        self.role = role;
+        let is_leader = role == StateRole::Leader;
+        self.status.is_leader.store(is_leader, Ordering::Relaxed);
+        if is_leader && !was_leader {
+            tracing::info!(term = self.node.raft.term, "became the store's Raft leader");
+            self.lessor.promote(self.mvcc.leases().into_iter());
+        } else if was_leader && !is_leader {
+            tracing::info!(term = self.node.raft.term, leader, "lost Raft leadership");
+            self.lessor.demote();
+            let err = self.not_leader();
+            for (_, reply) in self.pending.drain() {
+                let _ = reply.send(Err(clone_err(&err)));
+            }
+        }
+    }
+
+    /// Persists new entries and hard state with one fdatasync. A hard state that differs only
+    /// in its commit index is not worth a sync of its own: it rides with the next entries.
+    fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
+        let mut to_write = None;
+        if let Some(hs) = hs {
+            let must = hs.term != self.persisted_hs.term || hs.vote != self.persisted_hs.vote;
+            if must || !entries.is_empty() {
+                to_write = Some(hs.clone());
+            }
+            self.node.mut_store().mem.wl().set_hardstate(hs.clone());
+        } else if !entries.is_empty() {
+            let current = self.node.store().mem.rl().hard_state().clone();
+            if current != self.persisted_hs {
+                to_write = Some(current);
+            }
+        }
+        if entries.is_empty() && to_write.is_none() {
+            return Ok(());
+        }
+        self.wal.append(entries, to_write.as_ref())?;
+        if let Some(hs) = to_write {
+            self.persisted_hs = hs;
+        }
+        if !entries.is_empty() {
+            self.node
+                .mut_store()
+                .mem
+                .wl()
+                .append(entries)
+                .map_err(|e| Error::Corrupt(format!("appending to the in-memory log: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<()> {
+        let meta = snap.get_metadata().clone();
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "installing a snapshot from the leader"
+        );
+        let entries = super::snapshot::read(&snap.data[..], "raft snapshot")?;
+        let applied = Applied {
+            index: meta.index,
+            term: meta.term,
+        };
+        self.mvcc.replace(entries.into_iter().map(Ok), applied)?;
+        let mut membership = self.mvcc.membership();
+        membership.conf_state = encode_pb(meta.get_conf_state());
+        self.mvcc
+            .apply_membership(applied, Some(membership.clone()))?;
+        self.mvcc.checkpoint(&self.cfg.state_dir)?;
+        let mut hs = self.node.store().mem.rl().hard_state().clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        self.wal.restart_at(meta.index, meta.term, &hs)?;
+        self.persisted_hs = hs;
+        self.node
+            .mut_store()
+            .mem
+            .wl()
+            .apply_snapshot(snap)
+            .map_err(|e| Error::Corrupt(format!("installing snapshot: {e}")))?;
+        self.transport.set_members(&membership.members);
+        self.lessor.promote(self.mvcc.leases().into_iter());
+        self.status.applied.store(meta.index, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn on_read_state(&mut self, index: u64, ctx: Vec<u8>) {
+        let Some(waiters) = self.reads.remove(&ctx) else {
+            return;
+        };
+        let applied = self.mvcc.applied().index;
+        for w in waiters {
+            if applied >= index {
+                let _ = w.send(Ok(index));
+            } else {
+                self.reads_waiting_apply.push((index, w));
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+        for entry in entries {
+            let applied = Applied {
+                index: entry.index,
+                term: entry.term,
+            };
+            if applied.index <= self.mvcc.applied().index {
+                continue; // already in the state machine (replayed after a restart)
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.retry_apply(|m| m.apply_membership(applied, None))?;
+                }
+                EntryType::EntryNormal => {
+                    let (proposer, batch): (u64, Vec<Proposal>) = command::decode(&entry.data)
+                        .map_err(|e| Error::Corrupt(format!("log entry {}: {e}", entry.index)))?;
+                    let commands: Vec<Command> = batch.iter().map(|p| p.command.clone()).collect();
+                    let applies = self.retry_apply(|m| m.apply(applied, &commands))?;
+                    for (p, result) in batch.iter().zip(applies.results) {
+                        match (&p.command, &result) {
+                            (Command::LeaseGrant { id, ttl }, Ok(_)) => {
+                                self.lessor.granted(*id, *ttl)
+                            }
+                            (Command::LeaseRevoke { id }, _) => self.lessor.revoked(*id),
+                            _ => {}
+                        }
+                        if proposer == self.cfg.id {
+                            if let Some(reply) = self.pending.remove(&p.id) {
+                                let _ = reply.send(result);
+                            }
+                        }
+                    }
+                    self.hub.publish(applies.events);
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry, applied)?;
+                }
+            }
+            self.status.applied.store(applied.index, Ordering::Relaxed);
+            self.since_checkpoint += 1;
+        }
+        let applied = self.mvcc.applied().index;
+        let mut i = 0;
+        while i < self.reads_waiting_apply.len() {
+            if self.reads_waiting_apply[i].0 <= applied {
+                let (index, w) = self.reads_waiting_apply.swap_remove(i);
+                let _ = w.send(Ok(index));
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry, applied: Applied) -> Result<()> {
+        let mut cc = ConfChange::default();
+        if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            // Only produced by raft-rs itself when leaving a joint configuration.
+            let mut v2 = ConfChangeV2::default();
+            v2.merge_from_bytes(&entry.data)
+                .map_err(|e| Error::Corrupt(format!("log entry {}: {e}", entry.index)))?;
+            let cs = self
+                .node
+                .apply_conf_change(&v2)
+                .map_err(|e| Error::Corrupt(format!("conf change {}: {e}", entry.index)))?;
+            let mut m = self.mvcc.membership();
+            m.conf_state = encode_pb(&cs);
+            self.node.mut_store().mem.wl().set_conf_state(cs);
+            return self.retry_apply(|mv| mv.apply_membership(applied, Some(m.clone())));
+        }
+        cc.merge_from_bytes(&entry.data)
+            .map_err(|e| Error::Corrupt(format!("log entry {}: {e}", entry.index)))?;
+        let change: MemberChange = command::decode(&cc.context)
+            .map_err(|e| Error::Corrupt(format!("log entry {} context: {e}", entry.index)))?;
+        let cs = self
+            .node
+            .apply_conf_change(&cc)
+            .map_err(|e| Error::Corrupt(format!("conf change {}: {e}", entry.index)))?;
+        let mut m = self.mvcc.membership();
+        m.members.retain(|x| x.id != change.member.id);
+        if cc.get_change_type() == ConfChangeType::AddNode {
+            m.members.push(change.member.clone());
+            tracing::info!(member = %change.member.name, id = change.member.id, "member added");
+        } else {
+            tracing::info!(member = %change.member.name, id = change.member.id, "member removed");
+        }
+        m.conf_state = encode_pb(&cs);
+        self.node.mut_store().mem.wl().set_conf_state(cs);
+        self.retry_apply(|mv| mv.apply_membership(applied, Some(m.clone())))?;
+        self.transport.set_members(&m.members);
+        if let Some(reply) = self.conf_waiters.remove(&cc.node_id) {
+            let _ = reply.send(Ok(m.members.clone()));
+        }
+        Ok(())
+    }
+
+    /// Applies with retries on I/O errors (a full disk): the entry is durable in the log, so
+    /// the state machine waits for space instead of diverging or crashing.
+    fn retry_apply<T>(&self, mut f: impl FnMut(&Mvcc) -> Result<T>) -> Result<T> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match f(&self.mvcc) {
+                Ok(v) => return Ok(v),
+                Err(e @ Error::Corrupt(_)) => return Err(e),
+                Err(e) => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Err(e);
+                    }
+                    tracing::error!(error = %e, "applying to the state database failed; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn maybe_checkpoint(&mut self) -> Result<()> {
+        let due = self.since_checkpoint >= self.cfg.checkpoint_entries
+            || (self.since_checkpoint > 0
+                && self.last_checkpoint.elapsed() > Duration::from_secs(30));
+        if !due {
+            return Ok(());
+        }
+        let applied = self.mvcc.checkpoint(&self.cfg.state_dir)?;
+        self.wal.release_to(applied.index)?;
+        let keep_from = applied.index.saturating_sub(self.cfg.keep_entries);
+        if keep_from > 1 {
+            let _ = self.node.mut_store().mem.wl().compact(keep_from);
+        }
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}
+
+fn install_start(storage: &LogStorage, index: u64, term: u64, cs: ConfState, hs: HardState) {
+    let mut snap = Snapshot::default();
+    let meta = snap.mut_metadata();
+    meta.index = index;
+    meta.term = term;
+    meta.set_conf_state(cs);
+    let mut core = storage.mem.wl();
+    // Only fails for a snapshot older than the storage's first index, which is 1 here.
+    let _ = core.apply_snapshot(snap);
+    core.set_hardstate(hs);
+}
+
+fn approx_size(c: &Command) -> usize {
+    match c {
+        Command::Txn(t) => t
+            .success
+            .iter()
+            .chain(t.failure.iter())
+            .map(|op| match op {
+                super::types::TxnOp::Put(p) => p.key.len() + p.value.len() + 16,
+                _ => 64,
+            })
+            .sum(),
+        _ => 32,
+    }
+}
+
+fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::NotLeader { leader } => Error::NotLeader { leader: *leader },
+        Error::NoLeader => Error::NoLeader,
+        other => Error::Io(other.to_string()),
+    }
+}

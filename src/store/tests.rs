@@ -1,0 +1,420 @@
+//! Store behaviour as etcd documents it, through the real Raft path on a one-member cluster.
+use std::time::Duration;
+
+use super::raft::transport::NoPeers;
+use super::types::*;
+use super::watch::{WatchMessage, WatchSpec};
+use super::*;
+
+pub(crate) fn test_config(dir: &Path) -> StoreConfig {
+    let mut cfg = StoreConfig::new(dir.to_path_buf());
+    cfg.segment_bytes = 1 << 20;
+    cfg.tick = Duration::from_millis(20);
+    cfg
+}
+
+pub(crate) async fn open(dir: &Path) -> Store {
+    Store::open(test_config(dir), Arc::new(NoPeers)).unwrap()
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+fn get(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+fn prefix(p: &str) -> RangeRequest {
+    RangeRequest {
+        key: p.into(),
+        range_end: prefix_end(p.as_bytes()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_new_store_starts_at_revision_1_and_each_put_bumps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    assert_eq!(s.current_revision(), 1);
+    let r = s.put(put("a", "1")).await.unwrap();
+    assert_eq!(r.revision, 2);
+    let r = s.put(put("a", "2")).await.unwrap();
+    assert_eq!(r.revision, 3);
+    let got = s.range(get("a")).await.unwrap();
+    assert_eq!(got.kvs.len(), 1);
+    let kv = &got.kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    assert_eq!(kv.value, b"2");
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn reads_at_a_past_revision_see_the_past_and_compaction_forgets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    s.put(put("k", "v1")).await.unwrap(); // 2
+    s.put(put("k", "v2")).await.unwrap(); // 3
+    s.delete(DeleteRequest {
+        key: "k".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap(); // 4
+    let at = |rev| RangeRequest {
+        revision: rev,
+        ..get("k")
+    };
+    assert_eq!(s.range(at(2)).await.unwrap().kvs[0].value, b"v1");
+    assert_eq!(s.range(at(3)).await.unwrap().kvs[0].value, b"v2");
+    assert!(s.range(at(4)).await.unwrap().kvs.is_empty());
+    assert!(matches!(
+        s.range(at(9)).await,
+        Err(Error::FutureRevision { current: 4 })
+    ));
+    s.compact(3).await.unwrap();
+    assert!(matches!(
+        s.range(at(2)).await,
+        Err(Error::Compacted {
+            compact_revision: 3
+        })
+    ));
+    assert_eq!(s.range(at(3)).await.unwrap().kvs[0].value, b"v2");
+    assert!(matches!(s.compact(3).await, Err(Error::Compacted { .. })));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn range_limit_count_sort_and_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    for (k, v) in [("p/b", "2"), ("p/a", "3"), ("p/c", "1"), ("q", "0")] {
+        s.put(put(k, v)).await.unwrap();
+    }
+    let r = s
+        .range(RangeRequest {
+            limit: 2,
+            ..prefix("p/")
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.count, 3);
+    assert!(r.more);
+    let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b"p/a".to_vec(), b"p/b".to_vec()]);
+    let r = s
+        .range(RangeRequest {
+            sort_target: SortTarget::Value,
+            sort_order: SortOrder::Descend,
+            ..prefix("p/")
+        })
+        .await
+        .unwrap();
+    let vals: Vec<_> = r.kvs.iter().map(|kv| kv.value.clone()).collect();
+    assert_eq!(vals, vec![b"3".to_vec(), b"2".to_vec(), b"1".to_vec()]);
+    let r = s
+        .range(RangeRequest {
+            count_only: true,
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((r.count, r.kvs.len()), (4, 0));
+    let r = s
+        .range(RangeRequest {
+            keys_only: true,
+            ..get("q")
+        })
+        .await
+        .unwrap();
+    assert!(r.kvs[0].value.is_empty());
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn txn_compares_choose_the_branch_like_kube_apiserver_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let created = s.put(put("/registry/pods/ns/a", "v1")).await.unwrap();
+    let update = |expected_rev| TxnRequest {
+        compare: vec![Compare {
+            key: "/registry/pods/ns/a".into(),
+            range_end: vec![],
+            result: CompareResult::Equal,
+            target: CompareTarget::ModRevision(expected_rev),
+        }],
+        success: vec![TxnOp::Put(put("/registry/pods/ns/a", "v2"))],
+        failure: vec![TxnOp::Range(get("/registry/pods/ns/a"))],
+    };
+    let ok = s.txn(update(created.revision)).await.unwrap();
+    assert!(ok.succeeded);
+    let stale = s.txn(update(created.revision)).await.unwrap();
+    assert!(!stale.succeeded);
+    assert_eq!(
+        stale.revision, ok.revision,
+        "a failed compare writes nothing"
+    );
+    match &stale.responses[0] {
+        TxnOpResponse::Range(r) => assert_eq!(r.kvs[0].value, b"v2"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Create-if-absent: version 0 means the key does not exist.
+    let create = TxnRequest {
+        compare: vec![Compare {
+            key: "new".into(),
+            range_end: vec![],
+            result: CompareResult::Equal,
+            target: CompareTarget::Version(0),
+        }],
+        success: vec![TxnOp::Put(put("new", "x")), TxnOp::Range(get("new"))],
+        failure: vec![],
+    };
+    let r = s.txn(create.clone()).await.unwrap();
+    assert!(r.succeeded);
+    match &r.responses[1] {
+        TxnOpResponse::Range(rr) => assert_eq!(rr.kvs[0].value, b"x", "reads see earlier writes"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!s.txn(create).await.unwrap().succeeded);
+    let dup = TxnRequest {
+        success: vec![TxnOp::Put(put("d", "1")), TxnOp::Put(put("d", "2"))],
+        ..Default::default()
+    };
+    assert!(matches!(s.txn(dup).await, Err(Error::DuplicateKey)));
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_delete_that_deletes_nothing_does_not_bump_the_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    s.put(put("a", "1")).await.unwrap();
+    let before = s.current_revision();
+    let r = s
+        .delete(DeleteRequest {
+            key: "missing".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((r.deleted, r.revision), (0, before));
+    let r = s
+        .delete(DeleteRequest {
+            key: "a".into(),
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.deleted, 1);
+    assert_eq!(r.prev_kvs[0].value, b"1");
+    assert_eq!(r.revision, before + 1);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn requests_over_the_size_limit_are_refused_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let big = PutRequest {
+        key: "big".into(),
+        value: vec![0; MAX_REQUEST_BYTES + 1],
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.put(big).await,
+        Err(Error::RequestTooLarge { .. })
+    ));
+    assert_eq!(s.current_revision(), 1);
+    assert!(s.range(get("big")).await.unwrap().kvs.is_empty());
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn leases_attach_keys_and_revoke_deletes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let (id, ttl) = s.lease_grant(0, 60).await.unwrap();
+    assert_eq!(ttl, 60);
+    s.put(PutRequest {
+        lease: id,
+        ..put("l/a", "1")
+    })
+    .await
+    .unwrap();
+    let info = s.lease_time_to_live(id, true).await.unwrap();
+    assert_eq!(info.granted_ttl, 60);
+    assert!(info.ttl > 55 && info.ttl <= 60);
+    assert_eq!(info.keys, vec![b"l/a".to_vec()]);
+    assert_eq!(s.lease_keep_alive(id).await.unwrap(), 60);
+    let missing = s
+        .put(PutRequest {
+            lease: 12345,
+            ..put("l/b", "1")
+        })
+        .await;
+    assert!(matches!(missing, Err(Error::LeaseNotFound)));
+    s.lease_revoke(id).await.unwrap();
+    assert!(s.range(get("l/a")).await.unwrap().kvs.is_empty());
+    assert_eq!(s.lease_time_to_live(id, false).await.unwrap().ttl, -1);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_lease_deletes_its_keys_through_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let (id, _) = s.lease_grant(0, 1).await.unwrap(); // raised to the 2 s minimum
+    s.put(PutRequest {
+        lease: id,
+        ..put("ephemeral", "1")
+    })
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if s.range(get("ephemeral")).await.unwrap().kvs.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(s.leases().is_empty());
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn watch_replays_history_then_follows_live_writes_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    s.put(put("w/a", "1")).await.unwrap(); // 2
+    s.put(put("other", "1")).await.unwrap(); // 3
+    s.put(put("w/a", "2")).await.unwrap(); // 4
+    let cancel = CancellationToken::new();
+    let mut rx = s.watch(
+        WatchSpec {
+            key: "w/".into(),
+            range_end: prefix_end(b"w/"),
+            start_revision: 2,
+            prev_kv: true,
+            ..Default::default()
+        },
+        cancel.clone(),
+    );
+    let writer = s.clone();
+    let live = tokio::spawn(async move {
+        for i in 0..200 {
+            writer.put(put("w/b", &i.to_string())).await.unwrap();
+        }
+    });
+    let mut revs = Vec::new();
+    while revs.len() < 202 {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(WatchMessage::Events { events, .. })) => {
+                for e in events {
+                    revs.push(e.kv.mod_revision);
+                    if e.kv.mod_revision == 4 {
+                        assert_eq!(e.prev_kv.as_ref().unwrap().value, b"1");
+                    }
+                }
+            }
+            other => panic!("watch ended early: {other:?}"),
+        }
+    }
+    live.await.unwrap();
+    let mut expected = vec![2, 4];
+    expected.extend(5..205);
+    assert_eq!(revs, expected);
+    cancel.cancel();
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn watch_below_the_compaction_point_reports_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    for i in 0..5 {
+        s.put(put("c", &i.to_string())).await.unwrap();
+    }
+    s.compact(4).await.unwrap();
+    let mut rx = s.watch(
+        WatchSpec {
+            key: "c".into(),
+            start_revision: 2,
+            ..Default::default()
+        },
+        CancellationToken::new(),
+    );
+    match rx.recv().await {
+        Some(WatchMessage::Compacted { compact_revision }) => assert_eq!(compact_revision, 4),
+        other => panic!("expected compacted, got {other:?}"),
+    }
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn everything_acknowledged_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let (lease, _) = s.lease_grant(0, 600).await.unwrap();
+    for i in 0..300 {
+        s.put(put(&format!("k{i:03}"), &i.to_string()))
+            .await
+            .unwrap();
+    }
+    s.put(PutRequest {
+        lease,
+        ..put("leased", "x")
+    })
+    .await
+    .unwrap();
+    s.compact(100).await.unwrap();
+    let rev = s.current_revision();
+    s.shutdown().await.unwrap();
+    drop(s);
+    let s = open(dir.path()).await;
+    assert_eq!(s.current_revision(), rev);
+    let all = s.range(prefix("k")).await.unwrap();
+    assert_eq!(all.count, 300);
+    assert_eq!(s.status().compact_revision, 100);
+    assert_eq!(s.leases(), vec![lease]);
+    let info = s.lease_time_to_live(lease, true).await.unwrap();
+    assert_eq!(info.keys, vec![b"leased".to_vec()]);
+    s.put(put("after", "restart")).await.unwrap();
+    assert_eq!(s.current_revision(), rev + 1);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_writers_are_group_committed_and_all_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                s.put(put(&format!("t{t}/{i}"), "v")).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.current_revision(), 1 + 16 * 50);
+    assert_eq!(s.range(prefix("t")).await.unwrap().count, 800);
+    s.shutdown().await.unwrap();
+}
