@@ -1,4 +1,9 @@
 //! krab: a whole Kubernetes distribution in one executable. `main.rs` is a thin shell; every
 //! module lives here so integration tests can reach them. See ARCHITECTURE.md for the map.
 pub mod cli;
+pub mod config;
+pub mod lifecycle;
+pub mod server;
 pub mod store;
+pub mod telemetry;
+pub mod tls;

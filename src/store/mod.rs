@@ -2,10 +2,12 @@
 //! leases — nothing about Kubernetes. `Store` is the async handle everything else uses;
 //! behind it one Raft thread owns consensus, the log and applies (see `raft`).
 pub mod command;
+pub mod compactor;
 pub mod error;
 pub mod etcd_api;
 pub mod mvcc;
 pub mod raft;
+pub mod reset;
 pub mod snapshot;
 pub mod types;
 pub mod wal;

@@ -1,6 +1,7 @@
 //! The snapshot format shared by Raft catch-up, `krab etcd-snapshot save` and restores:
 //! the state machine's backend entries, framed, and closed by a SHA-256 of everything before
 //! it (as etcd closes its snapshots with one), so a corrupt or foreign file is refused.
+//! The body is zero-padded to 512 bytes so etcdctl recognises the checksum too.
 use std::io::{Read, Write};
 
 use sha2::{Digest, Sha256};
@@ -16,27 +17,41 @@ pub fn write<W: Write>(
     out: &mut W,
     entries: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
 ) -> Result<u64> {
-    let mut hasher = Sha256::new();
-    let mut written = 0u64;
-    let mut put = |out: &mut W, bytes: &[u8]| -> Result<()> {
-        hasher.update(bytes);
-        out.write_all(bytes)?;
-        written += bytes.len() as u64;
-        Ok(())
+    struct Hashed<'a, W> {
+        out: &'a mut W,
+        hasher: Sha256,
+        written: u64,
+    }
+    impl<W: Write> Hashed<'_, W> {
+        fn put(&mut self, bytes: &[u8]) -> Result<()> {
+            self.hasher.update(bytes);
+            self.out.write_all(bytes)?;
+            self.written += bytes.len() as u64;
+            Ok(())
+        }
+    }
+    let mut h = Hashed {
+        out,
+        hasher: Sha256::new(),
+        written: 0,
     };
-    put(out, MAGIC)?;
-    put(out, &VERSION.to_le_bytes())?;
+    h.put(MAGIC)?;
+    h.put(&VERSION.to_le_bytes())?;
     for e in entries {
         let (k, v) = e?;
-        put(out, &(k.len() as u32).to_le_bytes())?;
-        put(out, &k)?;
-        put(out, &(v.len() as u32).to_le_bytes())?;
-        put(out, &v)?;
+        h.put(&(k.len() as u32).to_le_bytes())?;
+        h.put(&k)?;
+        h.put(&(v.len() as u32).to_le_bytes())?;
+        h.put(&v)?;
     }
-    put(out, &END.to_le_bytes())?;
-    let digest = hasher.finalize();
-    out.write_all(&digest)?;
-    Ok(written + digest.len() as u64)
+    h.put(&END.to_le_bytes())?;
+    // etcdctl finds the trailing checksum only when the body is a whole number of 512-byte
+    // pages (etcd's snapshots are bbolt files), so pad to one.
+    let pad = (512 - (h.written % 512) as usize) % 512;
+    h.put(&vec![0u8; pad])?;
+    let digest = h.hasher.finalize();
+    h.out.write_all(&digest)?;
+    Ok(h.written + digest.len() as u64)
 }
 
 /// Reads and verifies a whole snapshot; `what` names the source in errors.
@@ -84,7 +99,7 @@ pub fn read<R: Read>(mut input: R, what: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>
         rest = &rest[vlen..];
         out.push((k, v));
     }
-    if !rest.is_empty() {
+    if rest.iter().any(|b| *b != 0) {
         return Err(bad("trailing bytes after the end marker"));
     }
     Ok(out)

@@ -1,0 +1,233 @@
+//! The command line: k3s's flag names where k3s has one. Every flag can also come from a
+//! `KRAB_*` environment variable and from the config file (see `config`).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "krab",
+    version,
+    about = "A whole Kubernetes distribution in one executable"
+)]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, env = "KRAB_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log output format.
+    #[arg(
+        long,
+        global = true,
+        env = "KRAB_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Config file; its keys are flag names (`data-dir: /srv/krab`).
+    #[arg(
+        long,
+        global = true,
+        env = "KRAB_CONFIG_FILE",
+        default_value = "/etc/krab/config.yaml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a server: datastore, API server, controllers, scheduler (and an agent).
+    Server(ServerArgs),
+    /// Run an agent that joins a server and runs pods.
+    Agent(AgentArgs),
+    /// Save embedded-datastore snapshots.
+    #[command(name = "etcd-snapshot")]
+    EtcdSnapshot(EtcdSnapshotArgs),
+    /// Check the configuration and this host's prerequisites.
+    #[command(name = "check-config")]
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Folder holding state.
+    #[arg(
+        long,
+        short = 'd',
+        env = "KRAB_DATA_DIR",
+        default_value = "/var/lib/krab"
+    )]
+    pub data_dir: PathBuf,
+    /// Address the API server listens on.
+    #[arg(long, env = "KRAB_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+    /// Port the API server listens on.
+    #[arg(long, env = "KRAB_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Shared secret used to join a server or agent to a cluster.
+    #[arg(long, short = 't', env = "KRAB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Server to join (https://<server>:6443).
+    #[arg(long, short = 's', env = "KRAB_URL")]
+    pub server: Option<String>,
+    /// Start a new cluster with the embedded datastore, ready for more servers to join.
+    #[arg(long, env = "KRAB_CLUSTER_INIT")]
+    pub cluster_init: bool,
+    /// Forget every other member and run as a one-member cluster on the existing data.
+    #[arg(long, env = "KRAB_CLUSTER_RESET")]
+    pub cluster_reset: bool,
+    /// With --cluster-reset: restore this snapshot file first.
+    #[arg(
+        long,
+        env = "KRAB_CLUSTER_RESET_RESTORE_PATH",
+        requires = "cluster_reset"
+    )]
+    pub cluster_reset_restore_path: Option<PathBuf>,
+    /// Node name (defaults to the hostname).
+    #[arg(long, env = "KRAB_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Do not run a local agent.
+    #[arg(long, env = "KRAB_DISABLE_AGENT")]
+    pub disable_agent: bool,
+    /// Where to write the admin kubeconfig.
+    #[arg(
+        long,
+        short = 'o',
+        env = "KRAB_KUBECONFIG_OUTPUT",
+        default_value = "/etc/krab/krab.yaml"
+    )]
+    pub write_kubeconfig: PathBuf,
+    /// Mode of the written kubeconfig (octal).
+    #[arg(long, env = "KRAB_KUBECONFIG_MODE", default_value = "600")]
+    pub write_kubeconfig_mode: String,
+    /// Use an external etcd (https://host:2379) instead of the embedded datastore.
+    #[arg(long, env = "KRAB_DATASTORE_ENDPOINT")]
+    pub datastore_endpoint: Option<String>,
+    /// CA file for --datastore-endpoint.
+    #[arg(long, env = "KRAB_DATASTORE_CAFILE")]
+    pub datastore_cafile: Option<PathBuf>,
+    /// Client certificate for --datastore-endpoint.
+    #[arg(long, env = "KRAB_DATASTORE_CERTFILE")]
+    pub datastore_certfile: Option<PathBuf>,
+    /// Client key for --datastore-endpoint.
+    #[arg(long, env = "KRAB_DATASTORE_KEYFILE")]
+    pub datastore_keyfile: Option<PathBuf>,
+    /// Use an existing containerd socket instead of starting one.
+    #[arg(long, env = "KRAB_CONTAINER_RUNTIME_ENDPOINT")]
+    pub container_runtime_endpoint: Option<String>,
+    /// Where the embedded datastore serves the etcd v3 API (mutual TLS).
+    #[arg(long, env = "KRAB_ETCD_LISTEN", default_value = "127.0.0.1:2379")]
+    pub etcd_listen: SocketAddr,
+    /// Where the embedded datastore talks Raft to other servers.
+    #[arg(long, env = "KRAB_ETCD_PEER_LISTEN", default_value = "0.0.0.0:2380")]
+    pub etcd_peer_listen: SocketAddr,
+    /// Address other servers reach this one's peer port at (defaults to the node's IP).
+    #[arg(long, env = "KRAB_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// How often the datastore compacts history older than one interval.
+    #[arg(long, env = "KRAB_ETCD_COMPACTION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub etcd_compaction_interval: Duration,
+    /// Memory the datastore may use to cache values, in MiB.
+    #[arg(long, env = "KRAB_ETCD_CACHE_MB", default_value_t = 32)]
+    pub etcd_cache_mb: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    #[arg(
+        long,
+        short = 'd',
+        env = "KRAB_DATA_DIR",
+        default_value = "/var/lib/krab"
+    )]
+    pub data_dir: PathBuf,
+    #[arg(long, short = 't', env = "KRAB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, short = 's', env = "KRAB_URL")]
+    pub server: Option<String>,
+    #[arg(long, env = "KRAB_NODE_NAME")]
+    pub node_name: Option<String>,
+    #[arg(long, env = "KRAB_CONTAINER_RUNTIME_ENDPOINT")]
+    pub container_runtime_endpoint: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EtcdSnapshotArgs {
+    #[command(subcommand)]
+    pub action: SnapshotAction,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum SnapshotAction {
+    /// Take a snapshot of the running server's datastore.
+    Save(SnapshotSaveArgs),
+    /// List saved snapshots.
+    #[command(alias = "ls")]
+    List(SnapshotDirArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SnapshotSaveArgs {
+    #[arg(
+        long,
+        short = 'd',
+        env = "KRAB_DATA_DIR",
+        default_value = "/var/lib/krab"
+    )]
+    pub data_dir: PathBuf,
+    /// Snapshot name prefix.
+    #[arg(long, default_value = "on-demand")]
+    pub name: String,
+    /// Folder to save into (default <data-dir>/server/db/snapshots).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The datastore's etcd endpoint.
+    #[arg(long, env = "KRAB_ETCD_LISTEN", default_value = "127.0.0.1:2379")]
+    pub etcd_listen: SocketAddr,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SnapshotDirArgs {
+    #[arg(
+        long,
+        short = 'd',
+        env = "KRAB_DATA_DIR",
+        default_value = "/var/lib/krab"
+    )]
+    pub data_dir: PathBuf,
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckConfigArgs {
+    #[arg(
+        long,
+        short = 'd',
+        env = "KRAB_DATA_DIR",
+        default_value = "/var/lib/krab"
+    )]
+    pub data_dir: PathBuf,
+}
+
+/// Parses `90s`, `5m`, `1h`, `250ms` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 30s, 5m or 1h)"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
+    }
+}
