@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages krab's build, tests and runtime need, when missing.
+# Usage: packaging/deps.sh [build|test|run]...
+set -euo pipefail
+want=()
+for what in "${@:-run}"; do
+  case "$what" in
+    build) want+=(protobuf-compiler pkg-config) ;;
+    test) want+=(etcd-server etcd-client) ;;
+    run) want+=(containerd runc containernetworking-plugins nftables) ;;
+    *) echo "deps.sh: unknown set '$what' (build, test, run)" >&2; exit 2 ;;
+  esac
+done
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
