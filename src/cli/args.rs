@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a server: datastore, API server, controllers, scheduler (and an agent).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run an agent that joins a server and runs pods.
     Agent(AgentArgs),
     /// Save embedded-datastore snapshots.

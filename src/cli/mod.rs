@@ -80,7 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => {
             let shutdown = CancellationToken::new();
             crate::lifecycle::cancel_on_signals(shutdown.clone());
-            crate::server::run(args, shutdown).await
+            crate::server::run(*args, shutdown).await
         }
         Command::Agent(_) => anyhow::bail!(
             "`krab agent` is not available in this build yet: the agent (kubelet over CRI) is \

@@ -20,7 +20,7 @@ fn parse(args: &[&str], file: &str) -> Result<Cli, Error> {
 
 fn server(cli: Cli) -> crate::cli::args::ServerArgs {
     match cli.command {
-        Sub::Server(a) => a,
+        Sub::Server(a) => *a,
         other => panic!("not a server command: {other:?}"),
     }
 }

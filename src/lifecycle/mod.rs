@@ -40,11 +40,11 @@ impl Supervisor {
     /// run, cancels the rest; returns the first error.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let mut first_error: Option<anyhow::Error> = None;
-        loop {
-            let next = tokio::select! {
-                n = self.tasks.join_next() => n,
-                _ = self.shutdown.cancelled() => break,
-            };
+        let next = tokio::select! {
+            n = self.tasks.join_next() => Some(n),
+            _ = self.shutdown.cancelled() => None,
+        };
+        if let Some(next) = next {
             let Some(joined) = next else { return Ok(()) };
             match joined {
                 Ok((name, Ok(()))) => {
@@ -59,7 +59,6 @@ impl Supervisor {
                     first_error = Some(anyhow::anyhow!("a task panicked: {e}"));
                 }
             }
-            break;
         }
         self.shutdown.cancel();
         let drain = async {

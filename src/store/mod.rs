@@ -29,6 +29,7 @@ pub use self::error::{Error, Result};
 use self::mvcc::Mvcc;
 use self::raft::transport::Transport;
 use self::raft::{Input, NodeConfig, NodeStatus, RaftNode};
+
 use self::types::*;
 use self::watch::{WatchHub, WatchMessage, WatchSpec};
 
@@ -199,13 +200,14 @@ impl Store {
         };
         let (node, status) = RaftNode::open(
             node_cfg,
-            wal,
-            replay,
+            (wal, replay),
             mvcc.clone(),
-            hub.clone(),
-            transport,
-            rx,
-            stop.clone(),
+            raft::Wiring {
+                hub: hub.clone(),
+                transport,
+                inputs: rx,
+                stop: stop.clone(),
+            },
         )?;
         // The identity is written once the node could start on this directory, so a failed
         // first start leaves nothing that claims to be a member.

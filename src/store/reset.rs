@@ -11,8 +11,10 @@ use super::types::Member;
 use super::{random_id, snapshot, Error, Identity, Result};
 
 fn conf_state_of(id: u64) -> Vec<u8> {
-    let mut cs = ConfState::default();
-    cs.voters = vec![id];
+    let cs = ConfState {
+        voters: vec![id],
+        ..Default::default()
+    };
     cs.write_to_bytes().unwrap_or_default()
 }
 
@@ -57,9 +59,11 @@ pub fn reset(db_dir: &Path, name: &str, restore: Option<&Path>) -> Result<()> {
             )?;
             mvcc.checkpoint(&db_dir.join("state"))?;
             let (mut wal, _) = super::wal::Wal::open(&db_dir.join("wal"), 64 << 20)?;
-            let mut hs = HardState::default();
-            hs.term = 1;
-            hs.commit = 1;
+            let hs = HardState {
+                term: 1,
+                commit: 1,
+                ..Default::default()
+            };
             wal.restart_at(1, 1, &hs)?;
             let bytes =
                 serde_json::to_vec_pretty(&identity).map_err(|e| Error::Io(e.to_string()))?;

@@ -92,6 +92,14 @@ pub struct NodeConfig {
     pub bootstrap: Option<Member>,
 }
 
+/// How the node is connected to the rest of the process.
+pub struct Wiring {
+    pub hub: WatchHub,
+    pub transport: Arc<dyn Transport>,
+    pub inputs: Receiver<Input>,
+    pub stop: Arc<AtomicBool>,
+}
+
 /// The most commands one log entry carries, and the most bytes.
 const MAX_BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -156,14 +164,17 @@ impl RaftNode {
     /// Restores the node from the log and state machine (or bootstraps a fresh one).
     pub fn open(
         cfg: NodeConfig,
-        mut wal: Wal,
-        replay: super::wal::Replay,
+        log: (Wal, super::wal::Replay),
         mvcc: Arc<Mvcc>,
-        hub: WatchHub,
-        transport: Arc<dyn Transport>,
-        inputs: Receiver<Input>,
-        stop: Arc<AtomicBool>,
+        wiring: Wiring,
     ) -> Result<(RaftNode, Arc<NodeStatus>)> {
+        let (mut wal, replay) = log;
+        let Wiring {
+            hub,
+            transport,
+            inputs,
+            stop,
+        } = wiring;
         let storage = LogStorage::new(mvcc.clone());
         let mut applied = mvcc.applied();
         let fresh = applied.index == 0 && replay.entries.is_empty() && replay.start.0 == 0;
@@ -171,8 +182,10 @@ impl RaftNode {
             if let Some(me) = &cfg.bootstrap {
                 // A virtual snapshot at index 1 holding the first membership: members that join
                 // later have no log and are sent a snapshot, as in TiKV.
-                let mut cs = ConfState::default();
-                cs.voters = vec![me.id];
+                let cs = ConfState {
+                    voters: vec![me.id],
+                    ..Default::default()
+                };
                 let membership = Membership {
                     members: vec![me.clone()],
                     conf_state: encode_pb(&cs),
@@ -180,9 +193,11 @@ impl RaftNode {
                 applied = Applied { index: 1, term: 1 };
                 mvcc.apply_membership(applied, Some(membership))?;
                 mvcc.checkpoint(&cfg.state_dir)?;
-                let mut hs = HardState::default();
-                hs.term = 1;
-                hs.commit = 1;
+                let hs = HardState {
+                    term: 1,
+                    commit: 1,
+                    ..Default::default()
+                };
                 wal.restart_at(1, 1, &hs)?;
                 install_start(&storage, 1, 1, cs, hs);
             }

@@ -65,8 +65,10 @@ impl Storage for LogStorage {
         let mut conf_state = ConfState::default();
         protobuf::Message::merge_from_bytes(&mut conf_state, &membership.conf_state)
             .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = applied.index;
         meta.term = applied.term;

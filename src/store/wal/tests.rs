@@ -6,18 +6,20 @@ use raft::eraftpb::{Entry, HardState};
 use super::*;
 
 fn entry(index: u64, term: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = vec![index as u8; 100].into();
-    e
+    Entry {
+        index,
+        term,
+        data: vec![index as u8; 100].into(),
+        ..Default::default()
+    }
 }
 
 fn hs(term: u64, commit: u64) -> HardState {
-    let mut h = HardState::default();
-    h.term = term;
-    h.commit = commit;
-    h
+    HardState {
+        term,
+        commit,
+        ..Default::default()
+    }
 }
 
 fn newest_segment(dir: &Path) -> PathBuf {

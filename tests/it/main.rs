@@ -1,0 +1,5 @@
+//! Black-box tests of the `krab` binary with real tools (etcdctl, etcd-server). One test
+//! binary with modules, so the crate is linked once.
+mod crash;
+mod etcdctl;
+mod support;

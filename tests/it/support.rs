@@ -1,0 +1,209 @@
+//! Starting and stopping a real `krab server` for tests: free ports, a temp data dir, bounded
+//! waits, and processes reaped on drop.
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub struct Server {
+    pub data_dir: PathBuf,
+    pub etcd_port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `krab server` on a fresh or existing data dir and waits until its etcd endpoint
+    /// answers.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let etcd_port = free_port();
+        Self::start_on(data_dir, etcd_port, extra)
+    }
+
+    pub fn start_on(data_dir: &Path, etcd_port: u16, extra: &[&str]) -> Server {
+        let log = data_dir.with_extension(format!("log.{etcd_port}"));
+        let mut s = Server {
+            data_dir: data_dir.to_path_buf(),
+            etcd_port,
+            child: None,
+            log: log.clone(),
+        };
+        let child = s.command(extra).spawn().expect("failed to start krab");
+        s.child = Some(child);
+        s.wait_ready();
+        s
+    }
+
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_krab"));
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--etcd-listen")
+            .arg(format!("127.0.0.1:{}", self.etcd_port))
+            .arg("--config")
+            .arg("/dev/null")
+            .arg("--disable-agent")
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .expect("log file"),
+            );
+        cmd
+    }
+
+    /// Runs `krab server` expecting it to fail; returns its stderr.
+    pub fn start_expecting_failure(data_dir: &Path, extra: &[&str]) -> String {
+        let s = Server {
+            data_dir: data_dir.to_path_buf(),
+            etcd_port: free_port(),
+            child: None,
+            log: data_dir.with_extension("fail.log"),
+        };
+        let mut cmd = s.command(extra);
+        cmd.stderr(Stdio::piped());
+        let out = run_bounded(cmd, Duration::from_secs(20));
+        assert!(!out.status.success(), "krab server was expected to fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "krab server exited early ({status}):\n{}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    );
+                }
+            }
+            let out = self.etcdctl(&["endpoint", "health"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "krab server did not become ready:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("server/tls/etcd")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.etcd_port)
+    }
+
+    pub fn etcdctl_command(&self, args: &[&str]) -> Command {
+        let tls = self.tls_dir();
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .arg("--cacert")
+            .arg(tls.join("server-ca.crt"))
+            .arg("--cert")
+            .arg(tls.join("client.crt"))
+            .arg("--key")
+            .arg(tls.join("client.key"))
+            .arg("--command-timeout=10s")
+            .args(args);
+        cmd
+    }
+
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        run_bounded(self.etcdctl_command(args), Duration::from_secs(30))
+    }
+
+    /// Runs etcdctl and returns stdout, failing the test with stderr when it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling a child we spawned and still own.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Ok(Some(status)) = c.try_wait() {
+                    assert!(status.success(), "krab server exited with {status}");
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("krab server did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the server logged a line containing `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log().contains(needle)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs a command to completion, killing it after `limit`.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("failed to spawn");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
