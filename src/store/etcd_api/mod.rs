@@ -64,7 +64,15 @@ pub async fn serve(
             store: store.clone(),
         }))
         .add_service(PbClusterServer::new(maintenance::ClusterService { store }));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Without TCP_NODELAY, small responses wait out Nagle and delayed ACKs (40 ms stalls).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        },
+    );
     router
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

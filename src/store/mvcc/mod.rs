@@ -114,6 +114,9 @@ impl Mvcc {
             // krab's own log is the durability point; sled's background flusher only adds
             // write volume (the apply loop flushes at checkpoints).
             .flush_every_ms(None)
+            // LowSpace (the default) rewrites segments eagerly to reclaim space, multiplying
+            // the bytes written — what wears out SD cards.
+            .mode(sled::Mode::HighThroughput)
             .open()?;
         let tree = (*db).clone();
         let state = load_state(&tree)?;

@@ -304,6 +304,12 @@ impl RaftNode {
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft loop stopped");
         }
+        tracing::info!(
+            log_bytes = self.wal.bytes_written(),
+            log_syncs = self.wal.frames_written(),
+            applied = self.mvcc.applied().index,
+            "raft loop stopped"
+        );
         // Leave the state machine durable so the next start replays little.
         if let Ok(a) = self.mvcc.checkpoint(&self.cfg.state_dir) {
             let _ = self.wal.release_to(a.index);
@@ -597,7 +603,9 @@ impl RaftNode {
         if entries.is_empty() && to_write.is_none() {
             return Ok(());
         }
+        let started = Instant::now();
         self.wal.append(entries, to_write.as_ref())?;
+        slow("persisting to the log", started, entries.len());
         if let Some(hs) = to_write {
             self.persisted_hs = hs;
         }
@@ -678,7 +686,9 @@ impl RaftNode {
                     let (proposer, batch): (u64, Vec<Proposal>) = command::decode(&entry.data)
                         .map_err(|e| Error::Corrupt(format!("log entry {}: {e}", entry.index)))?;
                     let commands: Vec<Command> = batch.iter().map(|p| p.command.clone()).collect();
+                    let started = Instant::now();
                     let applies = self.retry_apply(|m| m.apply(applied, &commands))?;
+                    slow("applying to the state database", started, commands.len());
                     for (p, result) in batch.iter().zip(applies.results) {
                         match (&p.command, &result) {
                             (Command::LeaseGrant { id, ttl }, Ok(_)) => {
@@ -784,8 +794,17 @@ impl RaftNode {
         if !due {
             return Ok(());
         }
+        let started = Instant::now();
         let applied = self.mvcc.checkpoint(&self.cfg.state_dir)?;
-        self.wal.release_to(applied.index)?;
+        let released = self.wal.release_to(applied.index)?;
+        tracing::debug!(
+            index = applied.index,
+            released,
+            log_bytes = self.wal.bytes_written(),
+            log_syncs = self.wal.frames_written(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "checkpointed the state database"
+        );
         let keep_from = applied.index.saturating_sub(self.cfg.keep_entries);
         if keep_from > 1 {
             let _ = self.node.mut_store().mem.wl().compact(keep_from);
@@ -793,6 +812,20 @@ impl RaftNode {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+}
+
+/// etcd warns when an apply or a log sync takes over 100 ms; so does krab.
+fn slow(what: &str, started: Instant, items: usize) {
+    let took = started.elapsed();
+    if took > Duration::from_millis(100) {
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            items,
+            "{what} took too long"
+        );
+    } else if took > Duration::from_millis(10) {
+        tracing::debug!(took_ms = took.as_millis() as u64, items, "{what} was slow");
     }
 }
 

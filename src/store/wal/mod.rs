@@ -46,6 +46,7 @@ pub struct Wal {
     last_term: u64,
     hard_state: HardState,
     bytes_written: u64,
+    frames_written: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +129,7 @@ impl Wal {
                 last_term: 0,
                 hard_state: HardState::default(),
                 bytes_written: 0,
+                frames_written: 0,
             };
             return Ok((wal, Replay::default()));
         }
@@ -168,6 +170,7 @@ impl Wal {
             last_term,
             hard_state: replay.hard_state.clone().unwrap_or_default(),
             bytes_written: 0,
+            frames_written: 0,
         };
         Ok((wal, replay))
     }
@@ -194,6 +197,7 @@ impl Wal {
             self.rotate()?;
         }
         self.bytes_written += self.active.append(&payload)?;
+        self.frames_written += 1;
         if let Some(e) = entries.last() {
             self.last_index = e.index;
             self.last_term = e.term;
@@ -279,6 +283,11 @@ impl Wal {
     /// Bytes handed to the kernel so far (for write-volume accounting).
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
+    }
+
+    /// Frames (each one fdatasync) appended so far.
+    pub fn frames_written(&self) -> u64 {
+        self.frames_written
     }
 
     pub fn segment_count(&self) -> usize {
