@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::args::ServerArgs;
 use crate::lifecycle::Supervisor;
 use crate::store::etcd_api::{self, ServingTls};
-use crate::store::raft::transport::NoPeers;
-use crate::store::{compactor, Store, StoreConfig};
+use crate::store::peer::{self, GrpcTransport, PeerService, PeerTls};
+use crate::store::raft::transport::{NoPeers, Transport};
+use crate::store::{compactor, Identity, Store, StoreConfig};
 use crate::tls;
 
 /// Names this host answers to, for certificate SANs.
@@ -90,14 +91,77 @@ fn validate(args: &ServerArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The peer URL other servers dial: --advertise-address, the listen address when it is
+/// specific, or this host's first non-loopback address.
+fn advertised_peer(args: &ServerArgs) -> std::net::SocketAddr {
+    let port = args.etcd_peer_listen.port();
+    let ip = args.advertise_address.unwrap_or_else(|| {
+        let listen = args.etcd_peer_listen.ip();
+        if !listen.is_unspecified() {
+            return listen;
+        }
+        local_ipv4s()
+            .ok()
+            .and_then(|ips| ips.into_iter().next())
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+    });
+    std::net::SocketAddr::new(ip, port)
+}
+
+/// A member that knows of other members keeps serving its peer port after restarts.
+fn peers_configured(db_dir: &std::path::Path) -> bool {
+    db_dir.join("token").exists()
+}
+
+fn read_member_id(db_dir: &std::path::Path) -> Option<u64> {
+    let bytes = std::fs::read(db_dir.join("member.json")).ok()?;
+    serde_json::from_slice::<Identity>(&bytes)
+        .ok()
+        .map(|i| i.member_id)
+}
+
+/// The cluster's join token, k3s-style `K10<sha256 of the CA>::server:<secret>`: given by
+/// --token, or kept from an earlier start, or generated; written to
+/// `<data-dir>/server/token` and `<data-dir>/server/db/token` (mode 0600).
+fn cluster_token(args: &ServerArgs, ca_pem: &str) -> anyhow::Result<String> {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let path = args.data_dir.join("server").join("token");
+    let marker = args.data_dir.join("server").join("db").join("token");
+    let hash = hex(&sha2::Sha256::digest(ca_pem.as_bytes()));
+    let secret = match (&args.token, std::fs::read_to_string(&path)) {
+        (Some(t), _) => t
+            .rsplit_once(':')
+            .map(|(_, s)| s.to_string())
+            .unwrap_or_else(|| t.clone()),
+        (None, Ok(existing)) => existing
+            .trim()
+            .rsplit_once(':')
+            .map(|(_, s)| s.to_string())
+            .unwrap_or_else(|| existing.trim().to_string()),
+        (None, Err(_)) => hex(&rand::random::<[u8; 16]>()),
+    };
+    let token = format!("K10{hash}::server:{secret}");
+    for p in [&path, &marker] {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        std::fs::write(p, format!("{token}\n"))
+            .with_context(|| format!("failed to write {}", p.display()))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tracing::info!(path = %path.display(), "cluster join token written");
+    Ok(token)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     validate(&args)?;
-    if args.server.is_some() {
-        anyhow::bail!(
-            "joining an existing cluster with --server is not available yet in this build \
-             (the Raft peer transport is in progress); start a single server instead"
-        );
-    }
     if args.datastore_endpoint.is_some() {
         anyhow::bail!(
             "--datastore-endpoint is accepted by the datastore layer but there is no API server \
@@ -110,21 +174,113 @@ pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("failed to listen on --etcd-listen {}", args.etcd_listen))?;
 
+    let db_dir = args.data_dir.join("server").join("db");
+    let member_exists = db_dir.join("member.json").exists();
+    let clustered =
+        args.cluster_init || args.server.is_some() || member_exists && peers_configured(&db_dir);
+    let tls_dir = args.data_dir.join("server").join("tls").join("etcd");
+    if args.server.is_some() && !member_exists && !tls_dir.join("peer-ca.crt").exists() {
+        anyhow::bail!(
+            "joining needs the cluster's peer CA: copy peer-ca.crt and peer-ca.key from the first \
+             server's <data-dir>/server/tls/etcd into {} (until the API server brings token \
+             bootstrap of the cluster CA)",
+            tls_dir.display()
+        );
+    }
+    let peer_listener = if clustered {
+        let l = TcpListener::bind(args.etcd_peer_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to listen on --etcd-peer-listen {}",
+                    args.etcd_peer_listen
+                )
+            })?;
+        Some(l)
+    } else {
+        None
+    };
+
     let sans = host_sans(&name);
     let certs =
         tls::ensure_etcd(&args.data_dir, &sans).context("failed to prepare certificates")?;
-    let db_dir = args.data_dir.join("server").join("db");
     if args.cluster_reset {
         crate::store::reset::reset(&db_dir, &name, args.cluster_reset_restore_path.as_deref())
             .context("cluster reset failed")?;
     }
-    let mut cfg = StoreConfig::new(db_dir);
+    let mut cfg = StoreConfig::new(db_dir.clone());
     cfg.name = name.clone();
     cfg.client_url = format!("https://{}", args.etcd_listen);
+    cfg.peer_url = format!("https://{}", advertised_peer(&args));
     cfg.cache_bytes = args.etcd_cache_mb << 20;
-    let store = tokio::task::spawn_blocking(move || Store::open(cfg, Arc::new(NoPeers)))
+    let peer_tls = PeerTls {
+        ca_pem: certs.peer_ca_pem.clone(),
+        cert_pem: certs.peer.cert_pem.clone(),
+        key_pem: certs.peer.key_pem.clone(),
+    };
+    let token = if clustered {
+        Some(cluster_token(&args, &certs.peer_ca_pem)?)
+    } else {
+        None
+    };
+    let mut joined_members = None;
+    if let (Some(url), false) = (&args.server, member_exists) {
+        let request = peer::pb::JoinRequest {
+            name: name.clone(),
+            peer_url: cfg.peer_url.clone(),
+            client_url: cfg.client_url.clone(),
+            token: String::new(),
+        };
+        let joined = peer::join(
+            url,
+            &peer_tls,
+            token.as_deref().unwrap_or_default(),
+            request,
+        )
+        .await
+        .with_context(|| format!("failed to join the cluster at {url}"))?;
+        tracing::info!(
+            id = format!("{:x}", joined.member_id),
+            members = joined.members.len(),
+            "joined the cluster"
+        );
+        cfg.bootstrap = false;
+        cfg.join_as = Some(Identity {
+            member_id: joined.member_id,
+            cluster_id: joined.cluster_id,
+            name: name.clone(),
+        });
+        joined_members = Some(joined.members);
+    }
+    let member_id = match &cfg.join_as {
+        Some(j) => j.member_id,
+        None => read_member_id(&db_dir).unwrap_or(0),
+    };
+    let grpc = if clustered {
+        Some(GrpcTransport::new(
+            member_id,
+            peer_tls.clone(),
+            shutdown.clone(),
+        ))
+    } else {
+        None
+    };
+    let transport: Arc<dyn Transport> = match &grpc {
+        Some(g) => Arc::new(g.clone()),
+        None => Arc::new(NoPeers),
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(cfg, transport))
         .await?
         .context("failed to open the datastore")?;
+    if let Some(g) = &grpc {
+        g.set_me(store.identity().member_id);
+        g.report_to(store.sender());
+        store.set_forwarder(Arc::new(g.clone()));
+        match &joined_members {
+            Some(members) => g.set_members(members),
+            None => g.set_members(&store.members()),
+        }
+    }
     tracing::info!(
         member = %name,
         id = format!("{:x}", store.identity().member_id),
@@ -156,6 +312,18 @@ pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Resul
             shutdown.clone(),
         ),
     );
+    if let (Some(listener), Some(g), Some(token)) = (peer_listener, grpc, token) {
+        tracing::info!(addr = %args.etcd_peer_listen, "serving Raft peers");
+        let service = PeerService {
+            store: store.clone(),
+            token,
+            transport: g,
+        };
+        sup.spawn(
+            "raft-peers",
+            peer::serve(service, peer_tls, listener, shutdown.clone()),
+        );
+    }
     let result = sup.wait().await;
     store.shutdown().await.context("datastore shutdown")?;
     tracing::info!("stopped");

@@ -2,7 +2,8 @@
 //! Kubernetes Status errors by the API server.
 use super::types::Revision;
 
-#[derive(Debug, thiserror::Error)]
+/// Serializable so a leader's answer can travel back to the member that forwarded a request.
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     #[error("mvcc: required revision has been compacted (compact revision {compact_revision})")]
     Compacted { compact_revision: Revision },

@@ -6,6 +6,7 @@ pub mod compactor;
 pub mod error;
 pub mod etcd_api;
 pub mod mvcc;
+pub mod peer;
 pub mod raft;
 pub mod reset;
 pub mod snapshot;
@@ -298,6 +299,18 @@ impl Store {
     /// Proposes a command through Raft and waits until it is committed, durable and applied;
     /// forwards it to the leader when this member is not the leader.
     pub async fn propose(&self, command: Command) -> Result<CommandResult> {
+        let cmd = command.clone();
+        match self.propose_local(command).await {
+            Err(Error::NotLeader { leader }) => match self.forwarder() {
+                Some(f) => f.propose(leader, cmd).await,
+                None => Err(Error::NotLeader { leader }),
+            },
+            other => other,
+        }
+    }
+
+    /// Proposes on this member only: fails with `NotLeader` on a follower.
+    pub async fn propose_local(&self, command: Command) -> Result<CommandResult> {
         let size = command::encode(&command).len();
         if size > MAX_REQUEST_BYTES {
             return Err(Error::RequestTooLarge {
@@ -305,14 +318,7 @@ impl Store {
                 limit: MAX_REQUEST_BYTES,
             });
         }
-        let cmd = command.clone();
-        match self.ask(|reply| Input::Propose { command, reply }).await {
-            Err(Error::NotLeader { leader }) => match self.forwarder() {
-                Some(f) => f.propose(leader, cmd).await,
-                None => Err(Error::NotLeader { leader }),
-            },
-            other => other,
-        }
+        self.ask(|reply| Input::Propose { command, reply }).await
     }
 
     /// Waits until this member has applied everything committed when the call began.
@@ -395,13 +401,18 @@ impl Store {
 
     /// Refreshes a lease's deadline (on the leader); returns its TTL.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
-        match self.ask(|reply| Input::LeaseKeepAlive { id, reply }).await {
+        match self.lease_keep_alive_local(id).await {
             Err(Error::NotLeader { leader }) => match self.forwarder() {
                 Some(f) => f.keep_alive(leader, id).await,
                 None => Err(Error::NotLeader { leader }),
             },
             other => other,
         }
+    }
+
+    /// Refreshes a lease on this member only (the leader keeps deadlines).
+    pub async fn lease_keep_alive_local(&self, id: i64) -> Result<i64> {
+        self.ask(|reply| Input::LeaseKeepAlive { id, reply }).await
     }
 
     pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseInfo> {

@@ -13,6 +13,7 @@ use etcd_client::proto::*;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+pub use self::convert::status;
 pub use self::maintenance::ETCD_API_VERSION;
 use super::Store;
 

@@ -451,7 +451,9 @@ impl RaftNode {
         let mut cc = ConfChange::default();
         cc.set_change_type(kind);
         cc.node_id = id;
-        match self.node.propose_conf_change(command::encode(&change), cc) {
+        // The member's details travel inside the change itself, so applying needs nothing else.
+        cc.context = command::encode(&change).into();
+        match self.node.propose_conf_change(Vec::new(), cc) {
             Ok(()) => {
                 self.conf_waiters.insert(id, reply);
             }

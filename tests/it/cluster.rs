@@ -1,0 +1,174 @@
+//! Three servers on loopback: joins, forwarding, and losing the leader during writes.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::crash::client;
+use crate::support::{free_port, Server};
+
+const TOKEN: &str = "test-cluster-secret";
+
+fn start_member(dir: &Path, peer_port: u16, join: Option<u16>) -> Server {
+    let peer = format!("127.0.0.1:{peer_port}");
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let mut args = vec![
+        "--etcd-peer-listen",
+        &peer,
+        "--token",
+        TOKEN,
+        "--node-name",
+        &name,
+    ];
+    let url;
+    match join {
+        None => args.push("--cluster-init"),
+        Some(p) => {
+            url = format!("https://127.0.0.1:{p}");
+            args.push("--server");
+            args.push(&url);
+        }
+    }
+    Server::start(dir, &args)
+}
+
+/// Copies the first server's peer CA into a joiner's data dir (the interim join procedure).
+fn share_peer_ca(from: &Path, to: &Path) {
+    let dst = to.join("server/tls/etcd");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["peer-ca.crt", "peer-ca.key"] {
+        std::fs::copy(from.join("server/tls/etcd").join(f), dst.join(f)).unwrap();
+    }
+}
+
+fn status(s: &Server) -> Option<serde_json::Value> {
+    let out = s.etcdctl(&["endpoint", "status", "-w", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(v[0]["Status"].clone())
+}
+
+fn leader_of(servers: &[&Server]) -> Option<(usize, u64)> {
+    for (i, s) in servers.iter().enumerate() {
+        if let Some(st) = status(s) {
+            let me = st["header"]["member_id"].as_u64()?;
+            let leader = st["leader"].as_u64()?;
+            if leader != 0 && leader == me {
+                return Some((i, leader));
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_survive_losing_the_leader_during_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..3).map(|i| dir.path().join(format!("s{i}"))).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let s0 = start_member(&dirs[0], ports[0], None);
+    share_peer_ca(&dirs[0], &dirs[1]);
+    share_peer_ca(&dirs[0], &dirs[2]);
+    let s1 = start_member(&dirs[1], ports[1], Some(ports[0]));
+    let s2 = start_member(&dirs[2], ports[2], Some(ports[0]));
+    let mut servers = vec![s0, s1, s2];
+    let members = servers[2].ok(&["member", "list"]);
+    assert_eq!(members.lines().count(), 3, "{members}");
+
+    // A write on a follower is forwarded; a linearizable read anywhere sees it.
+    servers[1].ok(&["put", "/joined", "yes"]);
+    for s in &servers {
+        assert!(s.ok(&["get", "/joined"]).contains("yes"));
+    }
+
+    let (leader_idx, _) = leader_of(&servers.iter().collect::<Vec<_>>()).expect("a leader");
+    let writer_idx = (leader_idx + 1) % 3;
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Default::default();
+    let c = client(&servers[writer_idx]).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut c = c.clone();
+        let acked = acked.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("/ha/{w}/{i}");
+                if c.put(key.clone(), format!("v{i}"), None).await.is_ok() {
+                    acked.lock().unwrap().insert(key, format!("v{i}"));
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed_at = Instant::now();
+    servers[leader_idx].kill9();
+    // A new leader among the survivors within a few seconds.
+    let survivors: Vec<&Server> = servers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader_idx)
+        .map(|(_, s)| s)
+        .collect();
+    let new_leader = loop {
+        if let Some((_, id)) = leader_of(&survivors) {
+            break id;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "no new leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let failover = killed_at.elapsed();
+    eprintln!("new leader {new_leader:x} after {failover:?}");
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 50, "too few writes: {}", acked.len());
+
+    // The old leader comes back and catches up; every acknowledged write is everywhere.
+    let port = servers[leader_idx].etcd_port;
+    let peer = format!("127.0.0.1:{}", ports[leader_idx]);
+    servers[leader_idx] = Server::start_on(
+        &dirs[leader_idx],
+        port,
+        &["--etcd-peer-listen", &peer, "--token", TOKEN],
+    );
+    for (i, s) in servers.iter().enumerate() {
+        let c = client(s).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = c
+                .clone()
+                .get("/ha/", Some(etcd_client::GetOptions::new().with_prefix()))
+                .await;
+            if let Ok(got) = got {
+                let stored: BTreeMap<String, String> = got
+                    .kvs()
+                    .iter()
+                    .map(|kv| (kv.key_str().unwrap().into(), kv.value_str().unwrap().into()))
+                    .collect();
+                if acked.iter().all(|(k, v)| stored.get(k) == Some(v)) {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "server {i} never caught up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
