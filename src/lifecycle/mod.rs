@@ -40,6 +40,10 @@ impl Supervisor {
     /// run, cancels the rest; returns the first error.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let mut first_error: Option<anyhow::Error> = None;
+        if self.tasks.is_empty() {
+            self.shutdown.cancelled().await;
+            return Ok(());
+        }
         let next = tokio::select! {
             n = self.tasks.join_next() => Some(n),
             _ = self.shutdown.cancelled() => None,

@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::args::ServerArgs;
 use crate::lifecycle::Supervisor;
+use crate::store::datastore::Datastore;
 use crate::store::etcd_api::{self, ServingTls};
+use crate::store::external::{ExternalConfig, ExternalEtcd};
 use crate::store::peer::{self, GrpcTransport, PeerService, PeerTls};
 use crate::store::raft::transport::{NoPeers, Transport};
 use crate::store::{compactor, Identity, Store, StoreConfig};
@@ -160,13 +162,68 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// With `--datastore-endpoint`, the server keeps its state in an external etcd and runs no
+/// embedded store (and serves no etcd endpoint of its own), as k3s does.
+async fn run_external(
+    args: &ServerArgs,
+    endpoint: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let read = |p: &Option<std::path::PathBuf>, flag: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        p.as_ref()
+            .map(|p| std::fs::read(p).with_context(|| format!("{flag} {}", p.display())))
+            .transpose()
+    };
+    let cfg = ExternalConfig {
+        endpoints: endpoint.split(',').map(|s| s.trim().to_string()).collect(),
+        ca_pem: read(&args.datastore_cafile, "--datastore-cafile")?,
+        cert_pem: read(&args.datastore_certfile, "--datastore-certfile")?,
+        key_pem: read(&args.datastore_keyfile, "--datastore-keyfile")?,
+    };
+    // The datastore may be starting at the same time (boot): retry for a while, then give up
+    // with the last error.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let datastore = loop {
+        let attempt = async {
+            let external = ExternalEtcd::connect(&cfg).await?;
+            let datastore = Datastore::External(external);
+            // Prove the endpoint answers before declaring the datastore ready.
+            datastore
+                .range(crate::store::types::RangeRequest {
+                    key: b"/registry/health".to_vec(),
+                    ..Default::default()
+                })
+                .await?;
+            Ok::<_, crate::store::Error>(datastore)
+        };
+        match attempt.await {
+            Ok(d) => break d,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(endpoint, error = %e, "datastore not answering yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("--datastore-endpoint {endpoint} did not answer"))
+            }
+        }
+    };
+    tracing::info!(endpoint, "datastore ready (external etcd)");
+    let sup = Supervisor::new(shutdown);
+    // The API server (next issue) is the datastore's user; until it lands, the server holds
+    // the connection open until shutdown.
+    let result = sup.wait().await;
+    drop(datastore);
+    result
+}
+
 pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     validate(&args)?;
-    if args.datastore_endpoint.is_some() {
-        anyhow::bail!(
-            "--datastore-endpoint is accepted by the datastore layer but there is no API server \
-             in this build to use it yet"
-        );
+    if let Some(endpoint) = &args.datastore_endpoint {
+        return run_external(&args, endpoint, shutdown).await;
     }
     let name = node_name(&args.node_name);
     // Bind every port before starting anything (a taken port fails fast and cleanly).

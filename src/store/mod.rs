@@ -3,8 +3,10 @@
 //! behind it one Raft thread owns consensus, the log and applies (see `raft`).
 pub mod command;
 pub mod compactor;
+pub mod datastore;
 pub mod error;
 pub mod etcd_api;
+pub mod external;
 pub mod mvcc;
 pub mod peer;
 pub mod raft;

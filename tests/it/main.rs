@@ -2,5 +2,6 @@
 //! binary with modules, so the crate is linked once.
 mod cluster;
 mod crash;
+mod datastore;
 mod etcdctl;
 mod support;
