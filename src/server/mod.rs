@@ -186,7 +186,7 @@ async fn run_external(
     let datastore = loop {
         let attempt = async {
             let external = ExternalEtcd::connect(&cfg).await?;
-            let datastore = Datastore::External(external);
+            let datastore = Datastore::External(Box::new(external));
             // Prove the endpoint answers before declaring the datastore ready.
             datastore
                 .range(crate::store::types::RangeRequest {

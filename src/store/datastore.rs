@@ -11,7 +11,7 @@ use super::{Error, Result, Store};
 #[derive(Clone)]
 pub enum Datastore {
     Embedded(Store),
-    External(ExternalEtcd),
+    External(Box<ExternalEtcd>),
 }
 
 impl Datastore {

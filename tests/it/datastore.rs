@@ -60,7 +60,7 @@ async fn external(etcd: &Etcd) -> Datastore {
             ..Default::default()
         };
         if let Ok(e) = ExternalEtcd::connect(&cfg).await {
-            let d = Datastore::External(e);
+            let d = Datastore::External(Box::new(e));
             if d.range(get("probe")).await.is_ok() {
                 return d;
             }
