@@ -9,6 +9,9 @@
 pub mod index;
 mod txn;
 
+#[cfg(test)]
+mod model_tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
