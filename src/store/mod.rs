@@ -41,7 +41,7 @@ pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StoreConfig {
     /// `<data-dir>/server/db`: holds `member.json`, `wal/` and `state/`.
     pub dir: PathBuf,
@@ -58,6 +58,7 @@ pub struct StoreConfig {
     pub election_ticks: usize,
     pub checkpoint_entries: u64,
     pub request_timeout: Duration,
+    pub on_checkpoint: Option<raft::CheckpointHook>,
 }
 
 impl StoreConfig {
@@ -75,6 +76,7 @@ impl StoreConfig {
             election_ticks: 10,
             checkpoint_entries: 10_000,
             request_timeout: Duration::from_secs(10),
+            on_checkpoint: None,
         }
     }
 }
@@ -104,6 +106,7 @@ struct Inner {
     status: Arc<NodeStatus>,
     identity: Identity,
     stop: Arc<AtomicBool>,
+    crash: Arc<AtomicBool>,
     request_timeout: Duration,
     forwarder: std::sync::RwLock<Option<Arc<dyn Forwarder>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
@@ -192,6 +195,7 @@ impl Store {
         let hub = WatchHub::new();
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let crash = Arc::new(AtomicBool::new(false));
         let node_cfg = NodeConfig {
             id: identity.member_id,
             tick: cfg.tick,
@@ -200,6 +204,7 @@ impl Store {
             checkpoint_entries: cfg.checkpoint_entries,
             keep_entries: 5_000,
             bootstrap: bootstrap.then_some(me),
+            on_checkpoint: cfg.on_checkpoint.clone(),
         };
         let (node, status) = RaftNode::open(
             node_cfg,
@@ -210,15 +215,27 @@ impl Store {
                 transport,
                 inputs: rx,
                 stop: stop.clone(),
+                crash: crash.clone(),
             },
         )?;
         // The identity is written once the node could start on this directory, so a failed
         // first start leaves nothing that claims to be a member.
         write_identity(&id_path, &identity)?;
+        let log_end = node.last_index();
         let thread = std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || node.run())
             .map_err(|e| Error::Io(format!("spawning the raft thread: {e}")))?;
+        // Replay the log's tail into the state machine before anyone reads from it, so a
+        // restarted store never answers from an older state than it acknowledged. A member
+        // of a cluster may hold uncommitted entries that never apply: bound the wait.
+        let deadline = std::time::Instant::now() + cfg.tick * (cfg.election_ticks as u32) * 3;
+        while status.applied.load(Ordering::Relaxed) < log_end
+            && std::time::Instant::now() < deadline
+            && !status.stopped.load(Ordering::Relaxed)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 mvcc,
@@ -227,6 +244,7 @@ impl Store {
                 status,
                 identity,
                 stop,
+                crash,
                 request_timeout: cfg.request_timeout,
                 forwarder: Default::default(),
                 thread: std::sync::Mutex::new(Some(thread)),
@@ -255,6 +273,16 @@ impl Store {
                 .map_err(|_| Error::Io("the raft thread panicked".into()))?;
         }
         Ok(())
+    }
+
+    /// Stops the Raft thread as a crash would (no final checkpoint), for fault tests.
+    #[doc(hidden)]
+    pub async fn simulate_crash(&self) {
+        self.inner.crash.store(true, Ordering::SeqCst);
+        let handle = self.inner.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
     }
 
     pub fn identity(&self) -> &Identity {

@@ -53,10 +53,14 @@ impl Model {
 
     fn read_rev(&self, rev: i64) -> Result<i64, Error> {
         if rev > self.current {
-            return Err(Error::FutureRevision { current: self.current });
+            return Err(Error::FutureRevision {
+                current: self.current,
+            });
         }
         if rev > 0 && rev < self.compacted {
-            return Err(Error::Compacted { compact_revision: self.compacted });
+            return Err(Error::Compacted {
+                compact_revision: self.compacted,
+            });
         }
         Ok(if rev == 0 { self.current } else { rev })
     }
@@ -82,7 +86,10 @@ impl Model {
             value,
             lease: 0,
         };
-        self.hist.entry(key.to_vec()).or_default().push((rev, Some(kv)));
+        self.hist
+            .entry(key.to_vec())
+            .or_default()
+            .push((rev, Some(kv)));
         self.current = rev;
         rev
     }
@@ -192,7 +199,10 @@ fn run(ops: Vec<Op>) {
                     failure: vec![],
                 };
                 let r = txn_result(apply(&mvcc, Command::Txn(txn))).unwrap();
-                let actual = model.at(&key, model.current).map(|kv| kv.mod_revision).unwrap_or(0);
+                let actual = model
+                    .at(&key, model.current)
+                    .map(|kv| kv.mod_revision)
+                    .unwrap_or(0);
                 assert_eq!(r.succeeded, actual == expect);
                 if r.succeeded {
                     model.put(&key, vec![v]);
@@ -202,9 +212,13 @@ fn run(ops: Vec<Op>) {
             Op::Compact(rev) => {
                 let got = apply(&mvcc, Command::Compact { revision: rev });
                 let want = if rev <= model.compacted {
-                    Err(Error::Compacted { compact_revision: model.compacted })
+                    Err(Error::Compacted {
+                        compact_revision: model.compacted,
+                    })
                 } else if rev > model.current {
-                    Err(Error::FutureRevision { current: model.current })
+                    Err(Error::FutureRevision {
+                        current: model.current,
+                    })
                 } else {
                     model.compacted = rev;
                     Ok(())

@@ -90,7 +90,12 @@ pub struct NodeConfig {
     /// A fresh store starts a new one-member cluster (otherwise it waits to be sent a
     /// snapshot by the leader of the cluster it joined).
     pub bootstrap: Option<Member>,
+    /// Called on the Raft thread after every durable checkpoint with the state directory
+    /// (tests use it to keep what a power cut would leave behind).
+    pub on_checkpoint: Option<CheckpointHook>,
 }
+
+pub type CheckpointHook = Arc<dyn Fn(&std::path::Path) + Send + Sync>;
 
 /// How the node is connected to the rest of the process.
 pub struct Wiring {
@@ -98,6 +103,7 @@ pub struct Wiring {
     pub transport: Arc<dyn Transport>,
     pub inputs: Receiver<Input>,
     pub stop: Arc<AtomicBool>,
+    pub crash: Arc<AtomicBool>,
 }
 
 /// The most commands one log entry carries, and the most bytes.
@@ -114,6 +120,8 @@ pub struct RaftNode {
     inputs: Receiver<Input>,
     status: Arc<NodeStatus>,
     stop: Arc<AtomicBool>,
+    /// Set to end the loop as a crash would: no final checkpoint.
+    crash: Arc<AtomicBool>,
     seq: u64,
     pending: HashMap<u64, Reply<CommandResult>>,
     reads: HashMap<Vec<u8>, Vec<Reply<u64>>>,
@@ -174,6 +182,7 @@ impl RaftNode {
             transport,
             inputs,
             stop,
+            crash,
         } = wiring;
         let storage = LogStorage::new(mvcc.clone());
         let mut applied = mvcc.applied();
@@ -279,6 +288,7 @@ impl RaftNode {
             inputs,
             status: status.clone(),
             stop,
+            crash,
             seq: 0,
             pending: HashMap::new(),
             reads: HashMap::new(),
@@ -291,6 +301,11 @@ impl RaftNode {
             role: StateRole::Follower,
         };
         Ok((node, status))
+    }
+
+    /// The index of the last entry in the log.
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
     }
 
     /// Runs until stopped. A failure to persist is fatal (etcd's rule): returning the error
@@ -311,8 +326,10 @@ impl RaftNode {
             "raft loop stopped"
         );
         // Leave the state machine durable so the next start replays little.
-        if let Ok(a) = self.mvcc.checkpoint(&self.cfg.state_dir) {
-            let _ = self.wal.release_to(a.index);
+        if !self.crash.load(Ordering::SeqCst) {
+            if let Ok(a) = self.checkpoint() {
+                let _ = self.wal.release_to(a.index);
+            }
         }
         result
     }
@@ -322,7 +339,7 @@ impl RaftNode {
         let mut proposals: Vec<(Command, Reply<CommandResult>)> = Vec::new();
         let mut read_waiters: Vec<Reply<u64>> = Vec::new();
         self.on_ready()?;
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.load(Ordering::Relaxed) && !self.crash.load(Ordering::Relaxed) {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             match self.inputs.recv_timeout(timeout) {
                 Ok(first) => {
@@ -789,6 +806,14 @@ impl RaftNode {
         }
     }
 
+    fn checkpoint(&self) -> Result<Applied> {
+        let applied = self.mvcc.checkpoint(&self.cfg.state_dir)?;
+        if let Some(hook) = &self.cfg.on_checkpoint {
+            hook(&self.cfg.state_dir);
+        }
+        Ok(applied)
+    }
+
     fn maybe_checkpoint(&mut self) -> Result<()> {
         let due = self.since_checkpoint >= self.cfg.checkpoint_entries
             || (self.since_checkpoint > 0
@@ -797,7 +822,7 @@ impl RaftNode {
             return Ok(());
         }
         let started = Instant::now();
-        let applied = self.mvcc.checkpoint(&self.cfg.state_dir)?;
+        let applied = self.checkpoint()?;
         let released = self.wal.release_to(applied.index)?;
         tracing::debug!(
             index = applied.index,
