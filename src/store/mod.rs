@@ -59,6 +59,9 @@ pub struct StoreConfig {
     pub checkpoint_entries: u64,
     pub request_timeout: Duration,
     pub on_checkpoint: Option<raft::CheckpointHook>,
+    /// Writes are refused (NoSpace) while the data directory's filesystem has less free space
+    /// than this, so the log and the state database never hit a full disk half-way.
+    pub min_free_bytes: u64,
 }
 
 impl StoreConfig {
@@ -77,6 +80,7 @@ impl StoreConfig {
             checkpoint_entries: 10_000,
             request_timeout: Duration::from_secs(10),
             on_checkpoint: None,
+            min_free_bytes: 128 << 20,
         }
     }
 }
@@ -108,6 +112,8 @@ struct Inner {
     stop: Arc<AtomicBool>,
     crash: Arc<AtomicBool>,
     request_timeout: Duration,
+    dir: PathBuf,
+    min_free_bytes: u64,
     forwarder: std::sync::RwLock<Option<Arc<dyn Forwarder>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
 }
@@ -246,6 +252,8 @@ impl Store {
                 stop,
                 crash,
                 request_timeout: cfg.request_timeout,
+                dir: cfg.dir.clone(),
+                min_free_bytes: cfg.min_free_bytes,
                 forwarder: Default::default(),
                 thread: std::sync::Mutex::new(Some(thread)),
             }),
@@ -341,6 +349,17 @@ impl Store {
 
     /// Proposes on this member only: fails with `NotLeader` on a follower.
     pub async fn propose_local(&self, command: Command) -> Result<CommandResult> {
+        // Compaction and revocation free space; everything else needs some.
+        if matches!(command, Command::Txn(_) | Command::LeaseGrant { .. }) {
+            let free = free_bytes(&self.inner.dir);
+            if free < self.inner.min_free_bytes {
+                return Err(Error::NoSpace(format!(
+                    "{} has {free} bytes free, below the {} bytes the store keeps in reserve",
+                    self.inner.dir.display(),
+                    self.inner.min_free_bytes
+                )));
+            }
+        }
         let size = command::encode(&command).len();
         if size > MAX_REQUEST_BYTES {
             return Err(Error::RequestTooLarge {
@@ -524,6 +543,20 @@ impl Store {
     pub fn write_snapshot<W: std::io::Write>(&self, out: &mut W) -> Result<u64> {
         self.inner.mvcc.write_consistent_snapshot(out)
     }
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `dir` (u64::MAX if unknown).
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return u64::MAX;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter of the right type.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return u64::MAX;
+    }
+    (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
 }
 
 fn unexpected(r: CommandResult) -> Error {

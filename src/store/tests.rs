@@ -531,3 +531,70 @@ async fn a_power_cut_loses_no_acknowledged_write() {
     assert!(s.current_revision() >= last_rev);
     s.shutdown().await.unwrap();
 }
+
+/// Unmounts a test filesystem when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk: writes fail with NoSpace, nothing acknowledged is lost, reads go on, and
+/// writes work again once space returns. Uses a small tmpfs (the tests run as root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_cleanly_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount");
+    assert!(
+        status.success(),
+        "mounting a tmpfs needs root (CI and `make test` run as root)"
+    );
+    let _mounted = Mount(mnt.clone());
+    let data = mnt.join("db");
+    let mut cfg = test_config(&data);
+    cfg.segment_bytes = 1 << 20;
+    cfg.min_free_bytes = 3 << 20;
+    let s = Store::open(cfg.clone(), Arc::new(NoPeers)).unwrap();
+    let ballast = mnt.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 12 << 20]).unwrap();
+    let value = "x".repeat(8 << 10);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..4000 {
+        let key = format!("full/{i:05}");
+        match s.put(put(&key, &value)).await {
+            Ok(_) => acked.push(key),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("the disk never filled");
+    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(err.to_string().contains("database space exceeded"), "{err}");
+    assert!(acked.len() > 10);
+    // Reads still work and see everything acknowledged.
+    let all = s.range(prefix("full/")).await.unwrap();
+    assert_eq!(all.count as usize, acked.len());
+    // Space returns: writes work again.
+    std::fs::remove_file(&ballast).unwrap();
+    s.put(put("full/after", "ok")).await.unwrap();
+    s.shutdown().await.unwrap();
+    drop(s);
+    let s = Store::open(cfg, Arc::new(NoPeers)).unwrap();
+    let all = s.range(prefix("full/")).await.unwrap();
+    assert_eq!(all.count as usize, acked.len() + 1);
+    s.shutdown().await.unwrap();
+}

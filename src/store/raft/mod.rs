@@ -511,6 +511,13 @@ impl RaftNode {
 
     fn propose_batch(&mut self, batch: Vec<Proposal>, replies: Vec<(u64, Reply<CommandResult>)>) {
         let data = command::encode(&(self.cfg.id, batch));
+        if let Err(e) = self.wal.ensure_room(data.len() + 256) {
+            tracing::warn!(error = %e, "no room in the log for new writes");
+            for (_, reply) in replies {
+                let _ = reply.send(Err(clone_err(&e)));
+            }
+            return;
+        }
         match self.node.propose(Vec::new(), data) {
             Ok(()) => self.pending.extend(replies),
             Err(e) => {
@@ -887,6 +894,7 @@ fn clone_err(e: &Error) -> Error {
     match e {
         Error::NotLeader { leader } => Error::NotLeader { leader: *leader },
         Error::NoLeader => Error::NoLeader,
+        Error::NoSpace(m) => Error::NoSpace(m.clone()),
         other => Error::Io(other.to_string()),
     }
 }

@@ -208,6 +208,16 @@ impl Wal {
         Ok(())
     }
 
+    /// Makes sure the next frame of `payload_bytes` fits without cutting a new segment, cutting
+    /// (and preallocating) one now if needed: a full disk fails here, before anything is
+    /// proposed, instead of in the middle of persisting what Raft already accepted.
+    pub fn ensure_room(&mut self, payload_bytes: usize) -> Result<()> {
+        if self.active.fits(payload_bytes) {
+            return Ok(());
+        }
+        self.rotate()
+    }
+
     /// Starts a new segment whose head records where the log stands, so older segments can
     /// later be deleted whole.
     fn rotate(&mut self) -> Result<()> {
