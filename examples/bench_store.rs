@@ -154,6 +154,148 @@ fn start_etcd(dir: &Path, tls: &Path) -> anyhow::Result<Proc> {
     })
 }
 
+fn copy_peer_ca(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let dst = to.join("server/tls/etcd");
+    std::fs::create_dir_all(&dst)?;
+    for f in ["peer-ca.crt", "peer-ca.key"] {
+        std::fs::copy(from.join("server/tls/etcd").join(f), dst.join(f))?;
+    }
+    Ok(())
+}
+
+fn krab_member(bin: &Path, dir: &Path, peer: u16, join: Option<u16>) -> anyhow::Result<Proc> {
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "server",
+        "--config",
+        "/dev/null",
+        "--disable-agent",
+        "--log-level",
+        "warn",
+    ])
+    .arg("--data-dir")
+    .arg(dir)
+    .arg("--etcd-listen")
+    .arg(format!("127.0.0.1:{port}"))
+    .arg("--etcd-peer-listen")
+    .arg(format!("127.0.0.1:{peer}"))
+    .args(["--token", "bench", "--node-name"])
+    .arg(dir.file_name().unwrap_or_default());
+    match join {
+        None => cmd.arg("--cluster-init"),
+        Some(p) => cmd.arg("--server").arg(format!("https://127.0.0.1:{p}")),
+    };
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    Ok(Proc {
+        name: "krab",
+        child,
+        endpoint: format!("https://127.0.0.1:{port}"),
+        tls: dir.join("server/tls/etcd"),
+    })
+}
+
+/// Three krab servers on loopback; returns them with the first (the leader) first.
+async fn start_krab_cluster(bin: &Path, root: &Path) -> anyhow::Result<Vec<Proc>> {
+    let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let dirs: Vec<PathBuf> = (0..3).map(|i| root.join(format!("k{i}"))).collect();
+    let first = krab_member(bin, &dirs[0], peers[0], None)?;
+    connect(&first).await?;
+    let mut all = vec![first];
+    for i in 1..3 {
+        copy_peer_ca(&dirs[0], &dirs[i])?;
+        let p = krab_member(bin, &dirs[i], peers[i], Some(peers[0]))?;
+        connect(&p).await?;
+        all.push(p);
+    }
+    Ok(all)
+}
+
+/// Three etcd members with TLS for clients and peers, using krab's certificates.
+fn start_etcd_cluster(root: &Path, tls: &Path) -> anyhow::Result<Vec<Proc>> {
+    let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let initial: Vec<String> = (0..3)
+        .map(|i| format!("e{i}=https://127.0.0.1:{}", peers[i]))
+        .collect();
+    let mut all = Vec::new();
+    for i in 0..3 {
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(root.join(format!("e{i}")))
+            .arg(format!("--name=e{i}"))
+            .args(["--log-level", "error", "--logger", "zap"])
+            .arg(format!(
+                "--listen-client-urls=https://127.0.0.1:{}",
+                clients[i]
+            ))
+            .arg(format!(
+                "--advertise-client-urls=https://127.0.0.1:{}",
+                clients[i]
+            ))
+            .arg(format!("--listen-peer-urls=https://127.0.0.1:{}", peers[i]))
+            .arg(format!(
+                "--initial-advertise-peer-urls=https://127.0.0.1:{}",
+                peers[i]
+            ))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg(format!(
+                "--cert-file={}",
+                tls.join("server-client.crt").display()
+            ))
+            .arg(format!(
+                "--key-file={}",
+                tls.join("server-client.key").display()
+            ))
+            .arg(format!(
+                "--trusted-ca-file={}",
+                tls.join("server-ca.crt").display()
+            ))
+            .arg("--client-cert-auth")
+            .arg(format!(
+                "--peer-cert-file={}",
+                tls.join("peer-server-client.crt").display()
+            ))
+            .arg(format!(
+                "--peer-key-file={}",
+                tls.join("peer-server-client.key").display()
+            ))
+            .arg(format!(
+                "--peer-trusted-ca-file={}",
+                tls.join("peer-ca.crt").display()
+            ))
+            .arg("--peer-client-cert-auth")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        all.push(Proc {
+            name: "etcd",
+            child,
+            endpoint: format!("https://127.0.0.1:{}", clients[i]),
+            tls: tls.to_path_buf(),
+        });
+    }
+    Ok(all)
+}
+
+/// The member that is leader, by asking each for its status.
+async fn leader_index(members: &[Proc]) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (i, m) in members.iter().enumerate() {
+            let mut c = connect(m).await?;
+            if let Ok(st) = c.status().await {
+                let me = st.header().map(|h| h.member_id()).unwrap_or(0);
+                if st.leader() == me && me != 0 {
+                    return Ok(i);
+                }
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 struct Run {
     puts_per_sec: f64,
     p50_ms: f64,
@@ -268,6 +410,24 @@ async fn main() -> anyhow::Result<()> {
     drop(etcd);
     drop(krab);
 
+    eprintln!("measuring three krab servers...");
+    let kc = start_krab_cluster(&bin, &tmp.path().join("kc")).await?;
+    let leader = leader_index(&kc).await?;
+    let client = connect(&kc[leader]).await?;
+    let _ = put_load(&client, 4, 50, "warmup").await?;
+    let k3_one = put_load(&client, 1, 1000, "one").await?;
+    let k3_sixteen = put_load(&client, 16, 250, "sixteen").await?;
+    let cluster_tls = kc[0].tls.clone();
+    eprintln!("measuring three etcd members...");
+    let ec = start_etcd_cluster(&tmp.path().join("ec"), &cluster_tls)?;
+    let leader = leader_index(&ec).await?;
+    let client = connect(&ec[leader]).await?;
+    let _ = put_load(&client, 4, 50, "warmup").await?;
+    let e3_one = put_load(&client, 1, 1000, "one").await?;
+    let e3_sixteen = put_load(&client, 16, 250, "sixteen").await?;
+    drop(ec);
+    drop(kc);
+
     let live_mb = (keys * (1024 + 20)) as f64 / (1024.0 * 1024.0);
     println!("| single server, 1 KiB puts | krab | etcd 3.4 | krab/etcd |");
     println!("|---|---:|---:|---:|");
@@ -317,6 +477,37 @@ async fn main() -> anyhow::Result<()> {
         k.peak_rss_100k_mb,
         e.peak_rss_100k_mb,
         "",
+    );
+    println!();
+    println!(
+        "| three servers on loopback, 1 KiB puts to the leader | krab | etcd 3.4 | krab/etcd |"
+    );
+    println!("|---|---:|---:|---:|");
+    row(
+        "1 client: puts/s",
+        k3_one.puts_per_sec,
+        e3_one.puts_per_sec,
+        "",
+    );
+    row("1 client: p50 latency", k3_one.p50_ms, e3_one.p50_ms, " ms");
+    row("1 client: p99 latency", k3_one.p99_ms, e3_one.p99_ms, " ms");
+    row(
+        "16 clients: puts/s",
+        k3_sixteen.puts_per_sec,
+        e3_sixteen.puts_per_sec,
+        "",
+    );
+    row(
+        "16 clients: p50 latency",
+        k3_sixteen.p50_ms,
+        e3_sixteen.p50_ms,
+        " ms",
+    );
+    row(
+        "16 clients: p99 latency",
+        k3_sixteen.p99_ms,
+        e3_sixteen.p99_ms,
+        " ms",
     );
     println!();
     println!(
