@@ -208,7 +208,7 @@ impl Store {
             election_ticks: cfg.election_ticks,
             state_dir: state_dir.clone(),
             checkpoint_entries: cfg.checkpoint_entries,
-            keep_entries: 5_000,
+            keep_entries: 1_000,
             bootstrap: bootstrap.then_some(me),
             on_checkpoint: cfg.on_checkpoint.clone(),
         };

@@ -739,6 +739,7 @@ impl RaftNode {
             self.since_checkpoint += 1;
         }
         let applied = self.mvcc.applied().index;
+        self.trim_memory_log(applied);
         let mut i = 0;
         while i < self.reads_waiting_apply.len() {
             if self.reads_waiting_apply[i].0 <= applied {
@@ -813,6 +814,16 @@ impl RaftNode {
         }
     }
 
+    /// Keeps only the last `keep_entries` applied entries in memory (they are in the WAL on
+    /// disk; a follower further behind gets a snapshot).
+    fn trim_memory_log(&mut self, applied: u64) {
+        let keep = self.cfg.keep_entries;
+        let first = raft::Storage::first_index(self.node.store()).unwrap_or(1);
+        if applied > first + 2 * keep {
+            let _ = self.node.mut_store().mem.wl().compact(applied - keep);
+        }
+    }
+
     fn checkpoint(&self) -> Result<Applied> {
         let applied = self.mvcc.checkpoint(&self.cfg.state_dir)?;
         if let Some(hook) = &self.cfg.on_checkpoint {
@@ -839,10 +850,6 @@ impl RaftNode {
             took_ms = started.elapsed().as_millis() as u64,
             "checkpointed the state database"
         );
-        let keep_from = applied.index.saturating_sub(self.cfg.keep_entries);
-        if keep_from > 1 {
-            let _ = self.node.mut_store().mem.wl().compact(keep_from);
-        }
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         Ok(())
