@@ -123,28 +123,23 @@ fn read_member_id(db_dir: &std::path::Path) -> Option<u64> {
         .map(|i| i.member_id)
 }
 
-/// The cluster's join token, k3s-style `K10<sha256 of the CA>::server:<secret>`: given by
-/// --token, or kept from an earlier start, or generated; written to
+/// The cluster's join token, k3s-style `K10<sha256 of the peer CA>::server:<secret>`: the
+/// secret comes from --token, or an earlier start, or is generated; the token is written to
 /// `<data-dir>/server/token` and `<data-dir>/server/db/token` (mode 0600).
 fn cluster_token(args: &ServerArgs, ca_pem: &str) -> anyhow::Result<String> {
-    use sha2::Digest;
+    use crate::store::bootstrap::Token;
     use std::os::unix::fs::PermissionsExt;
     let path = args.data_dir.join("server").join("token");
     let marker = args.data_dir.join("server").join("db").join("token");
-    let hash = hex(&sha2::Sha256::digest(ca_pem.as_bytes()));
     let secret = match (&args.token, std::fs::read_to_string(&path)) {
-        (Some(t), _) => t
-            .rsplit_once(':')
-            .map(|(_, s)| s.to_string())
-            .unwrap_or_else(|| t.clone()),
-        (None, Ok(existing)) => existing
-            .trim()
-            .rsplit_once(':')
-            .map(|(_, s)| s.to_string())
-            .unwrap_or_else(|| existing.trim().to_string()),
-        (None, Err(_)) => hex(&rand::random::<[u8; 16]>()),
+        (Some(t), _) => Token::parse(t).secret,
+        (None, Ok(existing)) => Token::parse(&existing).secret,
+        (None, Err(_)) => rand::random::<[u8; 16]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
     };
-    let token = format!("K10{hash}::server:{secret}");
+    let token = Token::format(ca_pem, &secret)?;
     for p in [&path, &marker] {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir)
@@ -156,10 +151,6 @@ fn cluster_token(args: &ServerArgs, ca_pem: &str) -> anyhow::Result<String> {
     }
     tracing::info!(path = %path.display(), "cluster join token written");
     Ok(token)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// With `--datastore-endpoint`, the server keeps its state in an external etcd and runs no
@@ -236,13 +227,17 @@ pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Resul
     let clustered =
         args.cluster_init || args.server.is_some() || member_exists && peers_configured(&db_dir);
     let tls_dir = args.data_dir.join("server").join("tls").join("etcd");
-    if args.server.is_some() && !member_exists && !tls_dir.join("peer-ca.crt").exists() {
-        anyhow::bail!(
-            "joining needs the cluster's peer CA: copy peer-ca.crt and peer-ca.key from the first \
-             server's <data-dir>/server/tls/etcd into {} (until the API server brings token \
-             bootstrap of the cluster CA)",
-            tls_dir.display()
-        );
+    if let (Some(url), false) = (&args.server, member_exists) {
+        if !tls_dir.join("peer-ca.crt").exists() {
+            // The token names the cluster's CA; fetch it before trusting anything else.
+            let token = args.token.as_deref().unwrap_or_default();
+            let (cert, key) = crate::store::bootstrap::fetch_peer_ca(url, token)
+                .await
+                .with_context(|| format!("failed to join the cluster at {url}"))?;
+            tls::install_ca(&tls_dir, "peer-ca", &cert, &key)
+                .context("failed to install the cluster's peer CA")?;
+            tracing::info!(server = %url, "verified the cluster CA against the token");
+        }
     }
     let peer_listener = if clustered {
         let l = TcpListener::bind(args.etcd_peer_listen)
@@ -375,6 +370,8 @@ pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Resul
             store: store.clone(),
             token,
             transport: g,
+            ca_cert_pem: certs.peer_ca_pem.clone(),
+            ca_key_pem: certs.peer_ca_key_pem.clone(),
         };
         sup.spawn(
             "raft-peers",

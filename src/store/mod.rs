@@ -1,6 +1,7 @@
 //! The replicated MVCC key-value store that replaces etcd. It knows bytes, revisions and
 //! leases — nothing about Kubernetes. `Store` is the async handle everything else uses;
 //! behind it one Raft thread owns consensus, the log and applies (see `raft`).
+pub mod bootstrap;
 pub mod command;
 pub mod compactor;
 pub mod datastore;
@@ -101,6 +102,11 @@ pub trait Forwarder: Send + Sync {
         command: Command,
     ) -> futures::future::BoxFuture<'static, Result<CommandResult>>;
     fn keep_alive(&self, leader: u64, id: i64) -> futures::future::BoxFuture<'static, Result<i64>>;
+    fn remove_member(
+        &self,
+        leader: u64,
+        id: u64,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<Member>>>;
 }
 
 struct Inner {
@@ -503,7 +509,18 @@ impl Store {
         self.ask(|reply| Input::AddMember { member, reply }).await
     }
 
+    /// Removes a member (forwarded to the leader when needed).
     pub async fn remove_member(&self, id: u64) -> Result<Vec<Member>> {
+        match self.remove_member_local(id).await {
+            Err(Error::NotLeader { leader }) => match self.forwarder() {
+                Some(f) => f.remove_member(leader, id).await,
+                None => Err(Error::NotLeader { leader }),
+            },
+            other => other,
+        }
+    }
+
+    pub async fn remove_member_local(&self, id: u64) -> Result<Vec<Member>> {
         self.ask(|reply| Input::RemoveMember { id, reply }).await
     }
 

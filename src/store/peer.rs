@@ -257,6 +257,19 @@ impl super::Forwarder for Arc<GrpcTransport> {
         })
     }
 
+    fn remove_member(&self, leader: u64, id: u64) -> BoxFuture<'static, Result<Vec<Member>>> {
+        let client = self.client_for(leader);
+        Box::pin(async move {
+            let mut client = client?;
+            let resp = client
+                .remove_member(pb::RemoveMemberRequest { member_id: id })
+                .await
+                .map_err(|e| Error::Io(format!("forwarding to the leader: {}", e.message())))?;
+            command::decode::<Result<Vec<Member>>>(&resp.into_inner().result)
+                .map_err(|e| Error::Io(format!("leader's answer: {e}")))?
+        })
+    }
+
     fn keep_alive(&self, leader: u64, id: i64) -> BoxFuture<'static, Result<i64>> {
         let client = self.client_for(leader);
         Box::pin(async move {
@@ -276,6 +289,18 @@ pub struct PeerService {
     pub store: Store,
     pub token: String,
     pub transport: Arc<GrpcTransport>,
+    /// The peer CA handed to joiners that prove they hold the token.
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+}
+
+/// Every call but Bootstrap needs a client certificate from the peer CA (the server accepts
+/// connections without one only so that Bootstrap can be reached).
+fn require_peer_cert<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.peer_certs() {
+        Some(certs) if !certs.is_empty() => Ok(()),
+        _ => Err(Status::unauthenticated("a peer certificate is required")),
+    }
 }
 
 #[tonic::async_trait]
@@ -284,6 +309,7 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::RaftBatch>,
     ) -> Result<Response<pb::DeliverAck>, Status> {
+        require_peer_cert(&req)?;
         let tx = self.store.sender();
         for bytes in req.into_inner().messages {
             let msg = Message::parse_from_bytes(&bytes)
@@ -298,6 +324,7 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
+        require_peer_cert(&req)?;
         let command: Command = command::decode(&req.into_inner().command)
             .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
         // Only the local leader answers: no forwarding chains.
@@ -311,6 +338,7 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
+        require_peer_cert(&req)?;
         let r = req.into_inner();
         if !token_matches(&r.token, &self.token) {
             return Err(Status::permission_denied(
@@ -356,10 +384,41 @@ impl Peer for PeerService {
         }))
     }
 
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        require_peer_cert(&req)?;
+        let result = self
+            .store
+            .remove_member_local(req.into_inner().member_id)
+            .await;
+        Ok(Response::new(pb::RemoveMemberResponse {
+            result: command::encode(&result),
+        }))
+    }
+
+    async fn bootstrap(
+        &self,
+        req: Request<pb::BootstrapRequest>,
+    ) -> Result<Response<pb::BootstrapResponse>, Status> {
+        if !token_matches(&req.into_inner().token, &self.token) {
+            tracing::warn!("refused a bootstrap request with a wrong token");
+            return Err(Status::permission_denied(
+                "the token does not match this cluster's",
+            ));
+        }
+        Ok(Response::new(pb::BootstrapResponse {
+            ca_cert_pem: self.ca_cert_pem.clone(),
+            ca_key_pem: self.ca_key_pem.clone(),
+        }))
+    }
+
     async fn keep_alive(
         &self,
         req: Request<pb::KeepAliveRequest>,
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        require_peer_cert(&req)?;
         let result = self
             .store
             .lease_keep_alive_local(req.into_inner().lease_id)
@@ -400,8 +459,13 @@ pub async fn serve(
     Server::builder()
         .tls_config(
             ServerTlsConfig::new()
-                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                .client_ca_root(Certificate::from_pem(&tls.ca_pem)),
+                // The chain includes the CA so a joiner can check it against its token.
+                .identity(Identity::from_pem(
+                    format!("{}{}", tls.cert_pem, tls.ca_pem),
+                    &tls.key_pem,
+                ))
+                .client_ca_root(Certificate::from_pem(&tls.ca_pem))
+                .client_auth_optional(true),
         )?
         .add_service(
             PeerServer::new(service)

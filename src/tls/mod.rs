@@ -203,7 +203,21 @@ pub struct EtcdTls {
     pub server: Leaf,
     pub client: Leaf,
     pub peer_ca_pem: String,
+    /// Handed to servers joining with the cluster token (they issue their own peer certificate).
+    pub peer_ca_key_pem: String,
     pub peer: Leaf,
+}
+
+/// Installs a CA received from another server as `<dir>/<name>.crt|.key`.
+pub fn install_ca(dir: &Path, name: &str, cert_pem: &str, key_pem: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    KeyPair::from_pem(key_pem).map_err(|e| Error::Invalid {
+        path: dir.join(format!("{name}.key")),
+        reason: e.to_string(),
+    })?;
+    write_private(&dir.join(format!("{name}.key")), key_pem)?;
+    write_public(&dir.join(format!("{name}.crt")), cert_pem)?;
+    Ok(())
 }
 
 /// Ensures `<data-dir>/server/tls/etcd/{server-ca,server-client,client,peer-ca,
@@ -235,6 +249,7 @@ pub fn ensure_etcd(data_dir: &Path, sans: &[String]) -> Result<EtcdTls> {
         server,
         client,
         peer_ca_pem: peer_ca.cert_pem,
+        peer_ca_key_pem: peer_ca.key_pem,
         peer,
     })
 }

@@ -9,21 +9,22 @@ use crate::support::{free_port, Server};
 
 const TOKEN: &str = "test-cluster-secret";
 
-fn start_member(dir: &Path, peer_port: u16, join: Option<u16>) -> Server {
+fn start_member(dir: &Path, peer_port: u16, join: Option<(u16, &str)>) -> Server {
     let peer = format!("127.0.0.1:{peer_port}");
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let token = join.map(|(_, t)| t).unwrap_or(TOKEN);
     let mut args = vec![
         "--etcd-peer-listen",
         &peer,
         "--token",
-        TOKEN,
+        token,
         "--node-name",
         &name,
     ];
     let url;
     match join {
         None => args.push("--cluster-init"),
-        Some(p) => {
+        Some((p, _)) => {
             url = format!("https://127.0.0.1:{p}");
             args.push("--server");
             args.push(&url);
@@ -32,13 +33,12 @@ fn start_member(dir: &Path, peer_port: u16, join: Option<u16>) -> Server {
     Server::start(dir, &args)
 }
 
-/// Copies the first server's peer CA into a joiner's data dir (the interim join procedure).
-fn share_peer_ca(from: &Path, to: &Path) {
-    let dst = to.join("server/tls/etcd");
-    std::fs::create_dir_all(&dst).unwrap();
-    for f in ["peer-ca.crt", "peer-ca.key"] {
-        std::fs::copy(from.join("server/tls/etcd").join(f), dst.join(f)).unwrap();
-    }
+/// The join token the first server wrote (K10<CA hash>::server:<secret>).
+fn token_of(first: &Path) -> String {
+    std::fs::read_to_string(first.join("server/token"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn status(s: &Server) -> Option<serde_json::Value> {
@@ -69,10 +69,10 @@ async fn three_servers_survive_losing_the_leader_during_writes() {
     let dirs: Vec<_> = (0..3).map(|i| dir.path().join(format!("s{i}"))).collect();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let s0 = start_member(&dirs[0], ports[0], None);
-    share_peer_ca(&dirs[0], &dirs[1]);
-    share_peer_ca(&dirs[0], &dirs[2]);
-    let s1 = start_member(&dirs[1], ports[1], Some(ports[0]));
-    let s2 = start_member(&dirs[2], ports[2], Some(ports[0]));
+    let token = token_of(&dirs[0]);
+    assert!(token.starts_with("K10") && token.ends_with(&format!("::server:{TOKEN}")));
+    let s1 = start_member(&dirs[1], ports[1], Some((ports[0], &token)));
+    let s2 = start_member(&dirs[2], ports[2], Some((ports[0], &token)));
     let mut servers = vec![s0, s1, s2];
     let members = servers[2].ok(&["member", "list"]);
     assert_eq!(members.lines().count(), 3, "{members}");
@@ -171,4 +171,55 @@ async fn three_servers_survive_losing_the_leader_during_writes() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    // Removing a member (the documented way: etcdctl member remove).
+    let st = status(&servers[2]).unwrap();
+    let id = format!("{:x}", st["header"]["member_id"].as_u64().unwrap());
+    let out = servers[0].ok(&["member", "remove", &id]);
+    assert!(out.contains("removed"), "{out}");
+    let members = servers[1].ok(&["member", "list"]);
+    assert_eq!(members.lines().count(), 2, "{members}");
+    assert!(!members.contains(&id), "{members}");
+    servers[0].ok(&["put", "/after-removal", "ok"]);
+}
+
+#[test]
+fn a_wrong_token_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    let port = free_port();
+    let _s0 = start_member(&first, port, None);
+    let token = token_of(&first);
+    let url = format!("https://127.0.0.1:{port}");
+    let join = |name: &str, token: &str| {
+        let peer = format!("127.0.0.1:{}", free_port());
+        crate::support::Server::start_expecting_failure(
+            &dir.path().join(name),
+            &[
+                "--etcd-peer-listen",
+                &peer,
+                "--server",
+                &url,
+                "--token",
+                token,
+            ],
+        )
+    };
+    // Right CA, wrong secret.
+    let wrong_secret = format!(
+        "{}::server:not-the-secret",
+        token.split("::").next().unwrap()
+    );
+    let err = join("a", &wrong_secret);
+    assert!(err.contains("refused the token"), "{err}");
+    // A CA hash that is not this cluster's.
+    let other_ca = format!("K10{}::server:{TOKEN}", "0".repeat(64));
+    let err = join("b", &other_ca);
+    assert!(
+        err.contains("does not present the CA this token names"),
+        "{err}"
+    );
+    // A token without a CA hash cannot establish trust.
+    let err = join("c", TOKEN);
+    assert!(err.contains("no CA hash"), "{err}");
 }

@@ -1,0 +1,229 @@
+//! Joining with nothing but a URL and a token (k3s's model): the token
+//! `K10<sha256 of the peer CA certificate>::server:<secret>` lets a new server recognise the
+//! cluster's CA in the first TLS handshake before it trusts anything, then fetch the CA over a
+//! connection verified against it by proving it knows the secret.
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+use tokio_rustls::rustls::{self, client::danger, DigitallySignedStruct, SignatureScheme};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use super::peer::pb;
+use super::{Error, Result};
+
+/// A parsed join token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// SHA-256 of the peer CA certificate (DER), when the token carries it.
+    pub ca_hash: Option<String>,
+    pub secret: String,
+}
+
+impl Token {
+    pub fn parse(s: &str) -> Token {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("K10") {
+            if let Some((hash, tail)) = rest.split_once("::") {
+                let secret = tail.rsplit_once(':').map(|(_, s)| s).unwrap_or(tail);
+                return Token {
+                    ca_hash: Some(hash.to_lowercase()),
+                    secret: secret.to_string(),
+                };
+            }
+        }
+        Token {
+            ca_hash: None,
+            secret: s.rsplit_once(':').map(|(_, s)| s).unwrap_or(s).to_string(),
+        }
+    }
+
+    /// The full token for a CA and secret.
+    pub fn format(ca_pem: &str, secret: &str) -> Result<String> {
+        Ok(format!("K10{}::server:{secret}", ca_hash(ca_pem)?))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a PEM certificate's DER bytes.
+pub fn ca_hash(ca_pem: &str) -> Result<String> {
+    let der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| {
+        Error::InvalidArgument(format!("the peer CA is not a PEM certificate: {e}"))
+    })?;
+    Ok(hex(&Sha256::digest(der.as_ref())))
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// Accepts whatever the server presents: used for one handshake whose only purpose is to see
+/// the certificate chain, which is then checked against the token's hash.
+#[derive(Debug)]
+struct SeeChain(Arc<rustls::crypto::CryptoProvider>);
+
+impl danger::ServerCertVerifier for SeeChain {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<danger::ServerCertVerified, rustls::Error> {
+        Ok(danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Finds, in the chain `url` presents, the CA certificate the token names.
+async fn ca_from_handshake(url: &str, want: &str) -> Result<String> {
+    let uri: tonic::codegen::http::Uri = url
+        .parse()
+        .map_err(|e| Error::InvalidArgument(format!("--server {url}: {e}")))?;
+    let host = uri.host().unwrap_or("localhost").to_string();
+    let port = uri.port_u16().unwrap_or(2380);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Io(format!("TLS setup: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SeeChain(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| Error::Io(format!("timed out connecting to {url}")))?
+    .map_err(|e| Error::Io(format!("cannot reach {url}: {e}")))?;
+    let name = ServerName::try_from(host.clone())
+        .unwrap_or_else(|_| ServerName::try_from("localhost".to_string()).expect("valid name"));
+    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(|_| Error::Io(format!("timed out in the TLS handshake with {url}")))?
+        .map_err(|e| Error::Io(format!("TLS handshake with {url}: {e}")))?;
+    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    for cert in chain {
+        if hex(&Sha256::digest(cert.as_ref())) == want {
+            return Ok(der_to_pem(cert.as_ref()));
+        }
+    }
+    Err(Error::InvalidArgument(format!(
+        "{url} does not present the CA this token names (sha256 {want}): wrong token or wrong server"
+    )))
+}
+
+/// Obtains the cluster's peer CA (certificate and key) from the server at `url`, trusting
+/// only a CA whose hash the token carries. Returns (cert PEM, key PEM).
+pub async fn fetch_peer_ca(url: &str, token: &str) -> Result<(String, String)> {
+    let token = Token::parse(token);
+    let Some(want) = token.ca_hash.clone() else {
+        return Err(Error::InvalidArgument(
+            "this token has no CA hash (K10<hash>::server:<secret>); use the token from the first \
+             server's <data-dir>/server/token"
+                .into(),
+        ));
+    };
+    let ca_pem = ca_from_handshake(url, &want).await?;
+    // From here on the server is verified against that CA.
+    let ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::InvalidArgument(format!("--server {url}: {e}")))?
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca_pem))
+                .domain_name("localhost"),
+        )
+        .map_err(|e| Error::InvalidArgument(format!("peer TLS: {e}")))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = ep
+        .connect()
+        .await
+        .map_err(|e| Error::Io(format!("cannot reach {url}: {e}")))?;
+    let resp = pb::peer_client::PeerClient::new(channel)
+        .bootstrap(pb::BootstrapRequest {
+            token: token.secret.clone(),
+        })
+        .await
+        .map_err(|s| Error::InvalidArgument(format!("{url} refused the token: {}", s.message())))?
+        .into_inner();
+    if ca_hash(&resp.ca_cert_pem)? != want {
+        return Err(Error::InvalidArgument(format!(
+            "{url} handed over a CA that does not match the token"
+        )));
+    }
+    Ok((resp.ca_cert_pem, resp.ca_key_pem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_with_and_without_a_ca_hash() {
+        let t = Token::parse("K10ABCdef::server:s3cret");
+        assert_eq!(t.ca_hash.as_deref(), Some("abcdef"));
+        assert_eq!(t.secret, "s3cret");
+        let t = Token::parse("plain-secret");
+        assert_eq!((t.ca_hash, t.secret.as_str()), (None, "plain-secret"));
+    }
+
+    #[test]
+    fn der_round_trips_through_pem() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let pem = der_to_pem(cert.der());
+        assert_eq!(
+            ca_hash(&pem).unwrap(),
+            hex(&Sha256::digest(cert.der().as_ref()))
+        );
+    }
+}
