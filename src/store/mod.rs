@@ -191,8 +191,23 @@ impl Store {
                 ))
             }
         };
-        if bootstrap || cfg.join_as.is_some() {
-            std::fs::create_dir_all(&cfg.dir)?;
+        if !bootstrap && cfg.join_as.is_none() {
+            // An existing member: both halves of its data must be there. A missing log would
+            // silently drop everything since the last checkpoint; a missing state database
+            // would start empty.
+            for (what, dir) in [
+                ("write-ahead log", &wal_dir),
+                ("state database", &state_dir),
+            ] {
+                if !dir.is_dir() {
+                    return Err(Error::Corrupt(format!(
+                        "{}: the {what} of member {:x} is missing; refusing to start \
+                         (restore it, or use --cluster-reset-restore-path with a snapshot)",
+                        dir.display(),
+                        identity.member_id
+                    )));
+                }
+            }
         }
         let mvcc =
             Arc::new(Mvcc::open(&state_dir, cfg.cache_bytes).map_err(|e| annotate(e, &state_dir))?);

@@ -289,3 +289,33 @@ fn an_unknown_config_key_is_reported_before_anything_starts() {
         "{err}"
     );
 }
+
+#[test]
+fn missing_or_damaged_state_refuses_to_start_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let mut s = Server::start(&data, &[]);
+    for i in 0..10 {
+        s.ok(&["put", "k", &i.to_string()]);
+    }
+    s.stop();
+    // A deleted log: refuse, naming it.
+    let wal = data.join("server/db/wal");
+    let aside = data.join("server/db/wal-aside");
+    std::fs::rename(&wal, &aside).unwrap();
+    let err = Server::start_expecting_failure(&data, &[]);
+    assert!(
+        err.contains("write-ahead log") && err.contains("missing"),
+        "{err}"
+    );
+    std::fs::rename(&aside, &wal).unwrap();
+    // A damaged state database: refuse, naming the state directory.
+    let db = data.join("server/db/state/db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    for b in bytes.iter_mut().take(4096) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db, bytes).unwrap();
+    let err = Server::start_expecting_failure(&data, &[]);
+    assert!(err.contains("server/db/state"), "{err}");
+}

@@ -219,9 +219,11 @@ impl RaftNode {
                 .unwrap_or(start_index);
             if applied.index < start_index {
                 return Err(Error::Corrupt(format!(
-                    "the state database is at log index {} but the log starts after {}: \
-                     entries in between are missing",
-                    applied.index, start_index
+                    "{}: the state database is at log index {} but the log starts after {}: \
+                     entries in between are missing (damaged or replaced state database?)",
+                    cfg.state_dir.display(),
+                    applied.index,
+                    start_index
                 )));
             }
             let cs = conf_state_of(&mvcc.membership())?;
