@@ -111,7 +111,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
 impl Mvcc {
     /// Opens (or creates) the state database in `dir` and rebuilds the key index from it.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // krab's own log is the durability point; sled's background flusher only adds
@@ -119,8 +119,27 @@ impl Mvcc {
             .flush_every_ms(None)
             // LowSpace (the default) rewrites segments eagerly to reclaim space, multiplying
             // the bytes written — what wears out SD cards.
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .mode(sled::Mode::HighThroughput);
+        // sled's file lock outlives a dropped handle for a moment (its background threads let
+        // go of it), so a reopen in the same process waits briefly; a lock held longer means
+        // another process uses this directory.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() > deadline {
+                        return Err(Error::Io(format!(
+                            "{} is in use by another process (another krab server on this \
+                             data dir?)",
+                            dir.display()
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let tree = (*db).clone();
         let state = load_state(&tree)?;
         Ok(Mvcc {
