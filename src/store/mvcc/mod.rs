@@ -127,7 +127,10 @@ impl Mvcc {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock") =>
+                {
                     if std::time::Instant::now() > deadline {
                         return Err(Error::Io(format!(
                             "{} is in use by another process (another krab server on this \
