@@ -378,6 +378,16 @@ pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Resul
             peer::serve(service, peer_tls, listener, shutdown.clone()),
         );
     }
+    let watched = store.clone();
+    let stop_watch = shutdown.clone();
+    sup.spawn("store-monitor", async move {
+        tokio::select! {
+            _ = stop_watch.cancelled() => Ok(()),
+            _ = watched.stopped() => Err(anyhow::anyhow!(
+                "the datastore stopped (removed from the cluster, or a storage failure: see above)"
+            )),
+        }
+    });
     let result = sup.wait().await;
     store.shutdown().await.context("datastore shutdown")?;
     tracing::info!("stopped");

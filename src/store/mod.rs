@@ -314,6 +314,13 @@ impl Store {
         }
     }
 
+    /// Resolves when the Raft thread has stopped (shutdown, fatal error, or removal).
+    pub async fn stopped(&self) {
+        while !self.inner.status.stopped.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn identity(&self) -> &Identity {
         &self.inner.identity
     }
@@ -357,14 +364,23 @@ impl Store {
 
     /// Proposes a command through Raft and waits until it is committed, durable and applied;
     /// forwards it to the leader when this member is not the leader.
+    /// During an election (no leader yet) it waits, up to the request timeout, as etcd does:
+    /// nothing was proposed, so retrying cannot apply a command twice.
     pub async fn propose(&self, command: Command) -> Result<CommandResult> {
-        let cmd = command.clone();
-        match self.propose_local(command).await {
-            Err(Error::NotLeader { leader }) => match self.forwarder() {
-                Some(f) => f.propose(leader, cmd).await,
-                None => Err(Error::NotLeader { leader }),
-            },
-            other => other,
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            match self.propose_local(command.clone()).await {
+                Err(Error::NotLeader { leader }) => {
+                    return match self.forwarder() {
+                        Some(f) => f.propose(leader, command).await,
+                        None => Err(Error::NotLeader { leader }),
+                    }
+                }
+                Err(Error::NoLeader) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
         }
     }
 

@@ -180,7 +180,33 @@ async fn three_servers_survive_losing_the_leader_during_writes() {
     let members = servers[1].ok(&["member", "list"]);
     assert_eq!(members.lines().count(), 2, "{members}");
     assert!(!members.contains(&id), "{members}");
-    servers[0].ok(&["put", "/after-removal", "ok"]);
+    // Writes go on (after an election if the removed member was the leader).
+    let removed_at = Instant::now();
+    let deadline = removed_at + Duration::from_secs(20);
+    loop {
+        let out = servers[0].etcdctl(&["put", "/after-removal", "ok"]);
+        if out.status.success() {
+            if removed_at.elapsed() > Duration::from_secs(5)
+                && std::env::var_os("KRAB_TEST_DUMP").is_some()
+            {
+                for (i, s) in servers.iter().enumerate() {
+                    eprintln!("--- server {i} log:\n{}", s.log());
+                }
+            }
+            eprintln!("write after removal took {:?}", removed_at.elapsed());
+            break;
+        }
+        if Instant::now() > deadline {
+            for (i, s) in servers.iter().enumerate() {
+                eprintln!("--- server {i} log:\n{}", s.log());
+            }
+            panic!(
+                "no writes after the removal: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -106,6 +106,9 @@ pub struct Wiring {
     pub crash: Arc<AtomicBool>,
 }
 
+/// How long a ReadIndex request may go unanswered before it is asked again.
+const READ_RETRY: Duration = Duration::from_millis(300);
+
 /// The most commands one log entry carries, and the most bytes.
 const MAX_BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -122,9 +125,12 @@ pub struct RaftNode {
     stop: Arc<AtomicBool>,
     /// Set to end the loop as a crash would: no final checkpoint.
     crash: Arc<AtomicBool>,
+    /// This member was removed from the cluster: the loop ends.
+    removed: bool,
     seq: u64,
     pending: HashMap<u64, Reply<CommandResult>>,
-    reads: HashMap<Vec<u8>, Vec<Reply<u64>>>,
+    /// ReadIndex requests in flight: context → (when last asked, waiters).
+    reads: HashMap<Vec<u8>, (Instant, Vec<Reply<u64>>)>,
     reads_waiting_apply: Vec<(u64, Reply<u64>)>,
     conf_waiters: HashMap<u64, Reply<Vec<Member>>>,
     lessor: Lessor,
@@ -291,6 +297,7 @@ impl RaftNode {
             status: status.clone(),
             stop,
             crash,
+            removed: false,
             seq: 0,
             pending: HashMap::new(),
             reads: HashMap::new(),
@@ -341,7 +348,10 @@ impl RaftNode {
         let mut proposals: Vec<(Command, Reply<CommandResult>)> = Vec::new();
         let mut read_waiters: Vec<Reply<u64>> = Vec::new();
         self.on_ready()?;
-        while !self.stop.load(Ordering::Relaxed) && !self.crash.load(Ordering::Relaxed) {
+        while !self.stop.load(Ordering::Relaxed)
+            && !self.crash.load(Ordering::Relaxed)
+            && !self.removed
+        {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             match self.inputs.recv_timeout(timeout) {
                 Ok(first) => {
@@ -361,6 +371,7 @@ impl RaftNode {
                 self.node.tick();
                 next_tick = Instant::now() + self.cfg.tick;
                 self.expire_leases();
+                self.retry_reads();
             }
             if !proposals.is_empty() {
                 self.propose(std::mem::take(&mut proposals));
@@ -369,7 +380,8 @@ impl RaftNode {
                 self.seq += 1;
                 let ctx = self.seq.to_be_bytes().to_vec();
                 self.node.read_index(ctx.clone());
-                self.reads.insert(ctx, std::mem::take(&mut read_waiters));
+                self.reads
+                    .insert(ctx, (Instant::now(), std::mem::take(&mut read_waiters)));
             }
             self.on_ready()?;
             self.maybe_checkpoint()?;
@@ -558,6 +570,10 @@ impl RaftNode {
         if let Some(ss) = rd.ss() {
             self.on_role(ss.raft_state, ss.leader_id);
         }
+        if let Some(hs) = rd.hs() {
+            self.status.commit.store(hs.commit, Ordering::Relaxed);
+            self.status.term.store(hs.term, Ordering::Relaxed);
+        }
         if !rd.messages().is_empty() {
             self.transport.send(rd.take_messages());
         }
@@ -683,8 +699,26 @@ impl RaftNode {
         Ok(())
     }
 
+    /// raft-rs drops a ReadIndex request it cannot serve (no leader known yet, or the leader
+    /// changed); ask again for those unanswered after a while, as etcd's read loop does.
+    fn retry_reads(&mut self) {
+        let now = Instant::now();
+        let stale: Vec<Vec<u8>> = self
+            .reads
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) > READ_RETRY)
+            .map(|(ctx, _)| ctx.clone())
+            .collect();
+        for ctx in stale {
+            if let Some(entry) = self.reads.get_mut(&ctx) {
+                entry.0 = now;
+            }
+            self.node.read_index(ctx);
+        }
+    }
+
     fn on_read_state(&mut self, index: u64, ctx: Vec<u8>) {
-        let Some(waiters) = self.reads.remove(&ctx) else {
+        let Some((_, waiters)) = self.reads.remove(&ctx) else {
             return;
         };
         let applied = self.mvcc.applied().index;
@@ -785,6 +819,12 @@ impl RaftNode {
             tracing::info!(member = %change.member.name, id = change.member.id, "member added");
         } else {
             tracing::info!(member = %change.member.name, id = change.member.id, "member removed");
+            if change.member.id == self.cfg.id {
+                // As etcd does: a removed member stops, so a removed leader does not keep the
+                // others from electing a new one.
+                tracing::warn!("this member was removed from the cluster; stopping the store");
+                self.removed = true;
+            }
         }
         m.conf_state = encode_pb(&cs);
         self.node.mut_store().mem.wl().set_conf_state(cs);
