@@ -319,3 +319,85 @@ fn missing_or_damaged_state_refuses_to_start_and_says_where() {
     let err = Server::start_expecting_failure(&data, &[]);
     assert!(err.contains("server/db/state"), "{err}");
 }
+
+#[test]
+fn flags_beat_environment_and_environment_beats_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file_port, env_port, flag_port) = (
+        crate::support::free_port(),
+        crate::support::free_port(),
+        crate::support::free_port(),
+    );
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!("etcd-listen: 127.0.0.1:{file_port}\nlog-level: debug\n"),
+    )
+    .unwrap();
+    let serving_on = |env: Option<u16>, flag: Option<u16>, name: &str| -> u16 {
+        let data = dir.path().join(name);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_krab"));
+        cmd.args(["server", "--disable-agent", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(&data)
+            .stderr(std::process::Stdio::null());
+        if let Some(p) = env {
+            cmd.env("KRAB_ETCD_LISTEN", format!("127.0.0.1:{p}"));
+        }
+        if let Some(p) = flag {
+            cmd.arg("--etcd-listen").arg(format!("127.0.0.1:{p}"));
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let found = loop {
+            let up = [file_port, env_port, flag_port]
+                .into_iter()
+                .find(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok());
+            if let Some(p) = up {
+                break p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: nothing listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        found
+    };
+    assert_eq!(serving_on(None, None, "file"), file_port);
+    assert_eq!(serving_on(Some(env_port), None, "env"), env_port);
+    assert_eq!(
+        serving_on(Some(env_port), Some(flag_port), "flag"),
+        flag_port
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_requests_answer_with_the_current_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let mut c = crate::crash::client(&s).await;
+    let mut stream = c.watch("/p/", None).await.unwrap();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created());
+    c.put("/other", "x", None).await.unwrap();
+    let rev = c
+        .put("/other", "y", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    stream.request_progress().await.unwrap();
+    let progress = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(progress.events().is_empty());
+    assert!(!progress.canceled());
+    assert_eq!(progress.header().unwrap().revision(), rev);
+}
