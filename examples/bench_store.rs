@@ -104,6 +104,10 @@ fn start_krab(bin: &Path, dir: &Path) -> anyhow::Result<Proc> {
         .arg(dir)
         .arg("--etcd-listen")
         .arg(format!("127.0.0.1:{port}"))
+        .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+        .arg(free_port().to_string())
+        .arg("--write-kubeconfig")
+        .arg(dir.with_extension("kubeconfig"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.with_file_name("krab.log"))?)
         .spawn()?;
@@ -180,6 +184,10 @@ fn krab_member(bin: &Path, dir: &Path, peer: u16, join: Option<u16>) -> anyhow::
     .arg(format!("127.0.0.1:{port}"))
     .arg("--etcd-peer-listen")
     .arg(format!("127.0.0.1:{peer}"))
+    .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+    .arg(free_port().to_string())
+    .arg("--write-kubeconfig")
+    .arg(dir.with_extension("kubeconfig"))
     .args(["--token", "bench", "--node-name"])
     .arg(dir.file_name().unwrap_or_default());
     match join {

@@ -1,5 +1,6 @@
 //! krab: a whole Kubernetes distribution in one executable. `main.rs` is a thin shell; every
 //! module lives here so integration tests can reach them. See ARCHITECTURE.md for the map.
+pub mod apiserver;
 pub mod cli;
 pub mod config;
 pub mod lifecycle;

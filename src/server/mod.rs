@@ -1,5 +1,7 @@
 //! `krab server`: composes the datastore, its etcd endpoint and (as later issues land) the
 //! API server, controllers, scheduler and local agent, in that order, under one supervisor.
+mod kubeconfig;
+
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -153,11 +155,46 @@ fn cluster_token(args: &ServerArgs, ca_pem: &str) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Prepares the cluster certificates and kubeconfig and starts the API server task.
+fn start_apiserver(
+    sup: &mut Supervisor,
+    args: &ServerArgs,
+    name: &str,
+    datastore: Datastore,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut sans = host_sans(name);
+    if !args.bind_address.is_unspecified() && !sans.contains(&args.bind_address.to_string()) {
+        sans.push(args.bind_address.to_string());
+    }
+    let certs = crate::tls::cluster::ensure_cluster(&args.data_dir, &sans)
+        .context("failed to prepare the cluster certificates")?;
+    let host = if args.bind_address.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        args.bind_address.to_string()
+    };
+    let url = format!("https://{host}:{}", args.https_listen_port);
+    kubeconfig::write(
+        &args.write_kubeconfig,
+        &args.write_kubeconfig_mode,
+        &url,
+        &certs,
+    )?;
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving the Kubernetes API");
+    sup.spawn("apiserver", async move {
+        crate::apiserver::run(datastore, &certs, listener, shutdown).await
+    });
+    Ok(())
+}
+
 /// With `--datastore-endpoint`, the server keeps its state in an external etcd and runs no
 /// embedded store (and serves no etcd endpoint of its own), as k3s does.
 async fn run_external(
     args: &ServerArgs,
     endpoint: &str,
+    api_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let read = |p: &Option<std::path::PathBuf>, flag: &str| -> anyhow::Result<Option<Vec<u8>>> {
@@ -203,18 +240,20 @@ async fn run_external(
         }
     };
     tracing::info!(endpoint, "datastore ready (external etcd)");
-    let sup = Supervisor::new(shutdown);
-    // The API server (next issue) is the datastore's user; until it lands, the server holds
-    // the connection open until shutdown.
-    let result = sup.wait().await;
-    drop(datastore);
-    result
+    let name = node_name(&args.node_name);
+    let mut sup = Supervisor::new(shutdown.clone());
+    start_apiserver(&mut sup, args, &name, datastore, api_listener, shutdown)?;
+    sup.wait().await
 }
 
 pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     validate(&args)?;
+    let api_addr = std::net::SocketAddr::new(args.bind_address, args.https_listen_port);
+    let api_listener = TcpListener::bind(api_addr).await.with_context(|| {
+        format!("failed to listen on {api_addr} (--bind-address, --https-listen-port)")
+    })?;
     if let Some(endpoint) = &args.datastore_endpoint {
-        return run_external(&args, endpoint, shutdown).await;
+        return run_external(&args, endpoint, api_listener, shutdown).await;
     }
     let name = node_name(&args.node_name);
     // Bind every port before starting anything (a taken port fails fast and cleanly).
@@ -378,6 +417,14 @@ pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Resul
             peer::serve(service, peer_tls, listener, shutdown.clone()),
         );
     }
+    start_apiserver(
+        &mut sup,
+        &args,
+        &name,
+        Datastore::Embedded(store.clone()),
+        api_listener,
+        shutdown.clone(),
+    )?;
     let watched = store.clone();
     let stop_watch = shutdown.clone();
     sup.spawn("store-monitor", async move {

@@ -245,6 +245,10 @@ fn krab_server_runs_on_an_external_etcd_and_names_a_bad_endpoint() {
         .arg(dir.path().join("d"))
         .arg("--datastore-endpoint")
         .arg(&etcd.endpoint)
+        .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+        .arg(free_port().to_string())
+        .arg("--write-kubeconfig")
+        .arg(dir.path().join("kubeconfig"))
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
@@ -278,7 +282,11 @@ fn krab_server_runs_on_an_external_etcd_and_names_a_bad_endpoint() {
     ])
     .arg(dir.path().join("e"))
     .arg("--datastore-endpoint")
-    .arg(format!("http://127.0.0.1:{port}"));
+    .arg(format!("http://127.0.0.1:{port}"))
+    .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+    .arg(free_port().to_string())
+    .arg("--write-kubeconfig")
+    .arg(dir.path().join("kubeconfig2"));
     let out = run_bounded(cmd, Duration::from_secs(60));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

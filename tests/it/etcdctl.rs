@@ -5,10 +5,19 @@ use std::time::Duration;
 
 use crate::support::{run_bounded, Server};
 
+/// The store's current revision.
+fn revision(s: &Server) -> i64 {
+    let out = s.ok(&["get", "x", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["header"]["revision"].as_i64().unwrap()
+}
+
 #[test]
 fn put_get_prefix_delete_and_revisions() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("d"), &[]);
+    // The API server has written its system namespaces already.
+    let base = revision(&s);
     assert_eq!(
         s.ok(&["put", "/registry/pods/default/a", "one"]).trim(),
         "OK"
@@ -23,23 +32,26 @@ fn put_get_prefix_delete_and_revisions() {
     );
     let json = s.ok(&["get", "/registry/pods/default/a", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["kvs"][0]["create_revision"], 2);
+    assert_eq!(v["kvs"][0]["create_revision"], base + 1);
     assert_eq!(v["kvs"][0]["version"], 1);
-    assert_eq!(v["header"]["revision"], 4);
+    assert_eq!(v["header"]["revision"], base + 3);
     // A read at an old revision.
     s.ok(&["put", "/registry/pods/default/a", "uno"]);
+    let at = format!("--rev={}", base + 1);
     assert!(s
-        .ok(&["get", "/registry/pods/default/a", "--rev=2"])
+        .ok(&["get", "/registry/pods/default/a", &at])
         .contains("one"));
     assert_eq!(s.ok(&["del", "/registry/pods/", "--prefix"]).trim(), "2");
     assert!(s
         .ok(&["get", "/registry/pods/", "--prefix"])
         .trim()
         .is_empty());
-    // Counting and limits.
-    let out = s.ok(&["get", "/", "--prefix", "--keys-only", "-w", "json"]);
+    // Counting and limits: the service left, plus the API server's four namespaces.
+    let out = s.ok(&["get", "/registry/", "--prefix", "--keys-only", "--limit=2", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["count"], 1);
+    assert_eq!(v["count"], 5);
+    assert_eq!(v["more"], true);
+    assert_eq!(v["kvs"].as_array().unwrap().len(), 2);
 }
 
 #[test]
@@ -171,14 +183,16 @@ fn oversized_requests_are_refused_and_nothing_is_written() {
 fn compaction_makes_old_revisions_unreadable() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("d"), &[]);
+    let base = revision(&s);
     for i in 0..5 {
         s.ok(&["put", "c", &i.to_string()]);
     }
-    s.ok(&["compaction", "4"]);
-    let out = s.etcdctl(&["get", "c", "--rev=3"]);
+    // c=0 at base+1 ... c=4 at base+5.
+    s.ok(&["compaction", &(base + 3).to_string()]);
+    let out = s.etcdctl(&["get", "c", &format!("--rev={}", base + 2)]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("required revision has been compacted"));
-    assert!(s.ok(&["get", "c", "--rev=4"]).contains('2'));
+    assert!(s.ok(&["get", "c", &format!("--rev={}", base + 3)]).contains('2'));
 }
 
 #[test]
@@ -341,6 +355,10 @@ fn flags_beat_environment_and_environment_beats_the_config_file() {
             .arg(&cfg)
             .arg("--data-dir")
             .arg(&data)
+            .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+            .arg(crate::support::free_port().to_string())
+            .arg("--write-kubeconfig")
+            .arg(dir.path().join(format!("{name}.kubeconfig")))
             .stderr(std::process::Stdio::null());
         if let Some(p) = env {
             cmd.env("KRAB_ETCD_LISTEN", format!("127.0.0.1:{p}"));

@@ -4,4 +4,5 @@ mod cluster;
 mod crash;
 mod datastore;
 mod etcdctl;
+mod kubectl;
 mod support;

@@ -15,6 +15,7 @@ pub fn free_port() -> u16 {
 pub struct Server {
     pub data_dir: PathBuf,
     pub etcd_port: u16,
+    pub api_port: u16,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -32,6 +33,7 @@ impl Server {
         let mut s = Server {
             data_dir: data_dir.to_path_buf(),
             etcd_port,
+            api_port: free_port(),
             child: None,
             log: log.clone(),
         };
@@ -51,6 +53,10 @@ impl Server {
             .arg("--config")
             .arg("/dev/null")
             .arg("--disable-agent")
+            .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+            .arg(self.api_port.to_string())
+            .arg("--write-kubeconfig")
+            .arg(self.kubeconfig())
             .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -70,6 +76,7 @@ impl Server {
         let s = Server {
             data_dir: data_dir.to_path_buf(),
             etcd_port: free_port(),
+            api_port: free_port(),
             child: None,
             log: data_dir.with_extension("fail.log"),
         };
@@ -102,6 +109,43 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The admin kubeconfig the server wrote.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir
+            .with_extension(format!("kubeconfig.{}", self.etcd_port))
+    }
+
+    /// Runs kubectl with the admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", self.kubeconfig())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .args(["--request-timeout=20s"])
+            .args(args);
+        run_bounded(cmd, Duration::from_secs(30))
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub fn kube_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// kubectl that must fail; returns stderr.
+    pub fn kube_err(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     pub fn tls_dir(&self) -> PathBuf {

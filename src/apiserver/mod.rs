@@ -1,0 +1,47 @@
+//! The Kubernetes API server: the only module that speaks Kubernetes HTTP, writes metav1
+//! Status errors and writes `/registry` keys. Built so far: HTTPS with client-certificate
+//! authentication, health/version, discovery, and generic create/get/list/watch/update/delete
+//! for the resources in `resources`, with resourceVersion from the store's revisions.
+mod auth;
+mod discovery;
+mod handlers;
+mod objects;
+mod registry;
+mod request_info;
+mod resources;
+mod serve;
+mod status;
+mod table;
+mod watch;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::datastore::Datastore;
+use crate::tls::cluster::ClusterTls;
+
+pub use self::discovery::{KUBE_MAJOR, KUBE_MINOR};
+
+/// Runs the API server on `listener` until `shutdown`.
+pub async fn run(
+    datastore: Datastore,
+    certs: &ClusterTls,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let registry = registry::Registry { ds: datastore };
+    registry
+        .ensure_system_namespaces()
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the system namespaces: {e}"))?;
+    let tls = serve::tls_config(
+        &certs.serving.cert_pem,
+        &certs.serving.key_pem,
+        &certs.client_ca_pem,
+    )?;
+    let router = handlers::router(handlers::ApiState {
+        registry,
+        shutdown: shutdown.clone(),
+    });
+    serve::serve(listener, tls, router, shutdown).await
+}

@@ -1,0 +1,167 @@
+//! WATCH: a stream of `{"type": ..., "object": ...}` lines, starting after the requested
+//! resourceVersion (or with the current state as ADDED events when none is given), ending
+//! with an ERROR event carrying a 410 Status when that history is compacted.
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::objects::{self, LabelSelector};
+use super::registry::{ListOptions, Registry};
+use super::resources::Resource;
+use super::status::ApiError;
+use crate::store::types::{prefix_end, EventKind, Revision};
+use crate::store::watch::{WatchMessage, WatchSpec};
+
+/// One event line; objects become one-row Tables when the client asked for Tables.
+fn event(r: &Resource, as_table: bool, kind: &str, obj: Value) -> Bytes {
+    if as_table && kind != "ERROR" {
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        return line(kind, super::table::build(r, &[obj], rv));
+    }
+    line(kind, obj)
+}
+
+fn line(kind: &str, obj: Value) -> Bytes {
+    let mut v = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// What a watch request asks for.
+pub struct WatchRequest {
+    pub resource: &'static Resource,
+    pub namespace: Option<String>,
+    pub resource_version: Option<String>,
+    pub selector: LabelSelector,
+    pub as_table: bool,
+    pub timeout: Duration,
+}
+
+pub async fn serve(
+    registry: Registry,
+    req: WatchRequest,
+    shutdown: CancellationToken,
+) -> Result<Response, ApiError> {
+    let WatchRequest {
+        resource: r,
+        namespace: ns,
+        resource_version,
+        selector,
+        as_table,
+        timeout,
+    } = req;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    // Where to start: after the given revision, or (none / "0") from the current state.
+    let start: Option<Revision> = match resource_version.as_deref() {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        ),
+    };
+    let mut initial = Vec::new();
+    let from = match start {
+        Some(rv) => rv + 1,
+        None => {
+            let (items, rev) = registry
+                .list(
+                    r,
+                    ns.as_deref(),
+                    &ListOptions {
+                        selector: LabelSelector::default(),
+                        revision: 0,
+                    },
+                )
+                .await?;
+            initial = items;
+            rev + 1
+        }
+    };
+    let prefix = r.prefix(ns.as_deref());
+    let cancel = shutdown.child_token();
+    let mut events = registry.ds.watch(
+        WatchSpec {
+            range_end: prefix_end(&prefix),
+            key: prefix,
+            start_revision: from,
+            prev_kv: true,
+            ..Default::default()
+        },
+        cancel.clone(),
+    );
+    tokio::spawn(async move {
+        let _guard = cancel.clone().drop_guard();
+        for obj in initial {
+            if selector.matches(&obj)
+                && tx.send(Ok(event(r, as_table, "ADDED", obj))).await.is_err()
+            {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let msg = tokio::select! {
+                _ = &mut deadline => return,
+                _ = cancel.cancelled() => return,
+                m = events.recv() => m,
+            };
+            match msg {
+                Some(WatchMessage::Events { events, .. }) => {
+                    for e in events {
+                        let (kind, source) = match e.kind {
+                            EventKind::Put if e.kv.version == 1 => ("ADDED", Some(&e.kv)),
+                            EventKind::Put => ("MODIFIED", Some(&e.kv)),
+                            EventKind::Delete => ("DELETED", e.prev_kv.as_ref()),
+                        };
+                        let Some(kv) = source else { continue };
+                        let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) else {
+                            continue;
+                        };
+                        // A deleted object carries the deletion's revision.
+                        let obj = objects::with_resource_version(obj, e.kv.mod_revision);
+                        if !selector.matches(&obj) {
+                            continue;
+                        }
+                        if tx.send(Ok(event(r, as_table, kind, obj))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(WatchMessage::Compacted { .. }) => {
+                    let status = ApiError::gone(format!(
+                        "too old resource version: {} ({})",
+                        from - 1,
+                        from
+                    ))
+                    .status_body();
+                    let _ = tx.send(Ok(line("ERROR", status))).await;
+                    return;
+                }
+                Some(WatchMessage::Failed(reason)) => {
+                    let status =
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", reason)
+                            .status_body();
+                    let _ = tx.send(Ok(line("ERROR", status))).await;
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,60 @@
+//! The cluster's certificates, where k3s keeps them (`<data-dir>/server/tls`): a server CA
+//! that signs the API server's serving certificate, a client CA that signs client
+//! certificates (the admin's among them), shared by every server of the cluster.
+use std::path::{Path, PathBuf};
+
+use super::{Ca, Leaf, Result, Usage};
+
+/// The first address of the default service CIDR (10.43.0.0/16): the `kubernetes` Service.
+pub const KUBERNETES_SERVICE_IP: &str = "10.43.0.1";
+
+pub struct ClusterTls {
+    pub dir: PathBuf,
+    pub server_ca_pem: String,
+    pub client_ca_pem: String,
+    pub serving: Leaf,
+    pub admin: Leaf,
+}
+
+/// Ensures the cluster CAs, the API server's serving certificate for `sans` plus the names
+/// in-cluster clients use, and the admin client certificate (O=system:masters).
+pub fn ensure_cluster(data_dir: &Path, sans: &[String]) -> Result<ClusterTls> {
+    let dir = data_dir.join("server").join("tls");
+    let server_ca = Ca::ensure(&dir, "server-ca", "krab-server-ca")?;
+    let client_ca = Ca::ensure(&dir, "client-ca", "krab-client-ca")?;
+    let mut names: Vec<String> = sans.to_vec();
+    for extra in [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        KUBERNETES_SERVICE_IP,
+    ] {
+        if !names.iter().any(|n| n == extra) {
+            names.push(extra.to_string());
+        }
+    }
+    let serving = server_ca.ensure_leaf(
+        &dir,
+        "serving-kube-apiserver",
+        "kube-apiserver",
+        None,
+        &names,
+        Usage::Server,
+    )?;
+    let admin = client_ca.ensure_leaf(
+        &dir,
+        "client-admin",
+        "system:admin",
+        Some("system:masters"),
+        &[],
+        Usage::Client,
+    )?;
+    Ok(ClusterTls {
+        dir,
+        server_ca_pem: server_ca.cert_pem,
+        client_ca_pem: client_ca.cert_pem,
+        serving,
+        admin,
+    })
+}

@@ -1,0 +1,211 @@
+//! kubectl v1.32 against `krab server --disable-agent`: what works of the API server so far.
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::support::Server;
+
+const CM: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app-config
+  labels: {app: web}
+data:
+  a: \"1\"
+  b: \"2\"
+";
+
+fn write(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn kubectl_sees_the_system_namespaces_as_kube_apiserver_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let mode = std::fs::metadata(s.kubeconfig()).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    let out = s.kube_ok(&["get", "ns"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "STATUS", "AGE"]
+    );
+    for ns in ["default", "kube-node-lease", "kube-public", "kube-system"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(ns) && l.contains("Active")),
+            "{out}"
+        );
+    }
+    let version = s.kube_ok(&["version", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&version).unwrap();
+    assert_eq!(v["serverVersion"]["minor"], "32");
+    // The default namespace cannot be deleted.
+    let err = s.kube_err(&["delete", "ns", "default"]);
+    assert!(err.contains("this namespace may not be deleted"), "{err}");
+}
+
+#[test]
+fn configmaps_create_get_replace_delete_with_selectors_and_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let f = write(dir.path(), "cm.yaml", CM);
+    // OpenAPI (for client-side validation) is not served yet.
+    assert!(s
+        .kube_ok(&["create", "-f", &f, "--validate=false"])
+        .contains("configmap/app-config created"));
+    let err = s.kube_err(&["create", "-f", &f, "--validate=false"]);
+    assert!(
+        err.contains("AlreadyExists") || err.contains("already exists"),
+        "{err}"
+    );
+    let out = s.kube_ok(&["get", "cm"]);
+    assert_eq!(
+        out.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["NAME", "DATA", "AGE"]
+    );
+    assert!(
+        out.lines().nth(1).unwrap().starts_with("app-config"),
+        "{out}"
+    );
+    assert!(
+        out.lines().nth(1).unwrap().split_whitespace().nth(1) == Some("2"),
+        "{out}"
+    );
+    assert_eq!(
+        s.kube_ok(&["get", "cm", "-l", "app=web", "-o", "name"])
+            .trim(),
+        "configmap/app-config"
+    );
+    assert!(s
+        .kube_ok(&["get", "cm", "-l", "app in (db)", "-o", "name"])
+        .trim()
+        .is_empty());
+    assert_eq!(
+        s.kube_ok(&["get", "cm", "app-config", "-o", "jsonpath={.data.a}"]),
+        "1"
+    );
+    // resourceVersion moves with each write; a stale one is a 409 Conflict.
+    let json = s.kube_ok(&["get", "cm", "app-config", "-o", "json"]);
+    let mut obj: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let uid = obj["metadata"]["uid"].clone();
+    obj["data"]["a"] = serde_json::json!("changed");
+    let updated = write(dir.path(), "updated.json", &obj.to_string());
+    assert!(s
+        .kube_ok(&["replace", "-f", &updated, "--validate=false"])
+        .contains("replaced"));
+    let err = s.kube_err(&["replace", "-f", &updated, "--validate=false"]);
+    assert!(err.contains("the object has been modified"), "{err}");
+    let after: serde_json::Value =
+        serde_json::from_str(&s.kube_ok(&["get", "cm", "app-config", "-o", "json"])).unwrap();
+    assert_eq!(after["data"]["a"], "changed");
+    assert_eq!(after["metadata"]["uid"], uid, "the server keeps the uid");
+    // Nothing is created in a namespace that does not exist.
+    let err = s.kube_err(&["create", "-f", &f, "--validate=false", "-n", "nope"]);
+    assert!(err.contains("namespaces \"nope\" not found"), "{err}");
+    assert!(s
+        .kube_ok(&["delete", "cm", "app-config"])
+        .contains("deleted"));
+    let err = s.kube_err(&["get", "cm", "app-config"]);
+    assert!(err.contains("configmaps \"app-config\" not found"), "{err}");
+}
+
+#[test]
+fn bad_input_gets_kube_style_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let bad_name = write(
+        dir.path(),
+        "bad.yaml",
+        &CM.replace("name: app-config", "name: Bad_Name"),
+    );
+    let err = s.kube_err(&["create", "-f", &bad_name, "--validate=false"]);
+    assert!(
+        err.contains("metadata.name: Invalid value: \"Bad_Name\""),
+        "{err}"
+    );
+    let wrong_kind = write(
+        dir.path(),
+        "kind.json",
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#,
+    );
+    let raw = s.kubectl(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps",
+        "-f",
+        &wrong_kind,
+    ]);
+    assert!(!raw.status.success());
+    assert!(String::from_utf8_lossy(&raw.stderr).contains("does not match the expected kind"));
+    let err = s.kube_err(&["get", "--raw", "/api/v1/namespaces/default/widgets"]);
+    assert!(
+        err.contains("NotFound") || err.contains("could not find"),
+        "{err}"
+    );
+}
+
+#[test]
+fn watch_streams_changes_as_they_happen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let f = write(dir.path(), "cm.yaml", CM);
+    let mut cmd = std::process::Command::new("kubectl");
+    cmd.env("KUBECONFIG", s.kubeconfig())
+        .args(["get", "cm", "--watch", "-o", "name", "--request-timeout=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut watch = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    s.kube_ok(&["create", "-f", &f, "--validate=false"]);
+    let changed = write(
+        dir.path(),
+        "changed.yaml",
+        &CM.replace("a: \"1\"", "a: \"3\""),
+    );
+    s.kube_ok(&["replace", "-f", &changed, "--validate=false"]);
+    s.kube_ok(&["delete", "cm", "app-config"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Added, modified, deleted: three events for the object.
+    assert_eq!(
+        text.lines()
+            .filter(|l| *l == "configmap/app-config")
+            .count(),
+        3,
+        "{text}"
+    );
+}
+
+#[test]
+fn callers_without_a_client_certificate_get_401_except_for_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let url = format!("https://127.0.0.1:{}", s.api_port);
+    let anon = |path: &str| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sk", "-w", "\n%{http_code}"])
+            .arg(format!("{url}{path}"));
+        let out = crate::support::run_bounded(cmd, Duration::from_secs(20));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for open in ["/healthz", "/livez", "/readyz"] {
+        assert_eq!(anon(open), "ok\n200", "{open}");
+    }
+    assert!(anon("/version").ends_with("200"));
+    let denied = anon("/api/v1/namespaces");
+    assert!(denied.ends_with("401"), "{denied}");
+    assert!(denied.contains("\"reason\":\"Unauthorized\""), "{denied}");
+}
