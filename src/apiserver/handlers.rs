@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Caller;
 use super::objects::LabelSelector;
+use super::patch::PatchType;
 use super::registry::{ListOptions, Registry};
 use super::request_info::{self, RequestInfo};
 use super::status::ApiError;
-use super::{discovery, resources, table, watch};
+use super::{discovery, patch, resources, table, watch};
 
 /// kube-apiserver's request body limit.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -176,6 +177,34 @@ async fn handle(
         "update" => {
             let obj = parse_body(headers, &body)?;
             Ok(Json(reg.update(r, ns.as_deref(), name(&info)?, obj).await?).into_response())
+        }
+        "patch" => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let kind = PatchType::from_content_type(content_type)?;
+            if body.len() > MAX_BODY_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    "the request body is too large",
+                ));
+            }
+            let name = name(&info)?;
+            // As kube's GuaranteedUpdate: re-read and re-apply when another write slipped in
+            // between, unless the patch itself pinned a resourceVersion.
+            let mut attempts = 0;
+            loop {
+                let current = reg.get(r, ns.as_deref(), name).await?;
+                let patched = patch::apply(kind, &current, &body)?;
+                let pinned = patched.pointer("/metadata/resourceVersion")
+                    != current.pointer("/metadata/resourceVersion");
+                match reg.update(r, ns.as_deref(), name, patched).await {
+                    Err(e) if e.reason == "Conflict" && !pinned && attempts < 5 => attempts += 1,
+                    other => return Ok(Json(other?).into_response()),
+                }
+            }
         }
         "delete" => {
             let (code, v) = reg.delete(r, ns.as_deref(), name(&info)?).await?;

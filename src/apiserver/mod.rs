@@ -6,6 +6,7 @@ mod auth;
 mod discovery;
 mod handlers;
 mod objects;
+mod patch;
 mod registry;
 mod request_info;
 mod resources;

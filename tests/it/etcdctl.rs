@@ -47,7 +47,15 @@ fn put_get_prefix_delete_and_revisions() {
         .trim()
         .is_empty());
     // Counting and limits: the service left, plus the API server's four namespaces.
-    let out = s.ok(&["get", "/registry/", "--prefix", "--keys-only", "--limit=2", "-w", "json"]);
+    let out = s.ok(&[
+        "get",
+        "/registry/",
+        "--prefix",
+        "--keys-only",
+        "--limit=2",
+        "-w",
+        "json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["count"], 5);
     assert_eq!(v["more"], true);
@@ -192,7 +200,9 @@ fn compaction_makes_old_revisions_unreadable() {
     let out = s.etcdctl(&["get", "c", &format!("--rev={}", base + 2)]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("required revision has been compacted"));
-    assert!(s.ok(&["get", "c", &format!("--rev={}", base + 3)]).contains('2'));
+    assert!(s
+        .ok(&["get", "c", &format!("--rev={}", base + 3)])
+        .contains('2'));
 }
 
 #[test]

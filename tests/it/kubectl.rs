@@ -209,3 +209,60 @@ fn callers_without_a_client_certificate_get_401_except_for_health() {
     assert!(denied.ends_with("401"), "{denied}");
     assert!(denied.contains("\"reason\":\"Unauthorized\""), "{denied}");
 }
+
+#[test]
+fn label_annotate_and_patch_of_every_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let f = write(dir.path(), "cm.yaml", CM);
+    s.kube_ok(&["create", "-f", &f, "--validate=false"]);
+    s.kube_ok(&["label", "cm", "app-config", "tier=front"]);
+    s.kube_ok(&["annotate", "cm", "app-config", "note=hello"]);
+    s.kube_ok(&["label", "cm", "app-config", "app-"]);
+    s.kube_ok(&[
+        "patch",
+        "cm",
+        "app-config",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"b":null,"c":"3"}}"#,
+    ]);
+    s.kube_ok(&[
+        "patch",
+        "cm",
+        "app-config",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/data/a","value":"9"}]"#,
+    ]);
+    s.kube_ok(&[
+        "patch",
+        "cm",
+        "app-config",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/x"]}}"#,
+    ]);
+    let obj: serde_json::Value =
+        serde_json::from_str(&s.kube_ok(&["get", "cm", "app-config", "-o", "json"])).unwrap();
+    assert_eq!(
+        obj["metadata"]["labels"],
+        serde_json::json!({"tier": "front"})
+    );
+    assert_eq!(obj["metadata"]["annotations"]["note"], "hello");
+    assert_eq!(obj["data"], serde_json::json!({"a": "9", "c": "3"}));
+    assert_eq!(
+        obj["metadata"]["finalizers"],
+        serde_json::json!(["example.com/x"])
+    );
+    let err = s.kube_err(&[
+        "patch",
+        "cm",
+        "app-config",
+        "--type=json",
+        "-p",
+        r#"[{"op":"test","path":"/data/a","value":"no"}]"#,
+    ]);
+    assert!(err.contains("test failed"), "{err}");
+    let err = s.kube_err(&["patch", "cm", "missing", "--type=merge", "-p", "{}"]);
+    assert!(err.contains("configmaps \"missing\" not found"), "{err}");
+}
