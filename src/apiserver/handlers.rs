@@ -134,16 +134,29 @@ async fn handle(
                         ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
                     })?,
                 },
+                limit: match query.get("limit") {
+                    Some(l) => l
+                        .parse()
+                        .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+                    None => 0,
+                },
+                continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
             };
-            let (items, rev) = reg.list(r, ns.as_deref(), &opts).await?;
+            let page = reg.list(r, ns.as_deref(), &opts).await?;
+            let mut meta = json!({"resourceVersion": page.revision.to_string()});
+            if let Some(c) = &page.continue_token {
+                meta["continue"] = json!(c);
+            }
             if as_table {
-                return Ok(Json(table::build(r, &items, Some(rev.to_string()))).into_response());
+                let mut t = table::build(r, &page.items, None);
+                t["metadata"] = meta;
+                return Ok(Json(t).into_response());
             }
             Ok(Json(json!({
                 "kind": format!("{}List", r.kind),
                 "apiVersion": r.api_version(),
-                "metadata": {"resourceVersion": rev.to_string()},
-                "items": items,
+                "metadata": meta,
+                "items": page.items,
             }))
             .into_response())
         }

@@ -47,6 +47,42 @@ pub struct ListOptions {
     pub selector: LabelSelector,
     /// 0: the current revision.
     pub revision: Revision,
+    /// At most this many items (0: all), with a continue token for the rest.
+    pub limit: i64,
+    /// Where an earlier page stopped.
+    pub continue_token: Option<String>,
+}
+
+/// One page of a list.
+pub struct Page {
+    pub items: Vec<Value>,
+    pub revision: Revision,
+    /// Set when more items remain; pass it back as `continue`.
+    pub continue_token: Option<String>,
+}
+
+/// The continue token: the revision every page is read at, and the key to go on after, as
+/// kube's (base64 of a small JSON document).
+fn encode_continue(revision: Revision, last_key: &[u8], prefix: &[u8]) -> String {
+    use base64::Engine;
+    let start = String::from_utf8_lossy(&last_key[prefix.len().min(last_key.len())..]).into_owned();
+    let doc = json!({"v": "meta.k8s.io/v1", "rv": revision, "start": format!("{start}\u{0}")});
+    base64::engine::general_purpose::URL_SAFE.encode(doc.to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
+    use base64::Engine;
+    let bad = || ApiError::bad_request("continue key is not valid: invalid continue token");
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(token)
+        .map_err(|_| bad())?;
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let rv = doc.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
+    let start = doc.get("start").and_then(Value::as_str).ok_or_else(bad)?;
+    if start.contains("..") || start.starts_with('/') {
+        return Err(bad());
+    }
+    Ok((rv, start.to_string()))
 }
 
 impl Registry {
@@ -140,6 +176,7 @@ impl Registry {
             name
         };
         objects::validate_name(r, &name)?;
+        normalize(r, &name, &mut obj)?;
         if let Some(ns) = ns.filter(|_| r.namespaced) {
             self.check_namespace(ns).await?;
         }
@@ -236,6 +273,15 @@ impl Registry {
                 obj["status"] = s.clone();
             }
         }
+        normalize(r, name, &mut obj)?;
+        if r.plural == "secrets" && obj.get("type") != stored.get("type") {
+            return Err(ApiError::invalid(
+                r.kind,
+                name,
+                "type",
+                "Invalid value: field is immutable",
+            ));
+        }
         if stored.get("immutable") == Some(&json!(true)) {
             for f in ["data", "binaryData", "immutable"] {
                 if obj.get(f) != stored.get(f) {
@@ -253,20 +299,15 @@ impl Registry {
             // Nothing changed: nothing is written and the resourceVersion stays.
             return Ok(objects::with_resource_version(obj, current.mod_revision));
         }
-        let txn = TxnRequest {
-            compare: vec![Compare {
-                key: key.clone(),
-                range_end: vec![],
-                result: CompareResult::Equal,
-                target: CompareTarget::ModRevision(current.mod_revision),
-            }],
-            success: vec![TxnOp::Put(PutRequest {
+        let txn = guarded(
+            key.clone(),
+            current.mod_revision,
+            TxnOp::Put(PutRequest {
                 key,
                 value: encode(&obj),
                 ..Default::default()
-            })],
-            failure: vec![],
-        };
+            }),
+        );
         let resp = self.ds.txn(txn).await?;
         if !resp.succeeded {
             return Err(ApiError::conflict(r.group, r.plural, name));
@@ -300,20 +341,15 @@ impl Registry {
                 objects::meta_mut(&mut obj)?
                     .insert("deletionTimestamp".into(), json!(objects::now_rfc3339()));
                 obj["status"] = json!({"phase": "Terminating"});
-                let txn = TxnRequest {
-                    compare: vec![Compare {
-                        key: key.clone(),
-                        range_end: vec![],
-                        result: CompareResult::Equal,
-                        target: CompareTarget::ModRevision(current.mod_revision),
-                    }],
-                    success: vec![TxnOp::Put(PutRequest {
+                let txn = guarded(
+                    key.clone(),
+                    current.mod_revision,
+                    TxnOp::Put(PutRequest {
                         key,
                         value: encode(&obj),
                         ..Default::default()
-                    })],
-                    failure: vec![],
-                };
+                    }),
+                );
                 let resp = self.ds.txn(txn).await?;
                 if !resp.succeeded {
                     return Err(ApiError::conflict(r.group, r.plural, name));
@@ -328,19 +364,14 @@ impl Registry {
                 objects::with_resource_version(obj, current.mod_revision),
             ));
         }
-        let txn = TxnRequest {
-            compare: vec![Compare {
-                key: key.clone(),
-                range_end: vec![],
-                result: CompareResult::Equal,
-                target: CompareTarget::ModRevision(current.mod_revision),
-            }],
-            success: vec![TxnOp::Delete(DeleteRequest {
+        let txn = guarded(
+            key.clone(),
+            current.mod_revision,
+            TxnOp::Delete(DeleteRequest {
                 key,
                 ..Default::default()
-            })],
-            failure: vec![],
-        };
+            }),
+        );
         let resp = self.ds.txn(txn).await?;
         if !resp.succeeded {
             return Err(ApiError::conflict(r.group, r.plural, name));
@@ -359,30 +390,83 @@ impl Registry {
     }
 
     /// LIST at one revision: (items, revision).
+    /// LIST: one page at one revision. Pages of a paginated list all read the first page's
+    /// revision; a token whose revision was compacted is 410 Gone, as in kube.
     pub async fn list(
         &self,
         r: &Resource,
         ns: Option<&str>,
         opts: &ListOptions,
-    ) -> Result<(Vec<Value>, Revision), ApiError> {
+    ) -> Result<Page, ApiError> {
         let prefix = r.prefix(ns);
-        let resp = self
-            .ds
-            .range(RangeRequest {
-                range_end: prefix_end(&prefix),
-                key: prefix,
-                revision: opts.revision,
-                ..Default::default()
-            })
-            .await?;
-        let mut items = Vec::with_capacity(resp.kvs.len());
-        for kv in &resp.kvs {
-            let obj = objects::with_resource_version(decode(kv)?, kv.mod_revision);
-            if opts.selector.matches(&obj) {
-                items.push(obj);
+        let end = prefix_end(&prefix);
+        let (mut revision, mut start) = match &opts.continue_token {
+            Some(t) => {
+                let (rv, start) = decode_continue(t)?;
+                let mut key = prefix.clone();
+                key.extend_from_slice(start.as_bytes());
+                (rv, key)
+            }
+            None => (opts.revision, prefix.clone()),
+        };
+        let mut items = Vec::new();
+        loop {
+            // With a selector, keep reading until the page is full or the range is done.
+            let want = if opts.limit > 0 {
+                opts.limit - items.len() as i64
+            } else {
+                0
+            };
+            let resp = self
+                .ds
+                .range(RangeRequest {
+                    key: start.clone(),
+                    range_end: end.clone(),
+                    revision,
+                    limit: want,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| match e {
+                    crate::store::Error::Compacted { .. } if opts.continue_token.is_some() => ApiError::gone(
+                        "The provided continue parameter is too old to display a consistent list result. \
+                         You can start a new list without the continue parameter.",
+                    ),
+                    other => other.into(),
+                })?;
+            if revision == 0 {
+                revision = resp.revision;
+            }
+            let mut last = None;
+            for kv in &resp.kvs {
+                let obj = objects::with_resource_version(decode(kv)?, kv.mod_revision);
+                if opts.selector.matches(&obj) {
+                    items.push(obj);
+                }
+                last = Some(kv.key.clone());
+            }
+            let full = opts.limit > 0 && items.len() as i64 >= opts.limit;
+            match (resp.more, last) {
+                (true, Some(last_key)) if full => {
+                    return Ok(Page {
+                        items,
+                        revision,
+                        continue_token: Some(encode_continue(revision, &last_key, &prefix)),
+                    })
+                }
+                (true, Some(last_key)) => {
+                    start = last_key;
+                    start.push(0);
+                }
+                _ => {
+                    return Ok(Page {
+                        items,
+                        revision,
+                        continue_token: None,
+                    })
+                }
             }
         }
-        Ok((items, resp.revision))
     }
 
     /// Creates the namespaces that always exist, when missing.
@@ -400,6 +484,59 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// A write that happens only if the key is still at `mod_revision` (optimistic concurrency).
+fn guarded(key: Vec<u8>, mod_revision: Revision, op: TxnOp) -> TxnRequest {
+    TxnRequest {
+        compare: vec![Compare {
+            key,
+            range_end: vec![],
+            result: CompareResult::Equal,
+            target: CompareTarget::ModRevision(mod_revision),
+        }],
+        success: vec![op],
+        failure: vec![],
+    }
+}
+
+/// Per-kind normalisation on every write: a Secret's `stringData` folds into base64 `data`
+/// (values must be base64) and its type defaults to Opaque.
+fn normalize(r: &Resource, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+    use base64::Engine;
+    if r.plural != "secrets" {
+        return Ok(());
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if let Some(data) = obj.get("data").and_then(Value::as_object) {
+        for (k, v) in data {
+            let ok = v.as_str().is_some_and(|s| b64.decode(s).is_ok()) || v.is_null();
+            if !ok {
+                return Err(ApiError::bad_request(format!(
+                    "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data in data[{k:?}]"
+                )));
+            }
+        }
+    }
+    if let Some(Value::Object(string_data)) =
+        obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    {
+        let data = obj
+            .as_object_mut()
+            .map(|o| o.entry("data").or_insert_with(|| json!({})))
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| {
+                ApiError::invalid(r.kind, name, "data", "Invalid value: must be an object")
+            })?;
+        for (k, v) in string_data {
+            let s = v.as_str().unwrap_or_default().to_string();
+            data.insert(k, json!(b64.encode(s.as_bytes())));
+        }
+    }
+    if obj.get("type").is_none_or(|t| t.as_str() == Some("")) {
+        obj["type"] = json!("Opaque");
+    }
+    Ok(())
 }
 
 /// Defaulting at creation, per kind.

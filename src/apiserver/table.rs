@@ -97,6 +97,23 @@ fn cells(r: &Resource, obj: &Value) -> Vec<Value> {
                     .unwrap_or(0);
             vec![name, json!(data), json!(age(obj))]
         }
+        "secrets" => {
+            let data = obj
+                .get("data")
+                .and_then(Value::as_object)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let kind = obj.get("type").cloned().unwrap_or(json!("Opaque"));
+            vec![name, kind, json!(data), json!(age(obj))]
+        }
+        "serviceaccounts" => {
+            let secrets = obj
+                .get("secrets")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .unwrap_or(0);
+            vec![name, json!(secrets), json!(age(obj))]
+        }
         _ => vec![name, json!(age(obj))],
     }
 }
@@ -122,6 +139,16 @@ fn columns(r: &Resource) -> Vec<Value> {
             let mut data = column("Data", "", "");
             data["type"] = json!("integer");
             vec![name, data, age]
+        }
+        "secrets" => {
+            let mut data = column("Data", "", "");
+            data["type"] = json!("integer");
+            vec![name, column("Type", "", ""), data, age]
+        }
+        "serviceaccounts" => {
+            let mut secrets = column("Secrets", "", "");
+            secrets["type"] = json!("integer");
+            vec![name, secrets, age]
         }
         _ => vec![name, age],
     }

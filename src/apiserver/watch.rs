@@ -71,18 +71,20 @@ pub async fn serve(
     let from = match start {
         Some(rv) => rv + 1,
         None => {
-            let (items, rev) = registry
+            let page = registry
                 .list(
                     r,
                     ns.as_deref(),
                     &ListOptions {
                         selector: LabelSelector::default(),
                         revision: 0,
+                        limit: 0,
+                        continue_token: None,
                     },
                 )
                 .await?;
-            initial = items;
-            rev + 1
+            initial = page.items;
+            page.revision + 1
         }
     };
     let prefix = r.prefix(ns.as_deref());

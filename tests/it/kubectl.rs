@@ -266,3 +266,108 @@ fn label_annotate_and_patch_of_every_type() {
     let err = s.kube_err(&["patch", "cm", "missing", "--type=merge", "-p", "{}"]);
     assert!(err.contains("configmaps \"missing\" not found"), "{err}");
 }
+
+/// The current store revision, through etcdctl.
+fn store_revision(s: &Server) -> i64 {
+    let out = s.ok(&["get", "x", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["header"]["revision"].as_i64().unwrap()
+}
+
+#[test]
+fn lists_paginate_on_one_revision_and_expire_with_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let mut docs = String::new();
+    for i in 0..5 {
+        docs.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i}\n  labels: {{grp: \"{}\"}}\n",
+            i % 2
+        ));
+    }
+    let f = write(dir.path(), "many.yaml", &docs);
+    s.kube_ok(&["create", "-f", &f, "--validate=false"]);
+    // kubectl's chunked list follows continue tokens to the end.
+    let out = s.kube_ok(&["get", "cm", "--chunk-size=2", "-o", "name"]);
+    assert_eq!(out.lines().count(), 5, "{out}");
+    let out = s.kube_ok(&["get", "cm", "--chunk-size=1", "-l", "grp=1", "-o", "name"]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["configmap/cm-1", "configmap/cm-3"]
+    );
+    // Pages after the first read the first page's revision: a later write does not show.
+    let first: serde_json::Value = serde_json::from_str(&s.kube_ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?limit=2",
+    ]))
+    .unwrap();
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    s.kube_ok(&["delete", "cm", "cm-4"]);
+    let rest: serde_json::Value = serde_json::from_str(&s.kube_ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?limit=10&continue={token}"),
+    ]))
+    .unwrap();
+    let names: Vec<&str> = rest["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cm-2", "cm-3", "cm-4"]);
+    assert_eq!(
+        rest["metadata"]["resourceVersion"],
+        first["metadata"]["resourceVersion"]
+    );
+    assert!(rest["metadata"].get("continue").is_none());
+    // Once that revision is compacted the token is 410 Gone.
+    s.ok(&["compaction", &store_revision(&s).to_string()]);
+    let err = s.kube_err(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?limit=10&continue={token}"),
+    ]);
+    assert!(
+        err.contains("too old") || err.contains("Expired") || err.contains("410"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_fold_string_data_and_service_accounts_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let f = write(
+        dir.path(),
+        "secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {user: admin}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n",
+    );
+    s.kube_ok(&["create", "-f", &f, "--validate=false"]);
+    assert_eq!(
+        s.kube_ok(&["get", "secret", "creds", "-o", "jsonpath={.data.user}"]),
+        "YWRtaW4="
+    );
+    assert_eq!(
+        s.kube_ok(&["get", "secret", "creds", "-o", "jsonpath={.type}"]),
+        "Opaque"
+    );
+    let out = s.kube_ok(&["get", "secrets"]);
+    assert_eq!(
+        out.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["NAME", "TYPE", "DATA", "AGE"]
+    );
+    assert!(s.kube_ok(&["get", "sa"]).contains("robot"));
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: bad}\ndata: {k: \"not base64!\"}\n",
+    );
+    let err = s.kube_err(&["create", "-f", &bad, "--validate=false"]);
+    assert!(err.contains("illegal base64"), "{err}");
+}
