@@ -106,7 +106,24 @@ async fn handle(
             r.plural
         )));
     }
-    let reg = &state.registry;
+    let mut dry_run = match query.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid dry run value: {other:?} (supported: All)"
+            )))
+        }
+    };
+    // DELETE carries its options (dryRun among them) as a DeleteOptions body.
+    if info.verb == "delete" && !body.is_empty() {
+        let opts: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+        if let Some(modes) = opts.get("dryRun").and_then(Value::as_array) {
+            dry_run |= modes.iter().any(|m| m == "All");
+        }
+    }
+    let reg = &state.registry.for_request(dry_run);
     let as_table = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -30,7 +30,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let registry = registry::Registry { ds: datastore };
+    let registry = registry::Registry {
+        ds: datastore,
+        dry_run: false,
+    };
     registry
         .ensure_system_namespaces()
         .await

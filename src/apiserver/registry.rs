@@ -14,6 +14,8 @@ use crate::store::types::*;
 #[derive(Clone)]
 pub struct Registry {
     pub ds: Datastore,
+    /// `dryRun=All`: every check runs, nothing is written.
+    pub dry_run: bool,
 }
 
 fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
@@ -86,6 +88,23 @@ fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
 }
 
 impl Registry {
+    /// This registry for one request, honouring its dryRun.
+    pub fn for_request(&self, dry_run: bool) -> Registry {
+        Registry {
+            ds: self.ds.clone(),
+            dry_run,
+        }
+    }
+
+    /// Runs a write transaction; in a dry run only its compares are evaluated.
+    async fn commit(&self, mut txn: TxnRequest) -> Result<TxnResponse, ApiError> {
+        if self.dry_run {
+            txn.success.clear();
+            txn.failure.clear();
+        }
+        Ok(self.ds.txn(txn).await?)
+    }
+
     async fn read(&self, key: Vec<u8>) -> Result<Option<KeyValue>, ApiError> {
         let r = self
             .ds
@@ -196,7 +215,7 @@ impl Registry {
             })],
             failure: vec![],
         };
-        let resp = self.ds.txn(txn).await?;
+        let resp = self.commit(txn).await?;
         if !resp.succeeded {
             return Err(ApiError::already_exists(r.group, r.plural, &name));
         }
@@ -308,7 +327,7 @@ impl Registry {
                 ..Default::default()
             }),
         );
-        let resp = self.ds.txn(txn).await?;
+        let resp = self.commit(txn).await?;
         if !resp.succeeded {
             return Err(ApiError::conflict(r.group, r.plural, name));
         }
@@ -350,7 +369,7 @@ impl Registry {
                         ..Default::default()
                     }),
                 );
-                let resp = self.ds.txn(txn).await?;
+                let resp = self.commit(txn).await?;
                 if !resp.succeeded {
                     return Err(ApiError::conflict(r.group, r.plural, name));
                 }
@@ -372,7 +391,7 @@ impl Registry {
                 ..Default::default()
             }),
         );
-        let resp = self.ds.txn(txn).await?;
+        let resp = self.commit(txn).await?;
         if !resp.succeeded {
             return Err(ApiError::conflict(r.group, r.plural, name));
         }

@@ -371,3 +371,73 @@ fn secrets_fold_string_data_and_service_accounts_list() {
     let err = s.kube_err(&["create", "-f", &bad, "--validate=false"]);
     assert!(err.contains("illegal base64"), "{err}");
 }
+
+#[test]
+fn apply_twice_is_unchanged_and_server_dry_run_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let f = write(dir.path(), "cm.yaml", CM);
+    assert!(s
+        .kube_ok(&["apply", "-f", &f, "--validate=false"])
+        .contains("created"));
+    assert!(s
+        .kube_ok(&["apply", "-f", &f, "--validate=false"])
+        .contains("unchanged"));
+    let rv = s.kube_ok(&[
+        "get",
+        "cm",
+        "app-config",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    let changed = write(
+        dir.path(),
+        "changed.yaml",
+        &CM.replace("a: \"1\"", "a: \"5\""),
+    );
+    assert!(s
+        .kube_ok(&[
+            "apply",
+            "-f",
+            &changed,
+            "--validate=false",
+            "--dry-run=server"
+        ])
+        .contains("server dry run"));
+    assert_eq!(
+        s.kube_ok(&["get", "cm", "app-config", "-o", "jsonpath={.data.a}"]),
+        "1"
+    );
+    assert_eq!(
+        s.kube_ok(&[
+            "get",
+            "cm",
+            "app-config",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}"
+        ]),
+        rv
+    );
+    let other = write(
+        dir.path(),
+        "other.yaml",
+        &CM.replace("name: app-config", "name: other"),
+    );
+    s.kube_ok(&[
+        "create",
+        "-f",
+        &other,
+        "--validate=false",
+        "--dry-run=server",
+    ]);
+    assert!(s.kube_err(&["get", "cm", "other"]).contains("not found"));
+    s.kube_ok(&["delete", "cm", "app-config", "--dry-run=server"]);
+    s.kube_ok(&["get", "cm", "app-config"]);
+    assert!(s
+        .kube_ok(&["apply", "-f", &changed, "--validate=false"])
+        .contains("configured"));
+    assert_eq!(
+        s.kube_ok(&["get", "cm", "app-config", "-o", "jsonpath={.data.a}"]),
+        "5"
+    );
+}
