@@ -34,10 +34,22 @@ pub async fn run(
         ds: datastore,
         dry_run: false,
     };
-    registry
-        .ensure_system_namespaces()
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the system namespaces: {e}"))?;
+    // The datastore may not have a leader yet (a cluster regaining quorum): keep trying
+    // rather than giving up on the whole server.
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match registry.ensure_system_namespaces().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the system namespaces yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
     let tls = serve::tls_config(
         &certs.serving.cert_pem,
         &certs.serving.key_pem,

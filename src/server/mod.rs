@@ -270,11 +270,20 @@ pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Resul
         if !tls_dir.join("peer-ca.crt").exists() {
             // The token names the cluster's CA; fetch it before trusting anything else.
             let token = args.token.as_deref().unwrap_or_default();
-            let (cert, key) = crate::store::bootstrap::fetch_peer_ca(url, token)
+            let cas = crate::store::bootstrap::fetch_cluster_cas(url, token)
                 .await
                 .with_context(|| format!("failed to join the cluster at {url}"))?;
-            tls::install_ca(&tls_dir, "peer-ca", &cert, &key)
+            tls::install_ca(&tls_dir, "peer-ca", &cas.peer.0, &cas.peer.1)
                 .context("failed to install the cluster's peer CA")?;
+            // The API servers of one cluster share their CAs: any server's kubeconfig works
+            // against every server.
+            let cluster_dir = args.data_dir.join("server").join("tls");
+            for (name, ca) in [("server-ca", &cas.server), ("client-ca", &cas.client)] {
+                if let Some((cert, key)) = ca {
+                    tls::install_ca(&cluster_dir, name, cert, key)
+                        .with_context(|| format!("failed to install the cluster's {name}"))?;
+                }
+            }
             tracing::info!(server = %url, "verified the cluster CA against the token");
         }
     }
@@ -411,6 +420,7 @@ pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Resul
             transport: g,
             ca_cert_pem: certs.peer_ca_pem.clone(),
             ca_key_pem: certs.peer_ca_key_pem.clone(),
+            cluster_tls_dir: args.data_dir.join("server").join("tls"),
         };
         sup.spawn(
             "raft-peers",

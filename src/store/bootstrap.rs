@@ -159,9 +159,17 @@ async fn ca_from_handshake(url: &str, want: &str) -> Result<String> {
     )))
 }
 
-/// Obtains the cluster's peer CA (certificate and key) from the server at `url`, trusting
-/// only a CA whose hash the token carries. Returns (cert PEM, key PEM).
-pub async fn fetch_peer_ca(url: &str, token: &str) -> Result<(String, String)> {
+/// What a joining server receives: certificate and key PEMs of the cluster's CAs.
+pub struct ClusterCas {
+    pub peer: (String, String),
+    /// The API server's CAs (server, client); None when the first server has none yet.
+    pub server: Option<(String, String)>,
+    pub client: Option<(String, String)>,
+}
+
+/// Obtains the cluster's CAs from the server at `url`, trusting only a peer CA whose hash the
+/// token carries.
+pub async fn fetch_cluster_cas(url: &str, token: &str) -> Result<ClusterCas> {
     let token = Token::parse(token);
     let Some(want) = token.ca_hash.clone() else {
         return Err(Error::InvalidArgument(
@@ -197,7 +205,12 @@ pub async fn fetch_peer_ca(url: &str, token: &str) -> Result<(String, String)> {
             "{url} handed over a CA that does not match the token"
         )));
     }
-    Ok((resp.ca_cert_pem, resp.ca_key_pem))
+    let pair = |c: String, k: String| (!c.is_empty() && !k.is_empty()).then_some((c, k));
+    Ok(ClusterCas {
+        peer: (resp.ca_cert_pem, resp.ca_key_pem),
+        server: pair(resp.server_ca_cert_pem, resp.server_ca_key_pem),
+        client: pair(resp.client_ca_cert_pem, resp.client_ca_key_pem),
+    })
 }
 
 #[cfg(test)]

@@ -292,6 +292,9 @@ pub struct PeerService {
     /// The peer CA handed to joiners that prove they hold the token.
     pub ca_cert_pem: String,
     pub ca_key_pem: String,
+    /// Where the cluster CAs live (`<data-dir>/server/tls`), handed over too so every server
+    /// of the cluster serves and trusts the same certificates.
+    pub cluster_tls_dir: std::path::PathBuf,
 }
 
 /// Every call but Bootstrap needs a client certificate from the peer CA (the server accepts
@@ -408,9 +411,16 @@ impl Peer for PeerService {
                 "the token does not match this cluster's",
             ));
         }
+        let read = |name: &str| {
+            std::fs::read_to_string(self.cluster_tls_dir.join(name)).unwrap_or_default()
+        };
         Ok(Response::new(pb::BootstrapResponse {
             ca_cert_pem: self.ca_cert_pem.clone(),
             ca_key_pem: self.ca_key_pem.clone(),
+            server_ca_cert_pem: read("server-ca.crt"),
+            server_ca_key_pem: read("server-ca.key"),
+            client_ca_cert_pem: read("client-ca.crt"),
+            client_ca_key_pem: read("client-ca.key"),
         }))
     }
 

@@ -1,6 +1,7 @@
 //! Certificates: a CA per purpose, leaf certificates it signs, and the files they live in
-//! (k3s's layout under `<data-dir>/server/tls`). Until the API server issue brings the
-//! cluster CA and join-token bootstrap, the etcd and peer CAs are self-signed per server.
+//! (k3s's layout under `<data-dir>/server/tls`). The cluster CAs (`cluster`) and the peer CA
+//! are created by the first server and handed to joining servers through the token
+//! bootstrap; the etcd client CA is per server.
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -77,6 +77,31 @@ async fn three_servers_survive_losing_the_leader_during_writes() {
     let members = servers[2].ok(&["member", "list"]);
     assert_eq!(members.lines().count(), 3, "{members}");
 
+    // One cluster, one set of CAs: a joiner's admin kubeconfig works against the first
+    // server's API, and what one API server writes the others serve.
+    let url0 = format!("https://127.0.0.1:{}", servers[0].api_port);
+    let cm = dir.path().join("cm.yaml");
+    std::fs::write(
+        &cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared}\ndata: {k: v}\n",
+    )
+    .unwrap();
+    servers[1].kube_ok(&["create", "-f", cm.to_str().unwrap(), "--validate=false"]);
+    let seen = servers[1].kube_ok(&[
+        "--server",
+        &url0,
+        "get",
+        "cm",
+        "shared",
+        "-o",
+        "jsonpath={.data.k}",
+    ]);
+    assert_eq!(seen, "v");
+    assert_eq!(
+        servers[2].kube_ok(&["get", "cm", "shared", "-o", "jsonpath={.data.k}"]),
+        "v"
+    );
+
     // A write on a follower is forwarded; a linearizable read anywhere sees it.
     servers[1].ok(&["put", "/joined", "yes"]);
     for s in &servers {

@@ -7,8 +7,6 @@ mod lease;
 mod maintenance;
 mod watch;
 
-use std::net::SocketAddr;
-
 use etcd_client::proto::*;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -78,8 +76,4 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
-}
-
-pub fn local_addr(l: &tokio::net::TcpListener) -> Option<SocketAddr> {
-    l.local_addr().ok()
 }

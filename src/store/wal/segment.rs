@@ -1,7 +1,7 @@
 //! One preallocated log segment file: frame encoding, checksums, durable appends and the
 //! torn-tail repair done when the last segment is opened.
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -189,11 +189,5 @@ fn preallocate(file: &File, len: u64) -> Result<()> {
             Ok(())
         }
         _ => Err(err.into()),
-    }
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        let _ = self.file.flush();
     }
 }
