@@ -63,6 +63,15 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["cm"],
     },
+    Resource {
+        group: "coordination.k8s.io",
+        version: "v1",
+        plural: "leases",
+        singular: "lease",
+        kind: "Lease",
+        namespaced: true,
+        short_names: &[],
+    },
 ];
 
 impl Resource {

@@ -114,6 +114,13 @@ fn cells(r: &Resource, obj: &Value) -> Vec<Value> {
                 .unwrap_or(0);
             vec![name, json!(secrets), json!(age(obj))]
         }
+        "leases" => {
+            let holder = obj
+                .pointer("/spec/holderIdentity")
+                .cloned()
+                .unwrap_or(json!(""));
+            vec![name, holder, json!(age(obj))]
+        }
         _ => vec![name, json!(age(obj))],
     }
 }
@@ -150,6 +157,7 @@ fn columns(r: &Resource) -> Vec<Value> {
             secrets["type"] = json!("integer");
             vec![name, secrets, age]
         }
+        "leases" => vec![name, column("Holder", "", "The holder of the lease"), age],
         _ => vec![name, age],
     }
 }

@@ -441,3 +441,51 @@ fn apply_twice_is_unchanged_and_server_dry_run_writes_nothing() {
         "5"
     );
 }
+
+#[test]
+fn api_groups_are_discovered_and_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let resources = s.kube_ok(&["api-resources", "--no-headers"]);
+    for want in [
+        "namespaces",
+        "configmaps",
+        "secrets",
+        "serviceaccounts",
+        "leases",
+    ] {
+        assert!(
+            resources.lines().any(|l| l.starts_with(want)),
+            "{want} missing:\n{resources}"
+        );
+    }
+    let versions = s.kube_ok(&["api-versions"]);
+    assert!(
+        versions.lines().any(|l| l == "coordination.k8s.io/v1"),
+        "{versions}"
+    );
+    assert!(versions.lines().any(|l| l == "v1"), "{versions}");
+    let lease = write(
+        dir.path(),
+        "lease.yaml",
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: node-a, namespace: kube-node-lease}\nspec: {holderIdentity: node-a, leaseDurationSeconds: 40}\n",
+    );
+    s.kube_ok(&["create", "-f", &lease, "--validate=false"]);
+    let out = s.kube_ok(&["get", "leases", "-n", "kube-node-lease"]);
+    assert_eq!(
+        out.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["NAME", "HOLDER", "AGE"]
+    );
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..2], ["node-a", "node-a"], "{out}");
+    // Stored where kube-apiserver keeps it.
+    let keys = s.ok(&["get", "/registry/leases/", "--prefix", "--keys-only"]);
+    assert!(
+        keys.contains("/registry/leases/kube-node-lease/node-a"),
+        "{keys}"
+    );
+}
