@@ -274,3 +274,55 @@ fn a_wrong_token_is_refused_with_a_clear_message() {
     let err = join("c", TOKEN);
     assert!(err.contains("no CA hash"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_fell_far_behind_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..3).map(|i| dir.path().join(format!("m{i}"))).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let s0 = start_member(&dirs[0], ports[0], None);
+    let token = token_of(&dirs[0]);
+    let s1 = start_member(&dirs[1], ports[1], Some((ports[0], &token)));
+    let mut s2 = start_member(&dirs[2], ports[2], Some((ports[0], &token)));
+    let (etcd_port, peer) = (s2.etcd_port, format!("127.0.0.1:{}", ports[2]));
+    s2.stop();
+    // Far more entries than the leader keeps in memory (1,000), one write per entry.
+    let mut c = client(&s0).await;
+    for i in 0..2500 {
+        c.put(format!("/far/{i:05}"), "v", None).await.unwrap();
+    }
+    let s2 = Server::start_on(
+        &dirs[2],
+        etcd_port,
+        &["--etcd-peer-listen", &peer, "--token", &token],
+    );
+    let mut c2 = client(&s2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = c2
+            .get(
+                "/far/",
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_count_only()
+                        .with_serializable(),
+                ),
+            )
+            .await
+            .map(|r| r.count())
+            .unwrap_or(0);
+        if n == 2500 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "caught up to {n} of 2500");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Once when it joined, once more after the restart: the entries it missed were gone.
+    let snapshots = s2
+        .log()
+        .matches("installing a snapshot from the leader")
+        .count();
+    assert!(snapshots >= 2, "{}", s2.log());
+    drop(s1);
+}
