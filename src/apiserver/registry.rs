@@ -318,20 +318,32 @@ impl Registry {
             // Nothing changed: nothing is written and the resourceVersion stays.
             return Ok(objects::with_resource_version(obj, current.mod_revision));
         }
-        let txn = guarded(
-            key.clone(),
-            current.mod_revision,
-            TxnOp::Put(PutRequest {
-                key,
-                value: encode(&obj),
-                ..Default::default()
-            }),
-        );
-        let resp = self.commit(txn).await?;
+        let revision = self
+            .put_guarded(r, name, key, current.mod_revision, &obj)
+            .await?;
+        Ok(objects::with_resource_version(obj, revision))
+    }
+
+    /// Writes `obj` at `key` if the key is still at `mod_revision` (409 Conflict otherwise);
+    /// returns the new revision.
+    async fn put_guarded(
+        &self,
+        r: &Resource,
+        name: &str,
+        key: Vec<u8>,
+        mod_revision: Revision,
+        obj: &Value,
+    ) -> Result<Revision, ApiError> {
+        let put = TxnOp::Put(PutRequest {
+            key: key.clone(),
+            value: encode(obj),
+            ..Default::default()
+        });
+        let resp = self.commit(guarded(key, mod_revision, put)).await?;
         if !resp.succeeded {
             return Err(ApiError::conflict(r.group, r.plural, name));
         }
-        Ok(objects::with_resource_version(obj, resp.revision))
+        Ok(resp.revision)
     }
 
     /// DELETE. Namespaces are marked Terminating for the namespace controller to empty and
@@ -360,22 +372,12 @@ impl Registry {
                 objects::meta_mut(&mut obj)?
                     .insert("deletionTimestamp".into(), json!(objects::now_rfc3339()));
                 obj["status"] = json!({"phase": "Terminating"});
-                let txn = guarded(
-                    key.clone(),
-                    current.mod_revision,
-                    TxnOp::Put(PutRequest {
-                        key,
-                        value: encode(&obj),
-                        ..Default::default()
-                    }),
-                );
-                let resp = self.commit(txn).await?;
-                if !resp.succeeded {
-                    return Err(ApiError::conflict(r.group, r.plural, name));
-                }
+                let revision = self
+                    .put_guarded(r, name, key, current.mod_revision, &obj)
+                    .await?;
                 return Ok((
                     StatusCode::OK,
-                    objects::with_resource_version(obj, resp.revision),
+                    objects::with_resource_version(obj, revision),
                 ));
             }
             return Ok((

@@ -143,7 +143,7 @@ async fn ca_from_handshake(url: &str, want: &str) -> Result<String> {
     .map_err(|_| Error::Io(format!("timed out connecting to {url}")))?
     .map_err(|e| Error::Io(format!("cannot reach {url}: {e}")))?;
     let name = ServerName::try_from(host.clone())
-        .unwrap_or_else(|_| ServerName::try_from("localhost".to_string()).expect("valid name"));
+        .map_err(|e| Error::InvalidArgument(format!("--server {url}: host {host:?}: {e}")))?;
     let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
         .await
         .map_err(|_| Error::Io(format!("timed out in the TLS handshake with {url}")))?
