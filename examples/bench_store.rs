@@ -85,38 +85,49 @@ async fn connect(p: &Proc) -> anyhow::Result<Client> {
     }
 }
 
-fn start_krab(bin: &Path, dir: &Path) -> anyhow::Result<Proc> {
+/// `krab server` on loopback with free ports; returns the command and its etcd port.
+fn krab_command(bin: &Path, dir: &Path) -> (Command, u16) {
     let port = free_port();
-    let child = Command::new(bin)
-        .args([
-            "server",
-            "--config",
-            "/dev/null",
-            "--disable-agent",
-            "--log-level",
-            "warn",
-        ])
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--etcd-listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
-        .arg(free_port().to_string())
-        .arg("--write-kubeconfig")
-        .arg(dir.with_extension("kubeconfig"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.with_file_name("krab.log"))?)
-        .spawn()?;
-    Ok(Proc {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "server",
+        "--config",
+        "/dev/null",
+        "--disable-agent",
+        "--log-level",
+        "warn",
+    ])
+    .env(
+        "RUST_LOG",
+        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    )
+    .arg("--data-dir")
+    .arg(dir)
+    .arg("--etcd-listen")
+    .arg(format!("127.0.0.1:{port}"))
+    .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+    .arg(free_port().to_string())
+    .arg("--write-kubeconfig")
+    .arg(dir.with_extension("kubeconfig"))
+    .stdout(Stdio::null());
+    (cmd, port)
+}
+
+fn krab_proc(child: Child, port: u16, dir: &Path) -> Proc {
+    Proc {
         name: "krab",
         child,
         endpoint: format!("https://127.0.0.1:{port}"),
         tls: dir.join("server/tls/etcd"),
-    })
+    }
+}
+
+fn start_krab(bin: &Path, dir: &Path) -> anyhow::Result<Proc> {
+    let (mut cmd, port) = krab_command(bin, dir);
+    let child = cmd
+        .stderr(std::fs::File::create(dir.with_file_name("krab.log"))?)
+        .spawn()?;
+    Ok(krab_proc(child, port, dir))
 }
 
 /// etcd with the same certificates krab generated (krab's serving cert covers 127.0.0.1).
@@ -168,39 +179,17 @@ fn copy_peer_ca(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 fn krab_member(bin: &Path, dir: &Path, peer: u16, join: Option<u16>) -> anyhow::Result<Proc> {
-    let port = free_port();
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "server",
-        "--config",
-        "/dev/null",
-        "--disable-agent",
-        "--log-level",
-        "warn",
-    ])
-    .arg("--data-dir")
-    .arg(dir)
-    .arg("--etcd-listen")
-    .arg(format!("127.0.0.1:{port}"))
-    .arg("--etcd-peer-listen")
-    .arg(format!("127.0.0.1:{peer}"))
-    .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
-    .arg(free_port().to_string())
-    .arg("--write-kubeconfig")
-    .arg(dir.with_extension("kubeconfig"))
-    .args(["--token", "bench", "--node-name"])
-    .arg(dir.file_name().unwrap_or_default());
+    let (mut cmd, port) = krab_command(bin, dir);
+    cmd.arg("--etcd-peer-listen")
+        .arg(format!("127.0.0.1:{peer}"))
+        .args(["--token", "bench", "--node-name"])
+        .arg(dir.file_name().unwrap_or_default());
     match join {
         None => cmd.arg("--cluster-init"),
         Some(p) => cmd.arg("--server").arg(format!("https://127.0.0.1:{p}")),
     };
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-    Ok(Proc {
-        name: "krab",
-        child,
-        endpoint: format!("https://127.0.0.1:{port}"),
-        tls: dir.join("server/tls/etcd"),
-    })
+    let child = cmd.stderr(Stdio::null()).spawn()?;
+    Ok(krab_proc(child, port, dir))
 }
 
 /// Three krab servers on loopback; returns them with the first (the leader) first.

@@ -10,7 +10,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 use tokio_rustls::rustls::{self, client::danger, DigitallySignedStruct, SignatureScheme};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig};
 
 use super::peer::pb;
 use super::{Error, Result};
@@ -180,19 +180,13 @@ pub async fn fetch_cluster_cas(url: &str, token: &str) -> Result<ClusterCas> {
     };
     let ca_pem = ca_from_handshake(url, &want).await?;
     // From here on the server is verified against that CA.
-    let ep = Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::InvalidArgument(format!("--server {url}: {e}")))?
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca_pem))
-                .domain_name("localhost"),
-        )
-        .map_err(|e| Error::InvalidArgument(format!("peer TLS: {e}")))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = ep
-        .connect()
-        .await
-        .map_err(|e| Error::Io(format!("cannot reach {url}: {e}")))?;
+    let channel = super::peer::connect(
+        url,
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca_pem))
+            .domain_name("localhost"),
+    )
+    .await?;
     let resp = pb::peer_client::PeerClient::new(channel)
         .bootstrap(pb::BootstrapRequest {
             token: token.secret.clone(),

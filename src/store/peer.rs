@@ -494,18 +494,21 @@ pub struct Joined {
     pub members: Vec<Member>,
 }
 
-/// Asks the server at `url` to add this server as a member.
-pub async fn join(url: &str, tls: &PeerTls, token: &str, me: pb::JoinRequest) -> Result<Joined> {
-    let ep = Endpoint::from_shared(url.to_string())
+/// Connects to the server named by `--server`, failing with a message naming it.
+pub(crate) async fn connect(url: &str, tls: ClientTlsConfig) -> Result<Channel> {
+    Endpoint::from_shared(url.to_string())
         .map_err(|e| Error::InvalidArgument(format!("--server {url}: {e}")))?
-        .tls_config(tls.client())
+        .tls_config(tls)
         .map_err(|e| Error::InvalidArgument(format!("peer TLS: {e}")))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = ep
+        .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| Error::Io(format!("cannot reach {url}: {e}")))?;
-    let mut client = PeerClient::new(channel);
+        .map_err(|e| Error::Io(format!("cannot reach {url}: {e}")))
+}
+
+/// Asks the server at `url` to add this server as a member.
+pub async fn join(url: &str, tls: &PeerTls, token: &str, me: pb::JoinRequest) -> Result<Joined> {
+    let mut client = PeerClient::new(connect(url, tls.client()).await?);
     let resp = client
         .join(pb::JoinRequest {
             token: token.to_string(),
