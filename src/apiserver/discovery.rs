@@ -1,12 +1,41 @@
 //! Discovery: /version, /api, /api/v1, /apis and /apis/<group>/<version>, built from the
-//! resource table. Served as plain JSON (kubectl falls back from aggregated discovery).
+//! resource table, in both the legacy form and the aggregated form (apidiscovery.k8s.io/v2)
+//! that kubectl 1.32 asks for first and that saves it one request per group version.
 use serde_json::{json, Value};
 
-use super::resources::RESOURCES;
+use super::resources::{Resource, RESOURCES};
 
 /// The Kubernetes version krab's API follows.
 pub const KUBE_MAJOR: &str = "1";
 pub const KUBE_MINOR: &str = "32";
+
+/// The media type of aggregated discovery responses.
+pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_V2BETA1: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+
+/// Which aggregated form (if any) an Accept header asks for, in the client's order.
+pub fn aggregated_wanted(accept: &str) -> Option<&'static str> {
+    for part in accept.split(',') {
+        let p: Vec<&str> = part.split(';').map(str::trim).collect();
+        let has = |s: &str| p.contains(&s);
+        if has("g=apidiscovery.k8s.io") && has("as=APIGroupDiscoveryList") {
+            if has("v=v2") {
+                return Some(AGGREGATED_V2);
+            }
+            if has("v=v2beta1") {
+                return Some(AGGREGATED_V2BETA1);
+            }
+        }
+        if p.first()
+            .is_some_and(|m| *m == "application/json" || *m == "*/*")
+            && p.len() == 1
+        {
+            return None;
+        }
+    }
+    None
+}
 
 pub fn version() -> Value {
     json!({
@@ -30,20 +59,26 @@ pub fn core_versions() -> Value {
     })
 }
 
+/// Named groups in table order, each with its versions (preferred first).
+fn named_groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        match out.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
+            Some(_) => {}
+            None => out.push((r.group, vec![r.version])),
+        }
+    }
+    out
+}
+
 pub fn groups() -> Value {
-    let mut names: Vec<&str> = RESOURCES
-        .iter()
-        .map(|r| r.group)
-        .filter(|g| !g.is_empty())
-        .collect();
-    names.dedup();
-    let groups: Vec<Value> = names
-        .iter()
-        .map(|g| {
-            let versions: Vec<Value> = RESOURCES
+    let groups: Vec<Value> = named_groups()
+        .into_iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
                 .iter()
-                .filter(|r| r.group == *g)
-                .map(|r| json!({"groupVersion": r.api_version(), "version": r.version}))
+                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
                 .collect();
             json!({"name": g, "versions": versions, "preferredVersion": versions.first()})
         })
@@ -56,7 +91,7 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     let list: Vec<Value> = RESOURCES
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .map(|r| r.discovery())
+        .flat_map(Resource::discovery)
         .collect();
     if list.is_empty() {
         return None;
@@ -72,4 +107,110 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
         "groupVersion": gv,
         "resources": list,
     }))
+}
+
+/// One resource in the aggregated form, subresources nested.
+fn aggregated_resource(r: &Resource) -> Value {
+    let entries = r.discovery();
+    let subresources: Vec<Value> = entries[1..]
+        .iter()
+        .map(|s| {
+            let name = s["name"].as_str().unwrap_or_default();
+            let sub = name.split_once('/').map(|(_, s)| s).unwrap_or(name);
+            json!({
+                "subresource": sub,
+                "responseKind": {
+                    "group": s.get("group").cloned().unwrap_or(json!(r.group)),
+                    "version": s.get("version").cloned().unwrap_or(json!(r.version)),
+                    "kind": s["kind"],
+                },
+                "verbs": s["verbs"],
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": r.verbs,
+    });
+    if !r.short_names.is_empty() {
+        v["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        v["categories"] = json!(r.categories);
+    }
+    if !subresources.is_empty() {
+        v["subresources"] = json!(subresources);
+    }
+    v
+}
+
+fn aggregated_group(group: &str, versions: &[&str], api_version: &str) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let resources: Vec<Value> = RESOURCES
+                .iter()
+                .filter(|r| r.group == group && r.version == *v)
+                .map(aggregated_resource)
+                .collect();
+            json!({"version": v, "resources": resources, "freshness": "Current"})
+        })
+        .collect();
+    let _ = api_version;
+    let mut meta = json!({"creationTimestamp": null});
+    if !group.is_empty() {
+        meta["name"] = json!(group);
+    }
+    json!({"metadata": meta, "versions": versions})
+}
+
+/// `/api` (core) or `/apis` (named groups) in the aggregated form.
+pub fn aggregated(core: bool, media_type: &str) -> Value {
+    let api_version = if media_type == AGGREGATED_V2BETA1 {
+        "apidiscovery.k8s.io/v2beta1"
+    } else {
+        "apidiscovery.k8s.io/v2"
+    };
+    let items: Vec<Value> = if core {
+        vec![aggregated_group("", &["v1"], api_version)]
+    } else {
+        named_groups()
+            .iter()
+            .map(|(g, versions)| aggregated_group(g, versions, api_version))
+            .collect()
+    };
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": api_version,
+        "metadata": {},
+        "items": items,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_accept_header_picks_aggregated_v2() {
+        let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_wanted(kubectl), Some(AGGREGATED_V2));
+        assert_eq!(aggregated_wanted("application/json"), None);
+        let doc = aggregated(true, AGGREGATED_V2);
+        let pods = doc["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .unwrap();
+        assert_eq!(pods["scope"], "Namespaced");
+        assert!(pods["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["subresource"] == "status"));
+    }
 }

@@ -13,12 +13,14 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Caller;
-use super::objects::LabelSelector;
 use super::patch::PatchType;
-use super::registry::{ListOptions, Registry};
+use super::registry::{DeleteOptions, ListOptions, Registry};
 use super::request_info::{self, RequestInfo};
+use super::selector::Filter;
 use super::status::ApiError;
-use super::{discovery, patch, resources, table, watch};
+use super::strategy::Write;
+use super::openapi::{self, FieldValidation};
+use super::{discovery, patch, resources, subresources, table, watch};
 
 /// kube-apiserver's request body limit.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -76,24 +78,28 @@ async fn handle(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let trimmed = path.trim_end_matches('/');
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if method == Method::GET {
-        match trimmed {
-            "/api" => return Ok(Json(discovery::core_versions()).into_response()),
-            "/apis" => return Ok(Json(discovery::groups()).into_response()),
-            "/api/v1" => return found(discovery::resources("", "v1")),
-            _ => {}
+        if let Some(r) = serve_discovery(trimmed, accept) {
+            return r;
         }
-        let parts: Vec<&str> = trimmed.trim_start_matches('/').split('/').collect();
-        if let ["apis", group, version] = parts.as_slice() {
-            return found(discovery::resources(group, version));
+        if let Some(r) = openapi::serve(trimmed, headers) {
+            return r;
         }
     }
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     let info = request_info::parse(method, path, watch).ok_or_else(not_found_path)?;
     let r =
         resources::find(&info.group, &info.version, &info.resource).ok_or_else(not_found_path)?;
-    if info.subresource.is_some() {
+    let sub = info.subresource.as_deref();
+    if sub.is_some_and(|s| !r.has_subresource(s)) {
         return Err(not_found_path());
+    }
+    if sub.is_none() && !r.verbs.contains(&info.verb) {
+        return Err(ApiError::method_not_allowed());
     }
     let ns = if r.namespaced {
         info.namespace.clone()
@@ -115,22 +121,29 @@ async fn handle(
             )))
         }
     };
-    // DELETE carries its options (dryRun among them) as a DeleteOptions body.
-    if info.verb == "delete" && !body.is_empty() {
-        let opts: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
-        if let Some(modes) = opts.get("dryRun").and_then(Value::as_array) {
-            dry_run |= modes.iter().any(|m| m == "All");
+    // DELETE carries its options as a DeleteOptions body, or in the query.
+    let mut delete_opts = DeleteOptions::default();
+    if matches!(info.verb, "delete" | "deletecollection") {
+        delete_opts = DeleteOptions::from_body(&body)?;
+        if let Some(g) = query.get("gracePeriodSeconds") {
+            delete_opts.grace_period_seconds = Some(g.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}"))
+            })?);
         }
+        if let Some(p) = query.get("propagationPolicy") {
+            delete_opts.propagation_policy = Some(p.clone());
+        }
+        dry_run |= delete_opts.dry_run;
     }
+    let validation = FieldValidation::parse(query.get("fieldValidation").map(String::as_str))?;
+    // Decoding a body into the kind's type: unknown fields dropped (reported or refused).
+    let decode = |obj: &mut Value| openapi::normalize(r.group, r.version, r.kind, obj, validation);
     let reg = &state.registry.for_request(dry_run);
-    let as_table = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(table::wanted);
-    match info.verb {
-        "get" => {
-            let obj = reg.get(r, ns.as_deref(), name(&info)?).await?;
+    let as_table = table::wanted(accept);
+    let ns = ns.as_deref();
+    match (info.verb, sub) {
+        ("get", None | Some("status")) => {
+            let obj = reg.get(r, ns, name(&info)?).await?;
             if as_table {
                 let rv = obj
                     .pointer("/metadata/resourceVersion")
@@ -140,29 +153,19 @@ async fn handle(
             }
             Ok(Json(obj).into_response())
         }
-        "list" => {
-            let opts = ListOptions {
-                selector: LabelSelector::parse(
-                    query.get("labelSelector").map(String::as_str).unwrap_or(""),
-                )?,
-                revision: match query.get("resourceVersion").map(String::as_str) {
-                    None | Some("") | Some("0") => 0,
-                    Some(rv) => rv.parse().map_err(|_| {
-                        ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                    })?,
-                },
-                limit: match query.get("limit") {
-                    Some(l) => l
-                        .parse()
-                        .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
-                    None => 0,
-                },
-                continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
-            };
-            let page = reg.list(r, ns.as_deref(), &opts).await?;
+        ("get", Some("scale")) => {
+            let obj = reg.get(r, ns, name(&info)?).await?;
+            Ok(Json(subresources::scale_view(r, &obj)).into_response())
+        }
+        ("list", None) => {
+            let opts = list_options(r, query)?;
+            let page = reg.list(r, ns, &opts).await?;
             let mut meta = json!({"resourceVersion": page.revision.to_string()});
             if let Some(c) = &page.continue_token {
                 meta["continue"] = json!(c);
+            }
+            if let Some(n) = page.remaining {
+                meta["remainingItemCount"] = json!(n);
             }
             if as_table {
                 let mut t = table::build(r, &page.items, None);
@@ -177,7 +180,7 @@ async fn handle(
             }))
             .into_response())
         }
-        "watch" => {
+        ("watch", None) => {
             let timeout = query
                 .get("timeoutSeconds")
                 .and_then(|t| t.parse::<u64>().ok())
@@ -187,10 +190,12 @@ async fn handle(
                 reg.clone(),
                 watch::WatchRequest {
                     resource: r,
-                    namespace: ns,
+                    namespace: ns.map(str::to_string),
                     resource_version: query.get("resourceVersion").cloned(),
-                    selector: LabelSelector::parse(
-                        query.get("labelSelector").map(String::as_str).unwrap_or(""),
+                    filter: Filter::parse(
+                        r,
+                        query.get("labelSelector").map(String::as_str),
+                        query.get("fieldSelector").map(String::as_str),
                     )?,
                     as_table,
                     timeout,
@@ -199,49 +204,205 @@ async fn handle(
             )
             .await
         }
-        "create" => {
-            let obj = parse_body(headers, &body)?;
-            let created = reg.create(r, ns.as_deref(), obj).await?;
-            Ok((StatusCode::CREATED, Json(created)).into_response())
+        ("create", None) if r.plural == "bindings" => {
+            let b = parse_body(headers, &body)?;
+            let pod = b
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("a Binding needs metadata.name"))?;
+            reg.bind(ns.unwrap_or("default"), pod, &b).await?;
+            Ok((StatusCode::CREATED, Json(success_status())).into_response())
         }
-        "update" => {
-            let obj = parse_body(headers, &body)?;
-            Ok(Json(reg.update(r, ns.as_deref(), name(&info)?, obj).await?).into_response())
+        ("create", None) => {
+            let mut obj = parse_body(headers, &body)?;
+            let warnings = decode(&mut obj)?;
+            let created = reg.create(r, ns, obj).await?;
+            Ok(warn((StatusCode::CREATED, Json(created)).into_response(), &warnings))
         }
-        "patch" => {
+        ("create", Some("binding")) => {
+            let b = parse_body(headers, &body)?;
+            reg.bind(ns.unwrap_or("default"), name(&info)?, &b).await?;
+            Ok((StatusCode::CREATED, Json(success_status())).into_response())
+        }
+        ("create", Some("eviction")) => {
+            let e = parse_body(headers, &body)?;
+            let opts = match e.get("deleteOptions") {
+                Some(o) => DeleteOptions::from_body(o.to_string().as_bytes())?,
+                None => DeleteOptions::default(),
+            };
+            reg.delete(r, ns, name(&info)?, &opts).await?;
+            Ok((StatusCode::CREATED, Json(success_status())).into_response())
+        }
+        ("update", None | Some("status")) => {
+            let mut obj = parse_body(headers, &body)?;
+            let warnings = decode(&mut obj)?;
+            let write = write_of(sub);
+            let updated = reg.update(r, ns, name(&info)?, obj, write).await?;
+            Ok(warn(Json(updated).into_response(), &warnings))
+        }
+        ("update", Some("finalize")) => {
+            // Only spec.finalizers changes through namespaces/finalize.
+            let obj = parse_body(headers, &body)?;
+            let name = name(&info)?;
+            let mut current = reg.get(r, ns, name).await?;
+            current["spec"]["finalizers"] = obj
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
+            if let Some(rv) = obj.pointer("/metadata/resourceVersion") {
+                current["metadata"]["resourceVersion"] = rv.clone();
+            }
+            Ok(Json(reg.update(r, ns, name, current, Write::Main).await?).into_response())
+        }
+        ("update", Some("scale")) => {
+            let scale = parse_body(headers, &body)?;
+            let name = name(&info)?;
+            let current = reg.get(r, ns, name).await?;
+            let updated = reg
+                .update(r, ns, name, subresources::apply_scale(&current, &scale)?, Write::Main)
+                .await?;
+            Ok(Json(subresources::scale_view(r, &updated)).into_response())
+        }
+        ("patch", None | Some("status") | Some("scale")) => {
             let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let kind = PatchType::from_content_type(content_type)?;
-            if body.len() > MAX_BODY_BYTES {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestEntityTooLarge",
-                    "the request body is too large",
-                ));
-            }
+            check_size(body.len())?;
             let name = name(&info)?;
+            let ty = openapi::kind_type(r.group, r.version, r.kind);
+            let scale_ty = openapi::kind_type("autoscaling", "v1", "Scale");
             // As kube's GuaranteedUpdate: re-read and re-apply when another write slipped in
             // between, unless the patch itself pinned a resourceVersion.
             let mut attempts = 0;
+            let mut warnings = Vec::new();
             loop {
-                let current = reg.get(r, ns.as_deref(), name).await?;
-                let patched = patch::apply(kind, &current, &body)?;
-                let pinned = patched.pointer("/metadata/resourceVersion")
-                    != current.pointer("/metadata/resourceVersion");
-                match reg.update(r, ns.as_deref(), name, patched).await {
-                    Err(e) if e.reason == "Conflict" && !pinned && attempts < 5 => attempts += 1,
-                    other => return Ok(Json(other?).into_response()),
+                let current = reg.get(r, ns, name).await?;
+                let result = if sub == Some("scale") {
+                    let view = subresources::scale_view(r, &current);
+                    let patched = patch::apply(kind, &view, &body, scale_ty.as_ref())?;
+                    let pinned = patched.pointer("/metadata/resourceVersion")
+                        != view.pointer("/metadata/resourceVersion");
+                    let obj = subresources::apply_scale(&current, &patched)?;
+                    (pinned, reg.update(r, ns, name, obj, Write::Main).await)
+                } else {
+                    let mut patched = patch::apply(kind, &current, &body, ty.as_ref())?;
+                    warnings = decode(&mut patched)?;
+                    let pinned = patched.pointer("/metadata/resourceVersion")
+                        != current.pointer("/metadata/resourceVersion");
+                    (pinned, reg.update(r, ns, name, patched, write_of(sub)).await)
+                };
+                match result {
+                    (pinned, Err(e)) if e.reason == "Conflict" && !pinned && attempts < 5 => {
+                        attempts += 1
+                    }
+                    (_, other) => {
+                        let obj = other?;
+                        if sub == Some("scale") {
+                            return Ok(Json(subresources::scale_view(r, &obj)).into_response());
+                        }
+                        return Ok(warn(Json(obj).into_response(), &warnings));
+                    }
                 }
             }
         }
-        "delete" => {
-            let (code, v) = reg.delete(r, ns.as_deref(), name(&info)?).await?;
+        ("delete", None) => {
+            let (code, v) = reg.delete(r, ns, name(&info)?, &delete_opts).await?;
             Ok((code, Json(v)).into_response())
+        }
+        ("deletecollection", None) => {
+            let opts = list_options(r, query)?;
+            Ok(Json(reg.delete_collection(r, ns, &opts, &delete_opts).await?).into_response())
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// Adds kube's `Warning: 299 - "..."` headers (kubectl prints them as `Warning: ...`).
+fn warn(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = header::HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+fn write_of(sub: Option<&str>) -> Write {
+    if sub == Some("status") {
+        Write::Status
+    } else {
+        Write::Main
+    }
+}
+
+fn success_status() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
+}
+
+/// Discovery documents, legacy or aggregated as the client asks; None for other paths.
+fn serve_discovery(path: &str, accept: &str) -> Option<Result<Response, ApiError>> {
+    let aggregated = discovery::aggregated_wanted(accept);
+    let doc = match (path, aggregated) {
+        ("/api", Some(media)) | ("/apis", Some(media)) => {
+            let body = discovery::aggregated(path == "/api", media);
+            let mut resp = Json(body).into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(media));
+            return Some(Ok(resp));
+        }
+        ("/api", None) => Some(discovery::core_versions()),
+        ("/apis", None) => Some(discovery::groups()),
+        ("/api/v1", _) => discovery::resources("", "v1"),
+        _ => {
+            let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            match parts.as_slice() {
+                ["apis", group, version] => discovery::resources(group, version),
+                _ => return None,
+            }
+        }
+    };
+    Some(found(doc))
+}
+
+/// LIST options from the query: selectors, resourceVersion, limit, continue.
+fn list_options(
+    r: &resources::Resource,
+    query: &HashMap<String, String>,
+) -> Result<ListOptions, ApiError> {
+    Ok(ListOptions {
+        filter: Filter::parse(
+            r,
+            query.get("labelSelector").map(String::as_str),
+            query.get("fieldSelector").map(String::as_str),
+        )?,
+        revision: match query.get("resourceVersion").map(String::as_str) {
+            None | Some("") | Some("0") => 0,
+            Some(rv) => rv
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        },
+        limit: match query.get("limit") {
+            Some(l) => l
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            None => 0,
+        },
+        continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
+    })
+}
+
+fn check_size(len: usize) -> Result<(), ApiError> {
+    if len > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("the request body is {len} bytes, over the {MAX_BODY_BYTES} byte limit"),
+        ));
+    }
+    Ok(())
 }
 
 fn found(v: Option<Value>) -> Result<Response, ApiError> {
@@ -265,16 +426,7 @@ fn name(info: &RequestInfo) -> Result<&str, ApiError> {
 
 /// Decodes a JSON or YAML body, refusing what kube-apiserver refuses.
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            format!(
-                "the request body is {} bytes, over the {MAX_BODY_BYTES} byte limit",
-                body.len()
-            ),
-        ));
-    }
+    check_size(body.len())?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

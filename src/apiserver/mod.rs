@@ -6,13 +6,19 @@ mod auth;
 mod discovery;
 mod handlers;
 mod objects;
+mod openapi;
 mod patch;
 mod registry;
 mod request_info;
 mod resources;
+mod selector;
 mod serve;
 mod status;
+mod strategic;
+mod strategy;
+mod subresources;
 mod table;
+mod validation;
 mod watch;
 
 use tokio::net::TcpListener;
@@ -22,23 +28,35 @@ use crate::store::datastore::Datastore;
 use crate::tls::cluster::ClusterTls;
 
 pub use self::discovery::{KUBE_MAJOR, KUBE_MINOR};
+pub use self::strategy::service::ServiceNetwork;
+
+/// What the API server needs to know about the cluster it serves.
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// Where Service IPs and node ports come from.
+    pub services: ServiceNetwork,
+    /// The port clients reach the API server on (the `kubernetes` Service's target).
+    pub port: u16,
+}
 
 /// Runs the API server on `listener` until `shutdown`.
 pub async fn run(
     datastore: Datastore,
+    config: ApiConfig,
     certs: &ClusterTls,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let registry = registry::Registry {
-        ds: datastore,
-        dry_run: false,
-    };
+    let registry = registry::Registry::new(datastore, config.services.clone());
     // The datastore may not have a leader yet (a cluster regaining quorum): keep trying
     // rather than giving up on the whole server.
     let mut delay = std::time::Duration::from_millis(200);
     loop {
-        match registry.ensure_system_namespaces().await {
+        let ready = async {
+            registry.ensure_system_namespaces().await?;
+            registry.ensure_kubernetes_service(config.port).await
+        };
+        match ready.await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create the system namespaces yet; retrying");

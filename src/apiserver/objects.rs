@@ -1,6 +1,6 @@
 //! What the API server does to every object on its way in and out: kind and apiVersion
 //! checks, names (given or generated, validated as DNS-1123), uid and creationTimestamp,
-//! resourceVersion from store revisions, label selectors.
+//! resourceVersion from store revisions.
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
@@ -51,45 +51,30 @@ pub fn check_type(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// kube's name validation: DNS-1123 labels for namespaces, subdomains otherwise.
+/// kube's name validation: DNS-1123 labels for namespaces, DNS-1035 labels (starting with a
+/// letter) for services, DNS-1123 subdomains otherwise.
 pub fn validate_name(r: &Resource, name: &str) -> Result<(), ApiError> {
-    let label = r.plural == "namespaces";
-    let problem = if label {
-        dns1123_label(name).then_some(()).ok_or({
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or \
-             '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or \
-             '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
-        })
-    } else {
-        dns1123_subdomain(name).then_some(()).ok_or({
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \
-             '-' or '.', and must start and end with an alphanumeric character (e.g. \
-             'example.com', regex used for validation is \
-             '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-        })
+    use super::validation::{dns1123_label, dns1123_subdomain, LABEL_MSG, SUBDOMAIN_MSG};
+    let problem = match (r.group, r.plural) {
+        ("", "namespaces") => (!dns1123_label(name)).then_some(LABEL_MSG),
+        ("", "services") => (!(dns1123_label(name)
+            && name.starts_with(|c: char| c.is_ascii_lowercase())))
+        .then_some(
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start \
+             with an alphabetic character, and end with an alphanumeric character (e.g. \
+             'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
+        ),
+        _ => (!dns1123_subdomain(name)).then_some(SUBDOMAIN_MSG),
     };
-    problem.map_err(|p| {
-        ApiError::invalid(
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(ApiError::invalid(
             r.kind,
             name,
             "metadata.name",
             &format!("Invalid value: \"{name}\": {p}"),
-        )
-    })
-}
-
-fn dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-fn dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(dns1123_label)
+        )),
+    }
 }
 
 /// kube's name suffix alphabet (no vowels, no confusable characters).
@@ -121,7 +106,10 @@ pub fn new_uid() -> String {
 
 /// RFC 3339 in UTC with second precision, as metav1.Time serialises.
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+pub fn rfc3339(now: time::OffsetDateTime) -> String {
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         now.year(),
@@ -141,117 +129,9 @@ pub fn with_resource_version(mut obj: Value, rev: i64) -> Value {
     obj
 }
 
-/// A parsed label selector: equality- and set-based requirements, all of which must hold.
-#[derive(Debug, Default)]
-pub struct LabelSelector(Vec<Requirement>);
-
-#[derive(Debug)]
-enum Requirement {
-    Eq(String, String),
-    NotEq(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    NotExists(String),
-}
-
-impl LabelSelector {
-    pub fn parse(s: &str) -> Result<Self, ApiError> {
-        let mut reqs = Vec::new();
-        for part in split_top_level(s) {
-            let part = part.trim();
-            if part.is_empty() {
-                continue;
-            }
-            let bad = || ApiError::bad_request(format!("unable to parse requirement: {part:?}"));
-            let req = if let Some(k) = part.strip_prefix('!') {
-                Requirement::NotExists(k.trim().to_string())
-            } else if let Some((k, v)) = part.split_once("!=") {
-                Requirement::NotEq(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = part.split_once("==") {
-                Requirement::Eq(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = part.split_once('=') {
-                Requirement::Eq(k.trim().into(), v.trim().into())
-            } else if let Some((k, rest)) = part.split_once(" notin ") {
-                Requirement::NotIn(k.trim().into(), set(rest).ok_or_else(bad)?)
-            } else if let Some((k, rest)) = part.split_once(" in ") {
-                Requirement::In(k.trim().into(), set(rest).ok_or_else(bad)?)
-            } else if part
-                .chars()
-                .all(|c| c.is_alphanumeric() || "-_./".contains(c))
-            {
-                Requirement::Exists(part.to_string())
-            } else {
-                return Err(bad());
-            };
-            reqs.push(req);
-        }
-        Ok(LabelSelector(reqs))
-    }
-
-    pub fn matches(&self, obj: &Value) -> bool {
-        let labels = meta(obj)
-            .and_then(|m| m.get("labels"))
-            .and_then(Value::as_object);
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-        self.0.iter().all(|r| match r {
-            Requirement::Eq(k, v) => get(k) == Some(v.as_str()),
-            Requirement::NotEq(k, v) => get(k) != Some(v.as_str()),
-            Requirement::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-            Requirement::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-            Requirement::Exists(k) => get(k).is_some(),
-            Requirement::NotExists(k) => get(k).is_none(),
-        })
-    }
-}
-
-fn set(s: &str) -> Option<Vec<String>> {
-    let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
-    Some(
-        inner
-            .split(',')
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-            .collect(),
-    )
-}
-
-/// Splits on commas outside parentheses.
-fn split_top_level(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut start) = (0, 0);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_selectors_match_like_kube() {
-        let o = json!({"metadata": {"labels": {"app": "web", "tier": "front"}}});
-        let m = |s: &str| LabelSelector::parse(s).unwrap().matches(&o);
-        assert!(m("app=web"));
-        assert!(m("app==web,tier"));
-        assert!(!m("app!=web"));
-        assert!(m("app in (web, db)"));
-        assert!(!m("tier notin (front)"));
-        assert!(m("!missing"));
-        assert!(!m("missing"));
-        assert!(m(""));
-    }
 
     #[test]
     fn names_are_validated_as_dns_1123() {

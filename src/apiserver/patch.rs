@@ -1,8 +1,9 @@
 //! PATCH bodies: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and strategic merge patch
-//! (kube's, driven by each field's patch strategy and merge key). Apply patch (server-side
+//! (kube's, in `strategic`, driven by the schema's merge keys). Apply patch (server-side
 //! apply) is not here yet and is refused with 415.
 use serde_json::{Map, Value};
 
+use super::openapi::model::Ty;
 use super::status::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,12 +34,18 @@ impl PatchType {
 }
 
 /// Applies `patch` to `target`.
-pub fn apply(kind: PatchType, target: &Value, patch: &[u8]) -> Result<Value, ApiError> {
+/// Applies `patch` to `target`, an object of schema type `ty` (None: no schema).
+pub fn apply(
+    kind: PatchType,
+    target: &Value,
+    patch: &[u8],
+    ty: Option<&Ty>,
+) -> Result<Value, ApiError> {
     let p: Value = serde_json::from_slice(patch)
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     match kind {
         PatchType::Merge => Ok(merge(target, &p)),
-        PatchType::Strategic => strategic(target, &p, ""),
+        PatchType::Strategic => super::strategic::apply(target, &p, ty),
         PatchType::Json => json_patch(target, &p),
     }
 }
@@ -63,85 +70,6 @@ pub fn merge(target: &Value, patch: &Value) -> Value {
     Value::Object(out)
 }
 
-/// The patch strategy of a list field, by its path: kube's `patchStrategy`/`patchMergeKey`
-/// tags for the fields of the kinds served so far (ObjectMeta's). Lists not named here are
-/// replaced whole, as kube does for fields without a strategy.
-fn list_strategy(path: &str) -> Option<Option<&'static str>> {
-    match path {
-        // patchStrategy=merge on a list of strings: union.
-        "/metadata/finalizers" => Some(None),
-        // patchStrategy=merge, patchMergeKey=uid.
-        "/metadata/ownerReferences" => Some(Some("uid")),
-        _ => None,
-    }
-}
-
-fn strategic(target: &Value, patch: &Value, path: &str) -> Result<Value, ApiError> {
-    let Value::Object(p) = patch else {
-        return Ok(patch.clone());
-    };
-    if p.get("$patch").and_then(Value::as_str) == Some("replace") {
-        let mut m = p.clone();
-        m.remove("$patch");
-        return Ok(Value::Object(m));
-    }
-    if p.get("$patch").and_then(Value::as_str) == Some("delete") {
-        return Ok(Value::Null);
-    }
-    let mut out = match target {
-        Value::Object(t) => t.clone(),
-        _ => Map::new(),
-    };
-    for (k, v) in p {
-        if k.starts_with('$') {
-            continue;
-        }
-        let child = format!("{path}/{k}");
-        if v.is_null() {
-            out.remove(k);
-            continue;
-        }
-        let current = out.get(k).cloned().unwrap_or(Value::Null);
-        let merged = match (&current, v, list_strategy(&child)) {
-            (Value::Array(cur), Value::Array(new), Some(None)) => {
-                let mut list = cur.clone();
-                for item in new {
-                    if !list.contains(item) {
-                        list.push(item.clone());
-                    }
-                }
-                Value::Array(list)
-            }
-            (Value::Array(cur), Value::Array(new), Some(Some(key))) => {
-                let mut list = cur.clone();
-                for item in new {
-                    let id = item.get(key);
-                    match list.iter().position(|x| x.get(key) == id && id.is_some()) {
-                        Some(i) => {
-                            if item.get("$patch").and_then(Value::as_str) == Some("delete") {
-                                list.remove(i);
-                            } else {
-                                list[i] = strategic(&list[i], item, &child)?;
-                            }
-                        }
-                        None => list.push(item.clone()),
-                    }
-                }
-                Value::Array(list)
-            }
-            (_, Value::Object(_), _) => strategic(&current, v, &child)?,
-            _ => v.clone(),
-        };
-        if merged.is_null() {
-            out.remove(k);
-        } else {
-            out.insert(k.clone(), merged);
-        }
-    }
-    Ok(Value::Object(out))
-}
-
-/// RFC 6902 operations on RFC 6901 pointers.
 fn json_patch(target: &Value, patch: &Value) -> Result<Value, ApiError> {
     let ops = patch
         .as_array()
@@ -282,13 +210,13 @@ mod tests {
             {"op": "add", "path": "/list/-", "value": 3},
             {"op": "test", "path": "/list/0", "value": 1}
         ]);
-        let out = apply(PatchType::Json, &t, p.to_string().as_bytes()).unwrap();
+        let out = apply(PatchType::Json, &t, p.to_string().as_bytes(), None).unwrap();
         assert_eq!(
             out,
             json!({"metadata": {"labels": {"b/c": "2"}}, "list": [1, 2, 3]})
         );
         let failing = json!([{"op": "test", "path": "/list/0", "value": 9}]);
-        assert!(apply(PatchType::Json, &t, failing.to_string().as_bytes()).is_err());
+        assert!(apply(PatchType::Json, &t, failing.to_string().as_bytes(), None).is_err());
     }
 
     #[test]
@@ -301,7 +229,8 @@ mod tests {
             "finalizers": ["b"],
             "ownerReferences": [{"uid": "2", "name": "y2"}, {"uid": "1", "$patch": "delete"}]
         }, "data": {"k2": "v2"}});
-        let out = strategic(&t, &p, "").unwrap();
+        let ty = super::super::openapi::kind_type("", "v1", "ConfigMap");
+        let out = super::super::strategic::apply(&t, &p, ty.as_ref()).unwrap();
         assert_eq!(out["metadata"]["finalizers"], json!(["a", "b"]));
         assert_eq!(
             out["metadata"]["ownerReferences"],

@@ -1,21 +1,31 @@
 //! The resources the API server serves: one table row per resource, from which discovery,
 //! routing, storage keys and validation of kind/apiVersion follow. Adding a resource is adding
-//! a row (and, where kube has special behaviour, a strategy).
+//! a row (and, where kube has special behaviour, a strategy in `strategy`).
 use serde_json::{json, Value};
 
 #[derive(Debug)]
 pub struct Resource {
     pub group: &'static str,
     pub version: &'static str,
-    /// Plural, as in URLs and etcd keys.
+    /// Plural, as in URLs.
     pub plural: &'static str,
     pub singular: &'static str,
     pub kind: &'static str,
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
+    /// `kubectl get all` and friends.
+    pub categories: &'static [&'static str],
+    /// Subresources served (`status`, `scale`, `binding`, ...).
+    pub subresources: &'static [&'static str],
+    /// Where kube-apiserver keeps it under `/registry/` when that is not the plural.
+    pub storage: &'static str,
+    /// Whether metadata.generation counts changes of the desired state.
+    pub generation: bool,
+    /// Verbs, when not the full set (e.g. create-only virtual resources).
+    pub verbs: &'static [&'static str],
 }
 
-const VERBS: [&str; 8] = [
+pub const VERBS: &[&str] = &[
     "create",
     "delete",
     "deletecollection",
@@ -26,52 +36,345 @@ const VERBS: [&str; 8] = [
     "watch",
 ];
 
+const fn res(
+    group: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+) -> Resource {
+    Resource {
+        group,
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        storage: "",
+        generation: false,
+        verbs: VERBS,
+    }
+}
+
+impl Resource {
+    const fn short(mut self, s: &'static [&'static str]) -> Self {
+        self.short_names = s;
+        self
+    }
+    const fn all(mut self) -> Self {
+        self.categories = &["all"];
+        self
+    }
+    const fn sub(mut self, s: &'static [&'static str]) -> Self {
+        self.subresources = s;
+        self
+    }
+    const fn stored_as(mut self, s: &'static str) -> Self {
+        self.storage = s;
+        self
+    }
+    const fn generation(mut self) -> Self {
+        self.generation = true;
+        self
+    }
+    const fn version(mut self, v: &'static str) -> Self {
+        self.version = v;
+        self
+    }
+    const fn verbs(mut self, v: &'static [&'static str]) -> Self {
+        self.verbs = v;
+        self
+    }
+}
+
+const STATUS: &[&str] = &["status"];
+const SCALE_STATUS: &[&str] = &["scale", "status"];
+
 pub const RESOURCES: &[Resource] = &[
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "namespaces",
-        singular: "namespace",
-        kind: "Namespace",
-        namespaced: false,
-        short_names: &["ns"],
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "secrets",
-        singular: "secret",
-        kind: "Secret",
-        namespaced: true,
-        short_names: &[],
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "serviceaccounts",
-        singular: "serviceaccount",
-        kind: "ServiceAccount",
-        namespaced: true,
-        short_names: &["sa"],
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "configmaps",
-        singular: "configmap",
-        kind: "ConfigMap",
-        namespaced: true,
-        short_names: &["cm"],
-    },
-    Resource {
-        group: "coordination.k8s.io",
-        version: "v1",
-        plural: "leases",
-        singular: "lease",
-        kind: "Lease",
-        namespaced: true,
-        short_names: &[],
-    },
+    // core/v1
+    res("", "bindings", "binding", "Binding", true).verbs(&["create"]),
+    res("", "configmaps", "configmap", "ConfigMap", true).short(&["cm"]),
+    res("", "endpoints", "endpoints", "Endpoints", true)
+        .short(&["ep"])
+        .stored_as("services/endpoints"),
+    res("", "events", "event", "Event", true).short(&["ev"]),
+    res("", "limitranges", "limitrange", "LimitRange", true).short(&["limits"]),
+    res("", "namespaces", "namespace", "Namespace", false)
+        .short(&["ns"])
+        .sub(&["finalize", "status"]),
+    res("", "nodes", "node", "Node", false)
+        .short(&["no"])
+        .sub(&["proxy", "status"])
+        .stored_as("minions"),
+    res(
+        "",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        true,
+    )
+    .short(&["pvc"])
+    .sub(STATUS),
+    res(
+        "",
+        "persistentvolumes",
+        "persistentvolume",
+        "PersistentVolume",
+        false,
+    )
+    .short(&["pv"])
+    .sub(STATUS),
+    res("", "pods", "pod", "Pod", true)
+        .short(&["po"])
+        .all()
+        .sub(&[
+            "attach",
+            "binding",
+            "eviction",
+            "exec",
+            "log",
+            "portforward",
+            "proxy",
+            "status",
+        ]),
+    res("", "podtemplates", "podtemplate", "PodTemplate", true),
+    res(
+        "",
+        "replicationcontrollers",
+        "replicationcontroller",
+        "ReplicationController",
+        true,
+    )
+    .short(&["rc"])
+    .all()
+    .sub(SCALE_STATUS)
+    .stored_as("controllers")
+    .generation(),
+    res("", "resourcequotas", "resourcequota", "ResourceQuota", true)
+        .short(&["quota"])
+        .sub(STATUS),
+    res("", "secrets", "secret", "Secret", true),
+    res("", "serviceaccounts", "serviceaccount", "ServiceAccount", true)
+        .short(&["sa"])
+        .sub(&["token"]),
+    res("", "services", "service", "Service", true)
+        .short(&["svc"])
+        .all()
+        .sub(&["proxy", "status"])
+        .stored_as("services/specs"),
+    // apps/v1
+    res(
+        "apps",
+        "controllerrevisions",
+        "controllerrevision",
+        "ControllerRevision",
+        true,
+    ),
+    res("apps", "daemonsets", "daemonset", "DaemonSet", true)
+        .short(&["ds"])
+        .all()
+        .sub(STATUS)
+        .generation(),
+    res("apps", "deployments", "deployment", "Deployment", true)
+        .short(&["deploy"])
+        .all()
+        .sub(SCALE_STATUS)
+        .generation(),
+    res("apps", "replicasets", "replicaset", "ReplicaSet", true)
+        .short(&["rs"])
+        .all()
+        .sub(SCALE_STATUS)
+        .generation(),
+    res("apps", "statefulsets", "statefulset", "StatefulSet", true)
+        .short(&["sts"])
+        .all()
+        .sub(SCALE_STATUS)
+        .generation(),
+    // autoscaling/v2
+    res(
+        "autoscaling",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        "HorizontalPodAutoscaler",
+        true,
+    )
+    .version("v2")
+    .short(&["hpa"])
+    .all()
+    .sub(STATUS)
+    .generation(),
+    // batch/v1
+    res("batch", "cronjobs", "cronjob", "CronJob", true)
+        .short(&["cj"])
+        .all()
+        .sub(STATUS)
+        .generation(),
+    res("batch", "jobs", "job", "Job", true)
+        .all()
+        .sub(STATUS)
+        .generation(),
+    // certificates.k8s.io/v1
+    res(
+        "certificates.k8s.io",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        "CertificateSigningRequest",
+        false,
+    )
+    .short(&["csr"])
+    .sub(&["approval", "status"]),
+    // coordination.k8s.io/v1
+    res("coordination.k8s.io", "leases", "lease", "Lease", true),
+    // discovery.k8s.io/v1
+    res(
+        "discovery.k8s.io",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        true,
+    ),
+    // networking.k8s.io/v1
+    res(
+        "networking.k8s.io",
+        "ingressclasses",
+        "ingressclass",
+        "IngressClass",
+        false,
+    ),
+    res("networking.k8s.io", "ingresses", "ingress", "Ingress", true)
+        .short(&["ing"])
+        .sub(STATUS)
+        .stored_as("ingress")
+        .generation(),
+    res(
+        "networking.k8s.io",
+        "networkpolicies",
+        "networkpolicy",
+        "NetworkPolicy",
+        true,
+    )
+    .short(&["netpol"])
+    .generation(),
+    // node.k8s.io/v1
+    res("node.k8s.io", "runtimeclasses", "runtimeclass", "RuntimeClass", false),
+    // policy/v1
+    res(
+        "policy",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        true,
+    )
+    .short(&["pdb"])
+    .sub(STATUS)
+    .generation(),
+    // rbac.authorization.k8s.io/v1
+    res(
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+    ),
+    res(
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+    ),
+    res(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+    ),
+    res("rbac.authorization.k8s.io", "roles", "role", "Role", true),
+    // scheduling.k8s.io/v1
+    res(
+        "scheduling.k8s.io",
+        "priorityclasses",
+        "priorityclass",
+        "PriorityClass",
+        false,
+    )
+    .short(&["pc"]),
+    // storage.k8s.io/v1
+    res("storage.k8s.io", "csidrivers", "csidriver", "CSIDriver", false),
+    res("storage.k8s.io", "csinodes", "csinode", "CSINode", false),
+    res(
+        "storage.k8s.io",
+        "csistoragecapacities",
+        "csistoragecapacity",
+        "CSIStorageCapacity",
+        true,
+    ),
+    res(
+        "storage.k8s.io",
+        "storageclasses",
+        "storageclass",
+        "StorageClass",
+        false,
+    )
+    .short(&["sc"]),
+    res(
+        "storage.k8s.io",
+        "volumeattachments",
+        "volumeattachment",
+        "VolumeAttachment",
+        false,
+    )
+    .sub(STATUS),
+    // admissionregistration.k8s.io/v1 (stored; webhooks are not called yet)
+    res(
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        "MutatingWebhookConfiguration",
+        false,
+    )
+    .generation(),
+    res(
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicy",
+        "ValidatingAdmissionPolicy",
+        false,
+    )
+    .sub(STATUS)
+    .generation(),
+    res(
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicybindings",
+        "validatingadmissionpolicybinding",
+        "ValidatingAdmissionPolicyBinding",
+        false,
+    )
+    .generation(),
+    res(
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "validatingwebhookconfiguration",
+        "ValidatingWebhookConfiguration",
+        false,
+    )
+    .generation(),
+    // apiextensions.k8s.io/v1
+    res(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        "CustomResourceDefinition",
+        false,
+    )
+    .short(&["crd", "crds"])
+    .sub(STATUS)
+    .stored_as("apiextensions.k8s.io/customresourcedefinitions")
+    .generation(),
 ];
 
 impl Resource {
@@ -83,34 +386,94 @@ impl Resource {
         }
     }
 
+    fn storage_prefix(&self) -> &'static str {
+        if self.storage.is_empty() {
+            self.plural
+        } else {
+            self.storage
+        }
+    }
+
     /// Where kube-apiserver keeps this resource in etcd: `/registry/<resource>/[<ns>/]<name>`.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> Vec<u8> {
+        let base = self.storage_prefix();
         match namespace {
-            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/{name}", self.plural),
-            _ => format!("/registry/{}/{name}", self.plural),
+            Some(ns) if self.namespaced => format!("/registry/{base}/{ns}/{name}"),
+            _ => format!("/registry/{base}/{name}"),
         }
         .into_bytes()
     }
 
     /// The key prefix for a list: one namespace, or all.
     pub fn prefix(&self, namespace: Option<&str>) -> Vec<u8> {
+        let base = self.storage_prefix();
         match namespace {
-            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/", self.plural),
-            _ => format!("/registry/{}/", self.plural),
+            Some(ns) if self.namespaced => format!("/registry/{base}/{ns}/"),
+            _ => format!("/registry/{base}/"),
         }
         .into_bytes()
     }
 
-    /// The APIResource entry for discovery.
-    pub fn discovery(&self) -> Value {
-        json!({
-            "name": self.plural,
-            "singularName": self.singular,
-            "namespaced": self.namespaced,
-            "kind": self.kind,
-            "verbs": VERBS,
-            "shortNames": self.short_names,
-        })
+    pub fn has_subresource(&self, sub: &str) -> bool {
+        self.subresources.contains(&sub)
+    }
+
+    /// The APIResource entries for discovery: the resource, then its subresources.
+    pub fn discovery(&self) -> Vec<Value> {
+        let mut out = vec![{
+            let mut v = json!({
+                "name": self.plural,
+                "singularName": self.singular,
+                "namespaced": self.namespaced,
+                "kind": self.kind,
+                "verbs": self.verbs,
+            });
+            if !self.short_names.is_empty() {
+                v["shortNames"] = json!(self.short_names);
+            }
+            if !self.categories.is_empty() {
+                v["categories"] = json!(self.categories);
+            }
+            v
+        }];
+        for sub in self.subresources {
+            let (kind, group, version, verbs): (&str, &str, &str, &[&str]) = match *sub {
+                "status" | "finalize" | "approval" => (self.kind, "", "", &["get", "patch", "update"]),
+                "scale" => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
+                "binding" => ("Binding", "", "", &["create"]),
+                "eviction" => ("Eviction", "policy", "v1", &["create"]),
+                "token" => ("TokenRequest", "authentication.k8s.io", "v1", &["create"]),
+                "log" => ("Pod", "", "", &["get"]),
+                "exec" | "attach" | "portforward" => ("PodExecOptions", "", "", &["create", "get"]),
+                "proxy" => (
+                    "NodeProxyOptions",
+                    "",
+                    "",
+                    &["create", "delete", "get", "patch", "update"],
+                ),
+                _ => (self.kind, "", "", &["get"]),
+            };
+            let kind = match (*sub, self.kind) {
+                ("proxy", "Service") => "ServiceProxyOptions",
+                ("proxy", "Pod") => "PodProxyOptions",
+                ("attach", _) => "PodAttachOptions",
+                ("portforward", _) => "PodPortForwardOptions",
+                _ => kind,
+            };
+            let mut v = json!({
+                "name": format!("{}/{sub}", self.plural),
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "kind": kind,
+                "verbs": verbs,
+            });
+            if !group.is_empty() {
+                v["group"] = json!(group);
+                v["version"] = json!(version);
+            }
+            out.push(v);
+        }
+        out
     }
 }
 
@@ -118,4 +481,41 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_kube_apiserver_layout() {
+        let svc = find("", "v1", "services").unwrap();
+        assert_eq!(svc.key(Some("a"), "b"), b"/registry/services/specs/a/b");
+        let node = find("", "v1", "nodes").unwrap();
+        assert_eq!(node.key(Some("ignored"), "n1"), b"/registry/minions/n1");
+        let deploy = find("apps", "v1", "deployments").unwrap();
+        assert_eq!(deploy.prefix(Some("x")), b"/registry/deployments/x/");
+    }
+
+    #[test]
+    fn every_row_is_unique_and_prefixes_do_not_overlap() {
+        for (i, a) in RESOURCES.iter().enumerate() {
+            for b in &RESOURCES[i + 1..] {
+                assert!(
+                    !(a.group == b.group && a.plural == b.plural),
+                    "{} twice",
+                    a.plural
+                );
+                if a.verbs.contains(&"get") && b.verbs.contains(&"get") {
+                    let (pa, pb) = (a.prefix(None), b.prefix(None));
+                    assert!(
+                        !pa.starts_with(&pb) && !pb.starts_with(&pa),
+                        "{} and {} share keys",
+                        a.plural,
+                        b.plural
+                    );
+                }
+            }
+        }
+    }
 }

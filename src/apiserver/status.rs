@@ -15,6 +15,8 @@ pub struct ApiError {
     pub message: String,
     /// `details` of the Status: the object's name, its group and kind (resource).
     pub details: Option<(String, String, String)>,
+    /// `details.causes`: one per invalid field.
+    pub causes: Vec<serde_json::Value>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            causes: Vec::new(),
         }
     }
 
@@ -66,6 +69,12 @@ impl ApiError {
         .with_details(name, group, resource)
     }
 
+    /// The same error with kube's more specific message.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }
@@ -91,6 +100,14 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+    }
+
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GONE, "Expired", message)
     }
@@ -109,6 +126,9 @@ impl ApiError {
             let mut d = json!({ "name": name, "kind": kind });
             if !group.is_empty() {
                 d["group"] = json!(group);
+            }
+            if !self.causes.is_empty() {
+                d["causes"] = json!(self.causes);
             }
             body["details"] = d;
         }

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::objects::{self, LabelSelector};
+use super::objects;
+use super::selector::Filter;
 use super::registry::{ListOptions, Registry};
 use super::resources::Resource;
 use super::status::ApiError;
@@ -40,7 +41,7 @@ pub struct WatchRequest {
     pub resource: &'static Resource,
     pub namespace: Option<String>,
     pub resource_version: Option<String>,
-    pub selector: LabelSelector,
+    pub filter: Filter,
     pub as_table: bool,
     pub timeout: Duration,
 }
@@ -54,7 +55,7 @@ pub async fn serve(
         resource: r,
         namespace: ns,
         resource_version,
-        selector,
+        filter,
         as_table,
         timeout,
     } = req;
@@ -75,12 +76,7 @@ pub async fn serve(
                 .list(
                     r,
                     ns.as_deref(),
-                    &ListOptions {
-                        selector: LabelSelector::default(),
-                        revision: 0,
-                        limit: 0,
-                        continue_token: None,
-                    },
+                    &ListOptions::all(),
                 )
                 .await?;
             initial = page.items;
@@ -102,7 +98,7 @@ pub async fn serve(
     tokio::spawn(async move {
         let _guard = cancel.clone().drop_guard();
         for obj in initial {
-            if selector.matches(&obj)
+            if filter.matches(&obj)
                 && tx.send(Ok(event(r, as_table, "ADDED", obj))).await.is_err()
             {
                 return;
@@ -119,20 +115,30 @@ pub async fn serve(
             match msg {
                 Some(WatchMessage::Events { events, .. }) => {
                     for e in events {
-                        let (kind, source) = match e.kind {
-                            EventKind::Put if e.kv.version == 1 => ("ADDED", Some(&e.kv)),
-                            EventKind::Put => ("MODIFIED", Some(&e.kv)),
-                            EventKind::Delete => ("DELETED", e.prev_kv.as_ref()),
+                        let decode = |kv: &crate::store::types::KeyValue| {
+                            serde_json::from_slice::<Value>(&kv.value).ok()
                         };
-                        let Some(kv) = source else { continue };
-                        let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) else {
-                            continue;
+                        let prev = e.prev_kv.as_ref().and_then(decode);
+                        let prev_matched = prev.as_ref().is_some_and(|p| filter.matches(p));
+                        let (kind, obj) = match e.kind {
+                            EventKind::Put => {
+                                let Some(obj) = decode(&e.kv) else { continue };
+                                // Selectors see transitions: an object that starts matching is
+                                // ADDED, one that stops matching is DELETED, as in kube.
+                                match (prev_matched, filter.matches(&obj)) {
+                                    (false, true) => ("ADDED", obj),
+                                    (true, true) => ("MODIFIED", obj),
+                                    (true, false) => ("DELETED", obj),
+                                    (false, false) => continue,
+                                }
+                            }
+                            EventKind::Delete => match prev {
+                                Some(p) if prev_matched => ("DELETED", p),
+                                _ => continue,
+                            },
                         };
                         // A deleted object carries the deletion's revision.
                         let obj = objects::with_resource_version(obj, e.kv.mod_revision);
-                        if !selector.matches(&obj) {
-                            continue;
-                        }
                         if tx.send(Ok(event(r, as_table, kind, obj))).await.is_err() {
                             return;
                         }

@@ -135,6 +135,21 @@ pub struct ServerArgs {
     /// Memory the datastore may use to cache values, in MiB.
     #[arg(long, env = "KRAB_ETCD_CACHE_MB", default_value_t = 32)]
     pub etcd_cache_mb: u64,
+    /// The range pod IPs are taken from (a /24 per node).
+    #[arg(long, env = "KRAB_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// The range Service cluster IPs are taken from.
+    #[arg(long, env = "KRAB_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: ipnet::Ipv4Net,
+    /// The port range NodePort Services are given ports from.
+    #[arg(long, env = "KRAB_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: std::ops::RangeInclusive<u16>,
+    /// The cluster DNS service's IP.
+    #[arg(long, env = "KRAB_CLUSTER_DNS", default_value = "10.43.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "KRAB_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -216,6 +231,19 @@ pub struct CheckConfigArgs {
 }
 
 /// Parses `90s`, `5m`, `1h`, `250ms` or a bare number of seconds.
+/// `30000-32767`: an inclusive port range.
+pub fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a port range like 30000-32767"))?;
+    let a: u16 = a.trim().parse().map_err(|_| format!("{a:?} is not a port"))?;
+    let b: u16 = b.trim().parse().map_err(|_| format!("{b:?} is not a port"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?} is not a port range: the first port must be 1 or more and not above the last"));
+    }
+    Ok(a..=b)
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

@@ -183,8 +183,15 @@ fn start_apiserver(
         &certs,
     )?;
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving the Kubernetes API");
+    let config = crate::apiserver::ApiConfig {
+        services: crate::apiserver::ServiceNetwork {
+            cidr: args.service_cidr,
+            node_ports: args.service_node_port_range.clone(),
+        },
+        port: args.https_listen_port,
+    };
     sup.spawn("apiserver", async move {
-        crate::apiserver::run(datastore, &certs, listener, shutdown).await
+        crate::apiserver::run(datastore, config, &certs, listener, shutdown).await
     });
     Ok(())
 }

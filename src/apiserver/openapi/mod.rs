@@ -1,0 +1,200 @@
+//! OpenAPI: the v2 and v3 documents of the served group versions (upstream Kubernetes'
+//! published spec, embedded compressed and served as is, so `kubectl explain` and kubectl's
+//! validation see exactly kube-apiserver's schemas), and the compact schema model built
+//! from them that drives pruning, field validation and strategic merge patch.
+pub mod model;
+mod normalize;
+
+use std::sync::LazyLock;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sha2::Digest;
+
+use self::model::{Def, Field, Model, Ty};
+use super::status::ApiError;
+
+pub use self::normalize::{normalize, FieldValidation};
+
+static MODEL_BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/schema_model.bin"));
+
+static MODEL: LazyLock<Model> = LazyLock::new(|| match postcard::from_bytes(MODEL_BYTES) {
+    Ok(m) => m,
+    Err(e) => {
+        // Only a broken build gets here; the server then runs without schemas.
+        tracing::error!(error = %e, "the embedded schema model does not decode");
+        Model::default()
+    }
+});
+
+pub fn model() -> &'static Model {
+    &MODEL
+}
+
+impl Model {
+    /// The definition of a kind.
+    pub fn kind(&self, group: &str, version: &str, kind: &str) -> Option<u32> {
+        self.kinds
+            .binary_search_by(|(g, v, k, _)| {
+                (g.as_str(), v.as_str(), k.as_str()).cmp(&(group, version, kind))
+            })
+            .ok()
+            .map(|i| self.kinds[i].3)
+    }
+
+    pub fn def(&self, i: u32) -> Option<&Def> {
+        self.defs.get(i as usize)
+    }
+
+    /// A field of a definition.
+    pub fn field(&self, def: u32, name: &str) -> Option<&Field> {
+        let d = self.def(def)?;
+        d.fields
+            .binary_search_by(|f| f.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &d.fields[i])
+    }
+}
+
+/// The schema type of a whole object of a kind.
+pub fn kind_type(group: &str, version: &str, kind: &str) -> Option<Ty> {
+    model().kind(group, version, kind).map(Ty::Ref)
+}
+
+static SWAGGER: &[u8] = include_bytes!("../../../embedded/openapi/swagger.json.gz");
+
+/// The v3 documents, by group-version path (`api/v1`, `apis/apps/v1`).
+static V3: &[(&str, &[u8])] = &[
+    ("api/v1", include_bytes!("../../../embedded/openapi/v3/api__v1.json.gz")),
+    ("apis/admissionregistration.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__admissionregistration.k8s.io__v1.json.gz")),
+    ("apis/apiextensions.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__apiextensions.k8s.io__v1.json.gz")),
+    ("apis/apps/v1", include_bytes!("../../../embedded/openapi/v3/apis__apps__v1.json.gz")),
+    ("apis/autoscaling/v2", include_bytes!("../../../embedded/openapi/v3/apis__autoscaling__v2.json.gz")),
+    ("apis/batch/v1", include_bytes!("../../../embedded/openapi/v3/apis__batch__v1.json.gz")),
+    ("apis/certificates.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__certificates.k8s.io__v1.json.gz")),
+    ("apis/coordination.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__coordination.k8s.io__v1.json.gz")),
+    ("apis/discovery.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__discovery.k8s.io__v1.json.gz")),
+    ("apis/networking.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__networking.k8s.io__v1.json.gz")),
+    ("apis/node.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__node.k8s.io__v1.json.gz")),
+    ("apis/policy/v1", include_bytes!("../../../embedded/openapi/v3/apis__policy__v1.json.gz")),
+    ("apis/rbac.authorization.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__rbac.authorization.k8s.io__v1.json.gz")),
+    ("apis/scheduling.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__scheduling.k8s.io__v1.json.gz")),
+    ("apis/storage.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__storage.k8s.io__v1.json.gz")),
+];
+
+/// Each v3 document's hash, as the index advertises it (clients cache by it).
+static V3_HASHES: LazyLock<Vec<String>> = LazyLock::new(|| {
+    V3.iter()
+        .map(|(_, gz)| {
+            sha2::Sha256::digest(gz)
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect()
+        })
+        .collect()
+});
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
+}
+
+/// A compressed JSON document, sent compressed when the client takes gzip.
+fn document(gz: &'static [u8], headers: &HeaderMap) -> Result<Response, ApiError> {
+    if accepts_gzip(headers) {
+        return Ok((
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            gz,
+        )
+            .into_response());
+    }
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut out)
+        .map_err(|e| ApiError::internal(format!("the embedded OpenAPI document does not decompress: {e}")))?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        out,
+    )
+        .into_response())
+}
+
+/// Serves `/openapi/v2`, `/openapi/v3` and `/openapi/v3/<group-version>`; None for other paths.
+pub fn serve(path: &str, headers: &HeaderMap) -> Option<Result<Response, ApiError>> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if path == "/openapi/v2" {
+        let json_ok = accept.is_empty()
+            || accept
+                .split(',')
+                .any(|a| a.contains("json") || a.trim().starts_with("*/*"));
+        if !json_ok {
+            // The protobuf (gnostic) form is not served: say so, so clients use JSON.
+            return Some(Err(ApiError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "NotAcceptable",
+                "only the following media types are accepted: application/json",
+            )));
+        }
+        return Some(document(SWAGGER, headers));
+    }
+    if path == "/openapi/v3" {
+        let paths: serde_json::Map<String, serde_json::Value> = V3
+            .iter()
+            .zip(V3_HASHES.iter())
+            .map(|((gv, _), hash)| {
+                (
+                    gv.to_string(),
+                    serde_json::json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}")}),
+                )
+            })
+            .collect();
+        return Some(Ok(axum::Json(serde_json::json!({"paths": paths})).into_response()));
+    }
+    let gv = path.strip_prefix("/openapi/v3/")?;
+    let Some((_, gz)) = V3.iter().find(|(p, _)| *p == gv) else {
+        return Some(Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the OpenAPI document of {gv}"),
+        )));
+    };
+    Some(document(gz, headers).map(|mut r| {
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, immutable"),
+        );
+        r
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_knows_the_built_in_kinds_and_their_merge_keys() {
+        let m = model();
+        let pod_spec = m
+            .defs
+            .iter()
+            .position(|d| d.name == "io.k8s.api.core.v1.PodSpec")
+            .unwrap() as u32;
+        let containers = m.field(pod_spec, "containers").unwrap();
+        assert_eq!(containers.merge_key.as_deref(), Some("name"));
+        assert_eq!(containers.patch_strategy.as_deref(), Some("merge"));
+        assert!(m.kind("apps", "v1", "Deployment").is_some());
+        assert!(m.kind("", "v1", "Pod").is_some());
+        assert!(m.kind("nope", "v1", "Pod").is_none());
+        assert!(V3_HASHES.iter().all(|h| h.len() == 64));
+    }
+}

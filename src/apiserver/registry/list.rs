@@ -1,0 +1,149 @@
+//! LIST: one page at one revision. Pages of a paginated list all read the first page's
+//! revision (the continue token carries it); a token whose revision was compacted is 410
+//! Gone, as in kube.
+use serde_json::{json, Value};
+
+use super::super::objects;
+use super::super::resources::Resource;
+use super::super::selector::Filter;
+use super::super::status::ApiError;
+use super::{decode, Registry};
+use crate::store::types::*;
+
+pub struct ListOptions {
+    pub filter: Filter,
+    /// 0: the current revision.
+    pub revision: Revision,
+    /// At most this many items (0: all), with a continue token for the rest.
+    pub limit: i64,
+    /// Where an earlier page stopped.
+    pub continue_token: Option<String>,
+}
+
+impl ListOptions {
+    /// Everything, now.
+    pub fn all() -> Self {
+        ListOptions {
+            filter: Filter::default(),
+            revision: 0,
+            limit: 0,
+            continue_token: None,
+        }
+    }
+}
+
+/// One page of a list.
+pub struct Page {
+    pub items: Vec<Value>,
+    pub revision: Revision,
+    /// Set when more items remain; pass it back as `continue`.
+    pub continue_token: Option<String>,
+    /// How many more items there are after this page (an estimate when selectors apply).
+    pub remaining: Option<i64>,
+}
+
+/// The continue token: the revision every page is read at, and the key to go on after, as
+/// kube's (base64 of a small JSON document).
+fn encode_continue(revision: Revision, last_key: &[u8], prefix: &[u8]) -> String {
+    use base64::Engine;
+    let start = String::from_utf8_lossy(&last_key[prefix.len().min(last_key.len())..]).into_owned();
+    let doc = json!({"v": "meta.k8s.io/v1", "rv": revision, "start": format!("{start}\u{0}")});
+    base64::engine::general_purpose::URL_SAFE.encode(doc.to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
+    use base64::Engine;
+    let bad = || ApiError::bad_request("continue key is not valid: invalid continue token");
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(token)
+        .map_err(|_| bad())?;
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let rv = doc.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
+    let start = doc.get("start").and_then(Value::as_str).ok_or_else(bad)?;
+    if start.contains("..") || start.starts_with('/') {
+        return Err(bad());
+    }
+    Ok((rv, start.to_string()))
+}
+
+impl Registry {
+    pub async fn list(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<Page, ApiError> {
+        let prefix = r.prefix(ns);
+        let end = prefix_end(&prefix);
+        let (mut revision, mut start) = match &opts.continue_token {
+            Some(t) => {
+                let (rv, start) = decode_continue(t)?;
+                let mut key = prefix.clone();
+                key.extend_from_slice(start.as_bytes());
+                (rv, key)
+            }
+            None => (opts.revision, prefix.clone()),
+        };
+        let mut items = Vec::new();
+        loop {
+            // With a selector, keep reading until the page is full or the range is done.
+            let want = if opts.limit > 0 {
+                opts.limit - items.len() as i64
+            } else {
+                0
+            };
+            let resp = self
+                .ds
+                .range(RangeRequest {
+                    key: start.clone(),
+                    range_end: end.clone(),
+                    revision,
+                    limit: want,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| match e {
+                    crate::store::Error::Compacted { .. } if opts.continue_token.is_some() => ApiError::gone(
+                        "The provided continue parameter is too old to display a consistent list result. \
+                         You can start a new list without the continue parameter.",
+                    ),
+                    other => other.into(),
+                })?;
+            if revision == 0 {
+                revision = resp.revision;
+            }
+            let mut last = None;
+            for kv in &resp.kvs {
+                let obj = objects::with_resource_version(decode(kv)?, kv.mod_revision);
+                if opts.filter.matches(&obj) {
+                    items.push(obj);
+                }
+                last = Some(kv.key.clone());
+            }
+            let full = opts.limit > 0 && items.len() as i64 >= opts.limit;
+            match (resp.more, last) {
+                (true, Some(last_key)) if full => {
+                    let remaining = (resp.count - resp.kvs.len() as i64).max(0);
+                    return Ok(Page {
+                        items,
+                        revision,
+                        continue_token: Some(encode_continue(revision, &last_key, &prefix)),
+                        remaining: Some(remaining),
+                    });
+                }
+                (true, Some(last_key)) => {
+                    start = last_key;
+                    start.push(0);
+                }
+                _ => {
+                    return Ok(Page {
+                        items,
+                        revision,
+                        continue_token: None,
+                        remaining: None,
+                    })
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! Generic storage of API objects on the datastore, with kube-apiserver's semantics:
+//! create-if-absent, optimistic concurrency on resourceVersion, no-op updates that write
+//! nothing, lists at one revision, namespace lifecycle (nothing is created in a missing or
+//! terminating namespace) and allocations (a Service's IPs and ports) written in the same
+//! transaction as their owner. The only module that writes `/registry` keys; what differs
+//! per kind lives in `strategy`.
+mod delete;
+mod list;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use super::objects;
+use super::resources::{self, Resource};
+use super::status::ApiError;
+use super::strategy::{self, service, service::ServiceNetwork, Write};
+use crate::store::datastore::Datastore;
+use crate::store::types::*;
+
+pub use self::delete::DeleteOptions;
+pub use self::list::ListOptions;
+
+#[derive(Clone)]
+pub struct Registry {
+    pub ds: Datastore,
+    /// `dryRun=All`: every check runs, nothing is written.
+    pub dry_run: bool,
+    pub services: Arc<ServiceNetwork>,
+}
+
+fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+    serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::internal(format!(
+            "stored object at {} is not valid JSON: {e}",
+            String::from_utf8_lossy(&kv.key)
+        ))
+    })
+}
+
+fn encode(obj: &Value) -> Vec<u8> {
+    serde_json::to_vec(obj).unwrap_or_default()
+}
+
+/// Objects are stored without resourceVersion (it is the key's mod revision).
+fn strip_resource_version(obj: &mut Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+}
+
+fn name_of(obj: &Value) -> &str {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+impl Registry {
+    pub fn new(ds: Datastore, services: ServiceNetwork) -> Self {
+        Registry {
+            ds,
+            dry_run: false,
+            services: Arc::new(services),
+        }
+    }
+
+    /// This registry for one request, honouring its dryRun.
+    pub fn for_request(&self, dry_run: bool) -> Registry {
+        Registry {
+            dry_run,
+            ..self.clone()
+        }
+    }
+
+    /// Runs a write transaction; in a dry run only its compares are evaluated.
+    async fn commit(&self, mut txn: TxnRequest) -> Result<TxnResponse, ApiError> {
+        if self.dry_run {
+            txn.success.clear();
+            txn.failure.clear();
+        }
+        Ok(self.ds.txn(txn).await?)
+    }
+
+    async fn read(&self, key: Vec<u8>) -> Result<Option<KeyValue>, ApiError> {
+        let r = self
+            .ds
+            .range(RangeRequest {
+                key,
+                ..Default::default()
+            })
+            .await?;
+        Ok(r.kvs.into_iter().next())
+    }
+
+    /// The stored object and its revision; 404 when absent.
+    async fn current(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<(KeyValue, Value), ApiError> {
+        let kv = self
+            .read(r.key(ns, name))
+            .await?
+            .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
+        let obj = decode(&kv)?;
+        Ok((kv, obj))
+    }
+
+    /// Namespace lifecycle admission: the namespace must exist and not be terminating.
+    async fn check_namespace(&self, ns: &str) -> Result<(), ApiError> {
+        let Some(r) = resources::find("", "v1", "namespaces") else {
+            return Ok(());
+        };
+        let Some(kv) = self.read(r.key(None, ns)).await? else {
+            return Err(ApiError::not_found("", "namespaces", ns));
+        };
+        let obj = decode(&kv)?;
+        if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        let (kv, obj) = self.current(r, ns, name).await?;
+        Ok(objects::with_resource_version(obj, kv.mod_revision))
+    }
+
+    pub async fn create(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        mut obj: Value,
+    ) -> Result<Value, ApiError> {
+        objects::check_type(r, &mut obj)?;
+        let name = {
+            let m = objects::meta_mut(&mut obj)?;
+            let name = match (
+                m.get("name").and_then(Value::as_str),
+                m.get("generateName").and_then(Value::as_str),
+            ) {
+                (Some(n), _) if !n.is_empty() => n.to_string(),
+                (_, Some(prefix)) if !prefix.is_empty() => objects::generate_name(prefix),
+                _ => {
+                    return Err(ApiError::invalid(
+                        r.kind,
+                        "",
+                        "metadata.name",
+                        "Required value: name or generateName is required",
+                    ))
+                }
+            };
+            m.insert("name".into(), json!(name));
+            if r.namespaced {
+                let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required"))?;
+                match m.get("namespace").and_then(Value::as_str) {
+                    Some(given) if !given.is_empty() && given != ns => {
+                        return Err(ApiError::bad_request(
+                            "the namespace of the provided object does not match the namespace sent on the request",
+                        ))
+                    }
+                    _ => {
+                        m.insert("namespace".into(), json!(ns));
+                    }
+                }
+            } else {
+                m.remove("namespace");
+            }
+            m.insert("uid".into(), json!(objects::new_uid()));
+            m.insert("creationTimestamp".into(), json!(objects::now_rfc3339()));
+            for f in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+            ] {
+                m.remove(f);
+            }
+            name
+        };
+        objects::validate_name(r, &name)?;
+        if let Some(ns) = ns.filter(|_| r.namespaced) {
+            self.check_namespace(ns).await?;
+        }
+        strategy::prepare_create(r, &mut obj)?;
+        let key = r.key(ns, &name);
+        let is_service = r.group.is_empty() && r.plural == "services";
+        // Allocation can race another create for the same address: choose again then.
+        let mut attempts = 0;
+        loop {
+            let mut obj = obj.clone();
+            let given_ip = obj
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty());
+            let reserved = if is_service {
+                service::allocate(&self.ds, &self.services, &mut obj).await?;
+                service::reserved_keys(&self.services, &obj)
+            } else {
+                Vec::new()
+            };
+            let mut compare = vec![absent(&key)];
+            let mut success = vec![put(&key, encode(&obj))];
+            for k in &reserved {
+                compare.push(absent(k));
+                success.push(put(k, key.clone()));
+            }
+            let resp = self
+                .commit(TxnRequest {
+                    compare,
+                    success,
+                    failure: vec![],
+                })
+                .await?;
+            if resp.succeeded {
+                return Ok(objects::with_resource_version(obj, resp.revision));
+            }
+            if reserved.is_empty() || self.read(key.clone()).await?.is_some() {
+                return Err(ApiError::already_exists(r.group, r.plural, &name));
+            }
+            attempts += 1;
+            if given_ip || attempts >= 5 {
+                // A port or address the client chose was taken in between.
+                return Err(ApiError::conflict(r.group, r.plural, &name).with_message(format!(
+                    "Service \"{name}\" could not be created: an address or port it needs was allocated concurrently; retry"
+                )));
+            }
+        }
+    }
+
+    /// PUT of the object (`Write::Main`) or its status (`Write::Status`); a resourceVersion
+    /// in the body must match the stored one.
+    pub async fn update(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        write: Write,
+    ) -> Result<Value, ApiError> {
+        objects::check_type(r, &mut obj)?;
+        let key = r.key(ns, name);
+        let (current, stored) = self.current(r, ns, name).await?;
+        let expected: Option<i64> = {
+            let m = objects::meta_mut(&mut obj)?;
+            match m.get("name").and_then(Value::as_str) {
+                Some(n) if n != name => {
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({n}) does not match the name on the URL ({name})"
+                    )))
+                }
+                _ => {}
+            }
+            m.insert("name".into(), json!(name));
+            if r.namespaced {
+                if let Some(ns) = ns {
+                    m.insert("namespace".into(), json!(ns));
+                }
+            }
+            match m.get("resourceVersion").and_then(Value::as_str) {
+                Some(rv) if !rv.is_empty() => Some(rv.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?),
+                _ => None,
+            }
+        };
+        if let Some(rv) = expected {
+            if rv != current.mod_revision {
+                return Err(ApiError::conflict(r.group, r.plural, name));
+            }
+        }
+        // Fields the server owns keep their stored values.
+        if let (Some(m), Some(old)) = (
+            obj.get_mut("metadata").and_then(Value::as_object_mut),
+            stored.get("metadata"),
+        ) {
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
+                match old.get(f) {
+                    Some(v) => {
+                        m.insert(f.into(), v.clone());
+                    }
+                    None => {
+                        m.remove(f);
+                    }
+                }
+            }
+        }
+        check_finalizers_while_deleting(r, &stored, &obj)?;
+        strategy::prepare_update(r, write, &stored, &mut obj)?;
+        let is_service = r.group.is_empty() && r.plural == "services";
+        if is_service {
+            service::allocate_node_ports(&self.ds, &self.services, &mut obj, Some(&stored))
+                .await?;
+        }
+        strip_resource_version(&mut obj);
+        if obj == stored {
+            // Nothing changed: nothing is written and the resourceVersion stays.
+            return Ok(objects::with_resource_version(obj, current.mod_revision));
+        }
+        if deletion_complete(&obj) {
+            // The last finalizer is gone from an object being deleted: it goes now.
+            return self.remove(r, &key, current.mod_revision, &obj, name).await;
+        }
+        let mut compare = vec![at_revision(&key, current.mod_revision)];
+        let mut success = vec![put(&key, encode(&obj))];
+        if is_service {
+            let old_keys = service::reserved_keys(&self.services, &stored);
+            let new_keys = service::reserved_keys(&self.services, &obj);
+            for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
+                compare.push(absent(k));
+                success.push(put(k, key.clone()));
+            }
+            for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+                success.push(del(k));
+            }
+        }
+        let resp = self
+            .commit(TxnRequest {
+                compare,
+                success,
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::conflict(r.group, r.plural, name));
+        }
+        Ok(objects::with_resource_version(obj, resp.revision))
+    }
+
+    /// Deletes the object at `key` if still at `mod_revision`, with what it holds; answers
+    /// with the object as it was.
+    async fn remove(
+        &self,
+        r: &Resource,
+        key: &[u8],
+        mod_revision: Revision,
+        obj: &Value,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        let mut success = vec![del(key)];
+        if r.group.is_empty() && r.plural == "services" {
+            for k in service::reserved_keys(&self.services, obj) {
+                success.push(del(&k));
+            }
+        }
+        let resp = self
+            .commit(TxnRequest {
+                compare: vec![at_revision(key, mod_revision)],
+                success,
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::conflict(r.group, r.plural, name));
+        }
+        Ok(objects::with_resource_version(obj.clone(), resp.revision))
+    }
+
+    /// Writes `obj` at `key` if the key is still at `mod_revision` (409 Conflict otherwise);
+    /// returns the new revision.
+    async fn put_guarded(
+        &self,
+        r: &Resource,
+        name: &str,
+        key: Vec<u8>,
+        mod_revision: Revision,
+        obj: &Value,
+    ) -> Result<Revision, ApiError> {
+        let resp = self
+            .commit(TxnRequest {
+                compare: vec![at_revision(&key, mod_revision)],
+                success: vec![put(&key, encode(obj))],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::conflict(r.group, r.plural, name));
+        }
+        Ok(resp.revision)
+    }
+
+    /// pods/binding: assigns a pending pod to a node.
+    pub async fn bind(&self, ns: &str, name: &str, binding: &Value) -> Result<(), ApiError> {
+        let Some(r) = resources::find("", "v1", "pods") else {
+            return Err(ApiError::internal("pods are not served"));
+        };
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid("Binding", name, "target.name", "Required value")
+            })?;
+        let (kv, mut pod) = self.current(r, Some(ns), name).await?;
+        strategy::bind(&mut pod, node)?;
+        self.put_guarded(r, name, r.key(Some(ns), name), kv.mod_revision, &pod)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates the namespaces that always exist, when missing.
+    pub async fn ensure_system_namespaces(&self) -> Result<(), ApiError> {
+        let Some(r) = resources::find("", "v1", "namespaces") else {
+            return Ok(());
+        };
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match self.create(r, None, obj).await {
+                Ok(_) => tracing::info!(namespace = ns, "created namespace"),
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The `kubernetes` Service in `default`, on the first service IP, as kube-apiserver
+    /// keeps it.
+    pub async fn ensure_kubernetes_service(&self, port: u16) -> Result<(), ApiError> {
+        let Some(r) = resources::find("", "v1", "services") else {
+            return Ok(());
+        };
+        let svc = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "kubernetes",
+                "labels": {"component": "apiserver", "provider": "kubernetes"},
+            },
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": self.services.first_ip().to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+                "sessionAffinity": "None",
+            },
+        });
+        match self.create(r, Some("default"), svc).await {
+            Ok(_) => tracing::info!("created the kubernetes service"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+/// kube refuses new finalizers on an object that is being deleted.
+fn check_finalizers_while_deleting(r: &Resource, stored: &Value, new: &Value) -> Result<(), ApiError> {
+    if stored.pointer("/metadata/deletionTimestamp").is_none() {
+        return Ok(());
+    }
+    let list = |v: &Value| -> Vec<String> {
+        v.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect()
+    };
+    let old = list(stored);
+    if list(new).iter().any(|f| !old.contains(f)) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "{} \"{}\" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted",
+                r.kind,
+                name_of(stored)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An object being deleted whose finalizers are all done (and whose grace period, for a
+/// pod, the kubelet has already waited out) is removed at once.
+fn deletion_complete(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+        && obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0
+}
+
+fn absent(key: &[u8]) -> Compare {
+    Compare {
+        key: key.to_vec(),
+        range_end: vec![],
+        result: CompareResult::Equal,
+        target: CompareTarget::CreateRevision(0),
+    }
+}
+
+fn at_revision(key: &[u8], mod_revision: Revision) -> Compare {
+    Compare {
+        key: key.to_vec(),
+        range_end: vec![],
+        result: CompareResult::Equal,
+        target: CompareTarget::ModRevision(mod_revision),
+    }
+}
+
+fn put(key: &[u8], value: Vec<u8>) -> TxnOp {
+    TxnOp::Put(PutRequest {
+        key: key.to_vec(),
+        value,
+        ..Default::default()
+    })
+}
+
+fn del(key: &[u8]) -> TxnOp {
+    TxnOp::Delete(DeleteRequest {
+        key: key.to_vec(),
+        ..Default::default()
+    })
+}
