@@ -18,8 +18,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=src/apiserver/openapi/model.rs");
     tonic_prost_build::configure().compile_protos(&["proto/peer.proto"], &["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    k8s_descriptors(&out)?;
     let model = schema_model("embedded/openapi/swagger.json.gz")?;
     std::fs::write(out.join("schema_model.bin"), postcard::to_stdvec(&model)?)?;
+    Ok(())
+}
+
+/// The descriptor set of Kubernetes' protobuf messages, for decoding protobuf request bodies
+/// at run time (no Rust code is generated for them).
+fn k8s_descriptors(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/k8s");
+    let mut files = Vec::new();
+    let mut dirs = vec![PathBuf::from("proto/k8s")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "proto") {
+                files.push(p.strip_prefix("proto/k8s")?.to_path_buf());
+            }
+        }
+    }
+    files.sort();
+    let protoc = std::env::var("PROTOC").unwrap_or_else(|_| "protoc".into());
+    let status = std::process::Command::new(protoc)
+        .arg("--include_imports")
+        .arg(format!(
+            "--descriptor_set_out={}",
+            out.join("k8s_descriptors.bin").display()
+        ))
+        .arg("-Iproto/k8s")
+        .args(&files)
+        .status()?;
+    if !status.success() {
+        return Err("protoc failed on proto/k8s".into());
+    }
     Ok(())
 }
 

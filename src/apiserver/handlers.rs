@@ -13,14 +13,14 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Caller;
+use super::openapi::{self, FieldValidation};
 use super::patch::PatchType;
 use super::registry::{DeleteOptions, ListOptions, Registry};
 use super::request_info::{self, RequestInfo};
 use super::selector::Filter;
 use super::status::ApiError;
 use super::strategy::Write;
-use super::openapi::{self, FieldValidation};
-use super::{discovery, patch, resources, subresources, table, watch};
+use super::{discovery, health, patch, protobuf, resources, subresources, table, watch};
 
 /// kube-apiserver's request body limit.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -29,20 +29,19 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub struct ApiState {
     pub registry: Registry,
     pub shutdown: CancellationToken,
+    pub bootstrapped: health::Bootstrapped,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/healthz", get(ok))
-        .route("/livez", get(ok))
-        .route("/readyz", get(ok))
+        .route("/healthz", get(health::healthz))
+        .route("/livez", get(health::livez))
+        .route("/livez/{*check}", get(health::livez_one))
+        .route("/readyz", get(health::readyz))
+        .route("/readyz/{*check}", get(health::readyz_one))
         .route("/version", get(|| async { Json(discovery::version()) }))
         .fallback(dispatch)
         .with_state(state)
-}
-
-async fn ok() -> &'static str {
-    "ok"
 }
 
 async fn dispatch(
@@ -124,11 +123,14 @@ async fn handle(
     // DELETE carries its options as a DeleteOptions body, or in the query.
     let mut delete_opts = DeleteOptions::default();
     if matches!(info.verb, "delete" | "deletecollection") {
-        delete_opts = DeleteOptions::from_body(&body)?;
+        if !body.iter().all(u8::is_ascii_whitespace) {
+            delete_opts = DeleteOptions::from_value(&parse_body(headers, &body)?)?;
+        }
         if let Some(g) = query.get("gracePeriodSeconds") {
-            delete_opts.grace_period_seconds = Some(g.parse().map_err(|_| {
-                ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}"))
-            })?);
+            delete_opts.grace_period_seconds =
+                Some(g.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}"))
+                })?);
         }
         if let Some(p) = query.get("propagationPolicy") {
             delete_opts.propagation_policy = Some(p.clone());
@@ -217,7 +219,10 @@ async fn handle(
             let mut obj = parse_body(headers, &body)?;
             let warnings = decode(&mut obj)?;
             let created = reg.create(r, ns, obj).await?;
-            Ok(warn((StatusCode::CREATED, Json(created)).into_response(), &warnings))
+            Ok(warn(
+                (StatusCode::CREATED, Json(created)).into_response(),
+                &warnings,
+            ))
         }
         ("create", Some("binding")) => {
             let b = parse_body(headers, &body)?;
@@ -227,7 +232,7 @@ async fn handle(
         ("create", Some("eviction")) => {
             let e = parse_body(headers, &body)?;
             let opts = match e.get("deleteOptions") {
-                Some(o) => DeleteOptions::from_body(o.to_string().as_bytes())?,
+                Some(o) => DeleteOptions::from_value(o)?,
                 None => DeleteOptions::default(),
             };
             reg.delete(r, ns, name(&info)?, &opts).await?;
@@ -259,7 +264,13 @@ async fn handle(
             let name = name(&info)?;
             let current = reg.get(r, ns, name).await?;
             let updated = reg
-                .update(r, ns, name, subresources::apply_scale(&current, &scale)?, Write::Main)
+                .update(
+                    r,
+                    ns,
+                    name,
+                    subresources::apply_scale(&current, &scale)?,
+                    Write::Main,
+                )
                 .await?;
             Ok(Json(subresources::scale_view(r, &updated)).into_response())
         }
@@ -291,7 +302,10 @@ async fn handle(
                     warnings = decode(&mut patched)?;
                     let pinned = patched.pointer("/metadata/resourceVersion")
                         != current.pointer("/metadata/resourceVersion");
-                    (pinned, reg.update(r, ns, name, patched, write_of(sub)).await)
+                    (
+                        pinned,
+                        reg.update(r, ns, name, patched, write_of(sub)).await,
+                    )
                 };
                 match result {
                     (pinned, Err(e)) if e.reason == "Conflict" && !pinned && attempts < 5 => {
@@ -349,8 +363,10 @@ fn serve_discovery(path: &str, accept: &str) -> Option<Result<Response, ApiError
         ("/api", Some(media)) | ("/apis", Some(media)) => {
             let body = discovery::aggregated(path == "/api", media);
             let mut resp = Json(body).into_response();
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(media));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(media),
+            );
             return Some(Ok(resp));
         }
         ("/api", None) => Some(discovery::core_versions()),
@@ -431,12 +447,8 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if content_type.contains("protobuf") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type})"),
-        ));
+    if content_type.starts_with(protobuf::MEDIA_TYPE) {
+        return protobuf::decode(body);
     }
     let v: Value = if content_type.contains("yaml") {
         serde_yaml::from_slice(body)

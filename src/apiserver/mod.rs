@@ -5,9 +5,11 @@
 mod auth;
 mod discovery;
 mod handlers;
+mod health;
 mod objects;
 mod openapi;
 mod patch;
+mod protobuf;
 mod registry;
 mod request_info;
 mod resources;
@@ -48,34 +50,50 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = registry::Registry::new(datastore, config.services.clone());
-    // The datastore may not have a leader yet (a cluster regaining quorum): keep trying
-    // rather than giving up on the whole server.
-    let mut delay = std::time::Duration::from_millis(200);
-    loop {
-        let ready = async {
-            registry.ensure_system_namespaces().await?;
-            registry.ensure_kubernetes_service(config.port).await
-        };
-        match ready.await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot create the system namespaces yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-        }
-    }
     let tls = serve::tls_config(
         &certs.serving.cert_pem,
         &certs.serving.key_pem,
         &certs.client_ca_pem,
     )?;
+    let bootstrapped = health::Bootstrapped::default();
     let router = handlers::router(handlers::ApiState {
-        registry,
+        registry: registry.clone(),
         shutdown: shutdown.clone(),
+        bootstrapped: bootstrapped.clone(),
     });
-    serve::serve(listener, tls, router, shutdown).await
+    // Serving starts at once; the system objects follow as soon as the datastore takes
+    // writes (a cluster may be regaining quorum), and /readyz says when.
+    let bootstrap = bootstrap(registry, config.port, bootstrapped, shutdown.clone());
+    let (served, ()) = tokio::join!(serve::serve(listener, tls, router, shutdown), bootstrap);
+    served
+}
+
+/// Creates the system namespaces and the `kubernetes` Service, retrying until it can.
+async fn bootstrap(
+    registry: registry::Registry,
+    port: u16,
+    done: health::Bootstrapped,
+    shutdown: CancellationToken,
+) {
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            registry.ensure_system_namespaces().await?;
+            registry.ensure_kubernetes_service(port).await
+        };
+        match attempt.await {
+            Ok(()) => {
+                done.set();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the system objects yet; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
 }

@@ -157,9 +157,15 @@ pub const RESOURCES: &[Resource] = &[
         .short(&["quota"])
         .sub(STATUS),
     res("", "secrets", "secret", "Secret", true),
-    res("", "serviceaccounts", "serviceaccount", "ServiceAccount", true)
-        .short(&["sa"])
-        .sub(&["token"]),
+    res(
+        "",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+    )
+    .short(&["sa"])
+    .sub(&["token"]),
     res("", "services", "service", "Service", true)
         .short(&["svc"])
         .all()
@@ -259,7 +265,13 @@ pub const RESOURCES: &[Resource] = &[
     .short(&["netpol"])
     .generation(),
     // node.k8s.io/v1
-    res("node.k8s.io", "runtimeclasses", "runtimeclass", "RuntimeClass", false),
+    res(
+        "node.k8s.io",
+        "runtimeclasses",
+        "runtimeclass",
+        "RuntimeClass",
+        false,
+    ),
     // policy/v1
     res(
         "policy",
@@ -304,7 +316,13 @@ pub const RESOURCES: &[Resource] = &[
     )
     .short(&["pc"]),
     // storage.k8s.io/v1
-    res("storage.k8s.io", "csidrivers", "csidriver", "CSIDriver", false),
+    res(
+        "storage.k8s.io",
+        "csidrivers",
+        "csidriver",
+        "CSIDriver",
+        false,
+    ),
     res("storage.k8s.io", "csinodes", "csinode", "CSINode", false),
     res(
         "storage.k8s.io",
@@ -438,7 +456,9 @@ impl Resource {
         }];
         for sub in self.subresources {
             let (kind, group, version, verbs): (&str, &str, &str, &[&str]) = match *sub {
-                "status" | "finalize" | "approval" => (self.kind, "", "", &["get", "patch", "update"]),
+                "status" | "finalize" | "approval" => {
+                    (self.kind, "", "", &["get", "patch", "update"])
+                }
                 "scale" => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
                 "binding" => ("Binding", "", "", &["create"]),
                 "eviction" => ("Eviction", "policy", "v1", &["create"]),

@@ -101,7 +101,6 @@ fn split_top_level(s: &str) -> Vec<&str> {
     out
 }
 
-
 /// A field selector: `field=value`, `field==value`, `field!=value`, joined by commas.
 #[derive(Debug, Default)]
 pub struct FieldSelector(Vec<(String, bool, String)>);

@@ -14,7 +14,7 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     /// `details` of the Status: the object's name, its group and kind (resource).
-    pub details: Option<(String, String, String)>,
+    pub details: Option<Box<(String, String, String)>>,
     /// `details.causes`: one per invalid field.
     pub causes: Vec<serde_json::Value>,
 }
@@ -31,7 +31,7 @@ impl ApiError {
     }
 
     fn with_details(mut self, name: &str, group: &str, resource: &str) -> Self {
-        self.details = Some((name.into(), group.into(), resource.into()));
+        self.details = Some(Box::new((name.into(), group.into(), resource.into())));
         self
     }
 
@@ -122,7 +122,7 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code.as_u16(),
         });
-        if let Some((name, group, kind)) = &self.details {
+        if let Some((name, group, kind)) = self.details.as_deref() {
             let mut d = json!({ "name": name, "kind": kind });
             if !group.is_empty() {
                 d["group"] = json!(group);

@@ -73,7 +73,9 @@ fn merge_map(target: &Value, p: &Map<String, Value>, ty: Option<&Ty>) -> Result<
             Value::Object(pm) => merge_map(&current, pm, cty.as_ref())?,
             Value::Array(items) => {
                 let f = field(ty, k);
-                let order = p.get(&format!("$setElementOrder/{k}")).and_then(Value::as_array);
+                let order = p
+                    .get(&format!("$setElementOrder/{k}"))
+                    .and_then(Value::as_array);
                 merge_list(&current, items, f, order)?
             }
             other => other.clone(),
@@ -92,7 +94,10 @@ fn merge_map(target: &Value, p: &Map<String, Value>, ty: Option<&Ty>) -> Result<
             }
             if let (Some(Value::Array(list)), Some(order)) = (out.get(f).cloned(), v.as_array()) {
                 let key = field(ty, f).and_then(|x| x.merge_key.clone());
-                out.insert(f.to_string(), Value::Array(reorder(list, order, key.as_deref())));
+                out.insert(
+                    f.to_string(),
+                    Value::Array(reorder(list, order, key.as_deref())),
+                );
             }
         }
     }
@@ -220,7 +225,13 @@ mod tests {
         assert_eq!(cs[1]["command"], json!(["sleep", "1"]));
         let del = json!({"spec": {"template": {"spec": {"containers": [{"name": "side", "$patch": "delete"}]}}}});
         let out = apply(&out, &del, Some(&deploy_ty())).unwrap();
-        assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -229,7 +240,10 @@ mod tests {
         let patch = json!({"metadata": {"finalizers": ["b"]}, "spec": {"template": {"spec": {"containers": [{"name": "c", "args": ["z"]}]}}}});
         let out = apply(&cur, &patch, Some(&deploy_ty())).unwrap();
         assert_eq!(out["metadata"]["finalizers"], json!(["a", "b"]));
-        assert_eq!(out["spec"]["template"]["spec"]["containers"][0]["args"], json!(["z"]));
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["args"],
+            json!(["z"])
+        );
         let patch = json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}});
         let out = apply(&out, &patch, Some(&deploy_ty())).unwrap();
         assert_eq!(out["metadata"]["finalizers"], json!(["b"]));

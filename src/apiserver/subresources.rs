@@ -51,7 +51,13 @@ pub fn scale_view(r: &Resource, obj: &Value) -> Value {
         None => String::new(),
     };
     let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
-    let keep = ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"];
+    let keep = [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ];
     let meta: serde_json::Map<String, Value> = meta
         .as_object()
         .into_iter()
@@ -80,7 +86,9 @@ pub fn apply_scale(obj: &Value, scale: &Value) -> Result<Value, ApiError> {
     if replicas < 0 {
         return Err(ApiError::invalid(
             "Scale",
-            obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
+            obj.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
             "spec.replicas",
             &format!("Invalid value: {replicas}: must be greater than or equal to 0"),
         ));

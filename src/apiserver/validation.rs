@@ -44,9 +44,18 @@ pub struct FieldError {
 #[derive(Debug, Default)]
 pub struct FieldErrors(pub Vec<FieldError>);
 
+/// A value as kube's messages print it (Go's %#v for strings and string maps).
 fn show(v: &Value) -> String {
     match v {
         Value::String(s) => format!("{s:?}"),
+        Value::Object(m) if m.values().all(Value::is_string) => {
+            let mut pairs: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k:?}:{:?}", v.as_str().unwrap_or("")))
+                .collect();
+            pairs.sort();
+            format!("map[string]string{{{}}}", pairs.join(", "))
+        }
         other => other.to_string(),
     }
 }
@@ -154,7 +163,11 @@ impl FieldErrors {
             format!("{kind} \"{name}\" is invalid: {summary}"),
         );
         err.causes = causes;
-        err.details = Some((name.to_string(), group.to_string(), kind.to_string()));
+        err.details = Some(Box::new((
+            name.to_string(),
+            group.to_string(),
+            kind.to_string(),
+        )));
         Err(err)
     }
 }
@@ -307,7 +320,10 @@ mod tests {
         assert!(label_value("v1.2_3"));
         assert!(!label_value("has space"));
         let mut e = FieldErrors::default();
-        object_meta(&json!({"metadata": {"labels": {"ok": "bad value"}}}), &mut e);
+        object_meta(
+            &json!({"metadata": {"labels": {"ok": "bad value"}}}),
+            &mut e,
+        );
         assert_eq!(e.0.len(), 1);
     }
 }

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::objects;
-use super::selector::Filter;
 use super::registry::{ListOptions, Registry};
 use super::resources::Resource;
+use super::selector::Filter;
 use super::status::ApiError;
 use crate::store::types::{prefix_end, EventKind, Revision};
 use crate::store::watch::{WatchMessage, WatchSpec};
@@ -72,13 +72,7 @@ pub async fn serve(
     let from = match start {
         Some(rv) => rv + 1,
         None => {
-            let page = registry
-                .list(
-                    r,
-                    ns.as_deref(),
-                    &ListOptions::all(),
-                )
-                .await?;
+            let page = registry.list(r, ns.as_deref(), &ListOptions::all()).await?;
             initial = page.items;
             page.revision + 1
         }
@@ -98,8 +92,7 @@ pub async fn serve(
     tokio::spawn(async move {
         let _guard = cancel.clone().drop_guard();
         for obj in initial {
-            if filter.matches(&obj)
-                && tx.send(Ok(event(r, as_table, "ADDED", obj))).await.is_err()
+            if filter.matches(&obj) && tx.send(Ok(event(r, as_table, "ADDED", obj))).await.is_err()
             {
                 return;
             }

@@ -236,10 +236,18 @@ pub fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String
     let (a, b) = s
         .split_once('-')
         .ok_or_else(|| format!("{s:?} is not a port range like 30000-32767"))?;
-    let a: u16 = a.trim().parse().map_err(|_| format!("{a:?} is not a port"))?;
-    let b: u16 = b.trim().parse().map_err(|_| format!("{b:?} is not a port"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a port"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not a port"))?;
     if a == 0 || a > b {
-        return Err(format!("{s:?} is not a port range: the first port must be 1 or more and not above the last"));
+        return Err(format!(
+            "{s:?} is not a port range: the first port must be 1 or more and not above the last"
+        ));
     }
     Ok(a..=b)
 }

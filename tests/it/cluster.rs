@@ -86,7 +86,7 @@ async fn three_servers_survive_losing_the_leader_during_writes() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared}\ndata: {k: v}\n",
     )
     .unwrap();
-    servers[1].kube_ok(&["create", "-f", cm.to_str().unwrap(), "--validate=false"]);
+    servers[1].kube_ok(&["create", "-f", cm.to_str().unwrap()]);
     let seen = servers[1].kube_ok(&[
         "--server",
         &url0,

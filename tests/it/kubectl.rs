@@ -56,11 +56,10 @@ fn configmaps_create_get_replace_delete_with_selectors_and_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("d"), &[]);
     let f = write(dir.path(), "cm.yaml", CM);
-    // OpenAPI (for client-side validation) is not served yet.
     assert!(s
-        .kube_ok(&["create", "-f", &f, "--validate=false"])
+        .kube_ok(&["create", "-f", &f])
         .contains("configmap/app-config created"));
-    let err = s.kube_err(&["create", "-f", &f, "--validate=false"]);
+    let err = s.kube_err(&["create", "-f", &f]);
     assert!(
         err.contains("AlreadyExists") || err.contains("already exists"),
         "{err}"
@@ -101,17 +100,15 @@ fn configmaps_create_get_replace_delete_with_selectors_and_conflicts() {
     let uid = obj["metadata"]["uid"].clone();
     obj["data"]["a"] = serde_json::json!("changed");
     let updated = write(dir.path(), "updated.json", &obj.to_string());
-    assert!(s
-        .kube_ok(&["replace", "-f", &updated, "--validate=false"])
-        .contains("replaced"));
-    let err = s.kube_err(&["replace", "-f", &updated, "--validate=false"]);
+    assert!(s.kube_ok(&["replace", "-f", &updated]).contains("replaced"));
+    let err = s.kube_err(&["replace", "-f", &updated]);
     assert!(err.contains("the object has been modified"), "{err}");
     let after: serde_json::Value =
         serde_json::from_str(&s.kube_ok(&["get", "cm", "app-config", "-o", "json"])).unwrap();
     assert_eq!(after["data"]["a"], "changed");
     assert_eq!(after["metadata"]["uid"], uid, "the server keeps the uid");
     // Nothing is created in a namespace that does not exist.
-    let err = s.kube_err(&["create", "-f", &f, "--validate=false", "-n", "nope"]);
+    let err = s.kube_err(&["create", "-f", &f, "-n", "nope"]);
     assert!(err.contains("namespaces \"nope\" not found"), "{err}");
     assert!(s
         .kube_ok(&["delete", "cm", "app-config"])
@@ -129,7 +126,7 @@ fn bad_input_gets_kube_style_errors() {
         "bad.yaml",
         &CM.replace("name: app-config", "name: Bad_Name"),
     );
-    let err = s.kube_err(&["create", "-f", &bad_name, "--validate=false"]);
+    let err = s.kube_err(&["create", "-f", &bad_name]);
     assert!(
         err.contains("metadata.name: Invalid value: \"Bad_Name\""),
         "{err}"
@@ -167,13 +164,13 @@ fn watch_streams_changes_as_they_happen() {
         .stderr(Stdio::null());
     let mut watch = cmd.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    s.kube_ok(&["create", "-f", &f, "--validate=false"]);
+    s.kube_ok(&["create", "-f", &f]);
     let changed = write(
         dir.path(),
         "changed.yaml",
         &CM.replace("a: \"1\"", "a: \"3\""),
     );
-    s.kube_ok(&["replace", "-f", &changed, "--validate=false"]);
+    s.kube_ok(&["replace", "-f", &changed]);
     s.kube_ok(&["delete", "cm", "app-config"]);
     std::thread::sleep(Duration::from_millis(700));
     let _ = watch.kill();
@@ -205,6 +202,15 @@ fn callers_without_a_client_certificate_get_401_except_for_health() {
         assert_eq!(anon(open), "ok\n200", "{open}");
     }
     assert!(anon("/version").ends_with("200"));
+    let verbose = anon("/readyz?verbose");
+    assert!(
+        verbose.contains("[+]etcd ok")
+            && verbose.contains("readyz check passed")
+            && verbose.ends_with("200"),
+        "{verbose}"
+    );
+    assert!(anon("/readyz/etcd").ends_with("200"));
+    assert!(anon("/readyz/nope").ends_with("404"));
     let denied = anon("/api/v1/namespaces");
     assert!(denied.ends_with("401"), "{denied}");
     assert!(denied.contains("\"reason\":\"Unauthorized\""), "{denied}");
@@ -215,7 +221,7 @@ fn label_annotate_and_patch_of_every_type() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("d"), &[]);
     let f = write(dir.path(), "cm.yaml", CM);
-    s.kube_ok(&["create", "-f", &f, "--validate=false"]);
+    s.kube_ok(&["create", "-f", &f]);
     s.kube_ok(&["label", "cm", "app-config", "tier=front"]);
     s.kube_ok(&["annotate", "cm", "app-config", "note=hello"]);
     s.kube_ok(&["label", "cm", "app-config", "app-"]);
@@ -286,7 +292,7 @@ fn lists_paginate_on_one_revision_and_expire_with_compaction() {
         ));
     }
     let f = write(dir.path(), "many.yaml", &docs);
-    s.kube_ok(&["create", "-f", &f, "--validate=false"]);
+    s.kube_ok(&["create", "-f", &f]);
     // kubectl's chunked list follows continue tokens to the end.
     let out = s.kube_ok(&["get", "cm", "--chunk-size=2", "-o", "name"]);
     assert_eq!(out.lines().count(), 5, "{out}");
@@ -344,7 +350,7 @@ fn secrets_fold_string_data_and_service_accounts_list() {
         "secret.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {user: admin}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n",
     );
-    s.kube_ok(&["create", "-f", &f, "--validate=false"]);
+    s.kube_ok(&["create", "-f", &f]);
     assert_eq!(
         s.kube_ok(&["get", "secret", "creds", "-o", "jsonpath={.data.user}"]),
         "YWRtaW4="
@@ -368,7 +374,7 @@ fn secrets_fold_string_data_and_service_accounts_list() {
         "bad.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata: {name: bad}\ndata: {k: \"not base64!\"}\n",
     );
-    let err = s.kube_err(&["create", "-f", &bad, "--validate=false"]);
+    let err = s.kube_err(&["create", "-f", &bad]);
     assert!(err.contains("illegal base64"), "{err}");
 }
 
@@ -377,12 +383,8 @@ fn apply_twice_is_unchanged_and_server_dry_run_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("d"), &[]);
     let f = write(dir.path(), "cm.yaml", CM);
-    assert!(s
-        .kube_ok(&["apply", "-f", &f, "--validate=false"])
-        .contains("created"));
-    assert!(s
-        .kube_ok(&["apply", "-f", &f, "--validate=false"])
-        .contains("unchanged"));
+    assert!(s.kube_ok(&["apply", "-f", &f]).contains("created"));
+    assert!(s.kube_ok(&["apply", "-f", &f]).contains("unchanged"));
     let rv = s.kube_ok(&[
         "get",
         "cm",
@@ -433,9 +435,7 @@ fn apply_twice_is_unchanged_and_server_dry_run_writes_nothing() {
     assert!(s.kube_err(&["get", "cm", "other"]).contains("not found"));
     s.kube_ok(&["delete", "cm", "app-config", "--dry-run=server"]);
     s.kube_ok(&["get", "cm", "app-config"]);
-    assert!(s
-        .kube_ok(&["apply", "-f", &changed, "--validate=false"])
-        .contains("configured"));
+    assert!(s.kube_ok(&["apply", "-f", &changed]).contains("configured"));
     assert_eq!(
         s.kube_ok(&["get", "cm", "app-config", "-o", "jsonpath={.data.a}"]),
         "5"
@@ -470,7 +470,7 @@ fn api_groups_are_discovered_and_served() {
         "lease.yaml",
         "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: node-a, namespace: kube-node-lease}\nspec: {holderIdentity: node-a, leaseDurationSeconds: 40}\n",
     );
-    s.kube_ok(&["create", "-f", &lease, "--validate=false"]);
+    s.kube_ok(&["create", "-f", &lease]);
     let out = s.kube_ok(&["get", "leases", "-n", "kube-node-lease"]);
     assert_eq!(
         out.lines()

@@ -4,5 +4,6 @@ mod cluster;
 mod crash;
 mod datastore;
 mod etcdctl;
+mod kinds;
 mod kubectl;
 mod support;

@@ -23,9 +23,32 @@ pub struct Server {
 impl Server {
     /// Starts `krab server` on a fresh or existing data dir and waits until its etcd endpoint
     /// answers.
+    /// Starts a server and waits until its API is ready (/readyz), system objects included.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let etcd_port = free_port();
-        Self::start_on(data_dir, etcd_port, extra)
+        let s = Self::start_on(data_dir, etcd_port, extra);
+        s.wait_api_ready();
+        s
+    }
+
+    /// Waits (bounded) for /readyz to answer 200.
+    pub fn wait_api_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("https://127.0.0.1:{}/readyz", self.api_port));
+            let out = run_bounded(cmd, Duration::from_secs(5));
+            if out.stdout == b"200" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the API did not become ready:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn start_on(data_dir: &Path, etcd_port: u16, extra: &[&str]) -> Server {

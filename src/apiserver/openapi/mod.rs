@@ -65,21 +65,68 @@ static SWAGGER: &[u8] = include_bytes!("../../../embedded/openapi/swagger.json.g
 
 /// The v3 documents, by group-version path (`api/v1`, `apis/apps/v1`).
 static V3: &[(&str, &[u8])] = &[
-    ("api/v1", include_bytes!("../../../embedded/openapi/v3/api__v1.json.gz")),
-    ("apis/admissionregistration.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__admissionregistration.k8s.io__v1.json.gz")),
-    ("apis/apiextensions.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__apiextensions.k8s.io__v1.json.gz")),
-    ("apis/apps/v1", include_bytes!("../../../embedded/openapi/v3/apis__apps__v1.json.gz")),
-    ("apis/autoscaling/v2", include_bytes!("../../../embedded/openapi/v3/apis__autoscaling__v2.json.gz")),
-    ("apis/batch/v1", include_bytes!("../../../embedded/openapi/v3/apis__batch__v1.json.gz")),
-    ("apis/certificates.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__certificates.k8s.io__v1.json.gz")),
-    ("apis/coordination.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__coordination.k8s.io__v1.json.gz")),
-    ("apis/discovery.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__discovery.k8s.io__v1.json.gz")),
-    ("apis/networking.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__networking.k8s.io__v1.json.gz")),
-    ("apis/node.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__node.k8s.io__v1.json.gz")),
-    ("apis/policy/v1", include_bytes!("../../../embedded/openapi/v3/apis__policy__v1.json.gz")),
-    ("apis/rbac.authorization.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__rbac.authorization.k8s.io__v1.json.gz")),
-    ("apis/scheduling.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__scheduling.k8s.io__v1.json.gz")),
-    ("apis/storage.k8s.io/v1", include_bytes!("../../../embedded/openapi/v3/apis__storage.k8s.io__v1.json.gz")),
+    (
+        "api/v1",
+        include_bytes!("../../../embedded/openapi/v3/api__v1.json.gz"),
+    ),
+    (
+        "apis/admissionregistration.k8s.io/v1",
+        include_bytes!(
+            "../../../embedded/openapi/v3/apis__admissionregistration.k8s.io__v1.json.gz"
+        ),
+    ),
+    (
+        "apis/apiextensions.k8s.io/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__apiextensions.k8s.io__v1.json.gz"),
+    ),
+    (
+        "apis/apps/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__apps__v1.json.gz"),
+    ),
+    (
+        "apis/autoscaling/v2",
+        include_bytes!("../../../embedded/openapi/v3/apis__autoscaling__v2.json.gz"),
+    ),
+    (
+        "apis/batch/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__batch__v1.json.gz"),
+    ),
+    (
+        "apis/certificates.k8s.io/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__certificates.k8s.io__v1.json.gz"),
+    ),
+    (
+        "apis/coordination.k8s.io/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__coordination.k8s.io__v1.json.gz"),
+    ),
+    (
+        "apis/discovery.k8s.io/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__discovery.k8s.io__v1.json.gz"),
+    ),
+    (
+        "apis/networking.k8s.io/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__networking.k8s.io__v1.json.gz"),
+    ),
+    (
+        "apis/node.k8s.io/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__node.k8s.io__v1.json.gz"),
+    ),
+    (
+        "apis/policy/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__policy__v1.json.gz"),
+    ),
+    (
+        "apis/rbac.authorization.k8s.io/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__rbac.authorization.k8s.io__v1.json.gz"),
+    ),
+    (
+        "apis/scheduling.k8s.io/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__scheduling.k8s.io__v1.json.gz"),
+    ),
+    (
+        "apis/storage.k8s.io/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__storage.k8s.io__v1.json.gz"),
+    ),
 ];
 
 /// Each v3 document's hash, as the index advertises it (clients cache by it).
@@ -116,8 +163,11 @@ fn document(gz: &'static [u8], headers: &HeaderMap) -> Result<Response, ApiError
             .into_response());
     }
     let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut out)
-        .map_err(|e| ApiError::internal(format!("the embedded OpenAPI document does not decompress: {e}")))?;
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut out).map_err(|e| {
+        ApiError::internal(format!(
+            "the embedded OpenAPI document does not decompress: {e}"
+        ))
+    })?;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -158,7 +208,9 @@ pub fn serve(path: &str, headers: &HeaderMap) -> Option<Result<Response, ApiErro
                 )
             })
             .collect();
-        return Some(Ok(axum::Json(serde_json::json!({"paths": paths})).into_response()));
+        return Some(Ok(
+            axum::Json(serde_json::json!({"paths": paths})).into_response()
+        ));
     }
     let gv = path.strip_prefix("/openapi/v3/")?;
     let Some((_, gz)) = V3.iter().find(|(p, _)| *p == gv) else {

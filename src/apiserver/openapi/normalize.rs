@@ -220,8 +220,14 @@ mod tests {
         );
         assert!(d["spec"].get("extra").is_none());
         let mut d2 = json!({"spec": {"extra": true}});
-        let e = normalize("apps", "v1", "Deployment", &mut d2, FieldValidation::Strict).unwrap_err();
-        assert!(e.message.contains("strict decoding error: unknown field \"spec.extra\""), "{}", e.message);
+        let e =
+            normalize("apps", "v1", "Deployment", &mut d2, FieldValidation::Strict).unwrap_err();
+        assert!(
+            e.message
+                .contains("strict decoding error: unknown field \"spec.extra\""),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -229,10 +235,22 @@ mod tests {
         let mut d = json!({"spec": {"replicas": "two"}});
         let e = normalize("apps", "v1", "Deployment", &mut d, FieldValidation::Ignore).unwrap_err();
         assert_eq!(e.code.as_u16(), 400);
-        assert!(e.message.contains("cannot unmarshal string into Go struct field Deployment.spec.replicas of type int"), "{}", e.message);
+        assert!(
+            e.message.contains(
+                "cannot unmarshal string into Go struct field Deployment.spec.replicas of type int"
+            ),
+            "{}",
+            e.message
+        );
         let mut p = json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": 0.5, "memory": 128}}}]}});
         normalize("", "v1", "Pod", &mut p, FieldValidation::Strict).unwrap();
-        assert_eq!(p["spec"]["containers"][0]["resources"]["limits"]["cpu"], "500m");
-        assert_eq!(p["spec"]["containers"][0]["resources"]["limits"]["memory"], "128");
+        assert_eq!(
+            p["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "500m"
+        );
+        assert_eq!(
+            p["spec"]["containers"][0]["resources"]["limits"]["memory"],
+            "128"
+        );
     }
 }

@@ -24,13 +24,8 @@ pub struct DeleteOptions {
 }
 
 impl DeleteOptions {
-    /// Reads a DeleteOptions body (which may be empty).
-    pub fn from_body(body: &[u8]) -> Result<Self, ApiError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self::default());
-        }
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+    /// Reads a decoded DeleteOptions body.
+    pub fn from_value(v: &Value) -> Result<Self, ApiError> {
         let mut o = DeleteOptions {
             grace_period_seconds: v.get("gracePeriodSeconds").and_then(Value::as_i64),
             propagation_policy: v
@@ -92,7 +87,10 @@ fn has_finalizers(obj: &Value) -> bool {
 /// What DELETE answers for a removed object: the object for the kinds kube returns it for,
 /// a Success Status otherwise.
 fn deleted_answer(r: &Resource, obj: Value, name: &str) -> Value {
-    if matches!(r.plural, "pods" | "services" | "namespaces" | "customresourcedefinitions") {
+    if matches!(
+        r.plural,
+        "pods" | "services" | "namespaces" | "customresourcedefinitions"
+    ) {
         return obj;
     }
     let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
@@ -120,7 +118,10 @@ impl Registry {
         let key = r.key(ns, name);
         let (current, mut obj) = self.current(r, ns, name).await?;
         if let Some(uid) = &opts.precondition_uid {
-            let actual = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+            let actual = obj
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if uid != actual {
                 return Err(ApiError::conflict(r.group, r.plural, name).with_message(format!(
                     "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}",
@@ -137,7 +138,9 @@ impl Registry {
             }
         }
         if r.group.is_empty() && r.plural == "namespaces" {
-            return self.delete_namespace(r, key, current.mod_revision, obj, name).await;
+            return self
+                .delete_namespace(r, key, current.mod_revision, obj, name)
+                .await;
         }
         let was_deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
         let mut changed = false;
@@ -191,7 +194,9 @@ impl Registry {
         }
         let waits = has_finalizers(&obj) || grace > 0;
         if !waits {
-            let gone = self.remove(r, &key, current.mod_revision, &obj, name).await?;
+            let gone = self
+                .remove(r, &key, current.mod_revision, &obj, name)
+                .await?;
             return Ok((StatusCode::OK, deleted_answer(r, gone, name)));
         }
         if !was_deleting && obj.pointer("/metadata/deletionTimestamp").is_none() {
@@ -208,7 +213,10 @@ impl Registry {
         let revision = self
             .put_guarded(r, name, key, current.mod_revision, &obj)
             .await?;
-        Ok((StatusCode::OK, objects::with_resource_version(obj, revision)))
+        Ok((
+            StatusCode::OK,
+            objects::with_resource_version(obj, revision),
+        ))
     }
 
     /// Namespaces go Terminating for the namespace controller to empty and finalize; one whose
@@ -243,7 +251,10 @@ impl Registry {
         obj["metadata"]["deletionTimestamp"] = json!(objects::now_rfc3339());
         obj["status"] = json!({"phase": "Terminating"});
         let revision = self.put_guarded(r, name, key, mod_revision, &obj).await?;
-        Ok((StatusCode::OK, objects::with_resource_version(obj, revision)))
+        Ok((
+            StatusCode::OK,
+            objects::with_resource_version(obj, revision),
+        ))
     }
 
     /// DELETECOLLECTION: every object the selectors match, one by one, as kube does.

@@ -299,8 +299,7 @@ impl Registry {
         strategy::prepare_update(r, write, &stored, &mut obj)?;
         let is_service = r.group.is_empty() && r.plural == "services";
         if is_service {
-            service::allocate_node_ports(&self.ds, &self.services, &mut obj, Some(&stored))
-                .await?;
+            service::allocate_node_ports(&self.ds, &self.services, &mut obj, Some(&stored)).await?;
         }
         strip_resource_version(&mut obj);
         if obj == stored {
@@ -398,9 +397,7 @@ impl Registry {
             .pointer("/target/name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                ApiError::invalid("Binding", name, "target.name", "Required value")
-            })?;
+            .ok_or_else(|| ApiError::invalid("Binding", name, "target.name", "Required value"))?;
         let (kv, mut pod) = self.current(r, Some(ns), name).await?;
         strategy::bind(&mut pod, node)?;
         self.put_guarded(r, name, r.key(Some(ns), name), kv.mod_revision, &pod)
@@ -444,9 +441,15 @@ impl Registry {
                 "sessionAffinity": "None",
             },
         });
+        match self.get(r, Some("default"), "kubernetes").await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code == StatusCode::NOT_FOUND => {}
+            Err(e) => return Err(e),
+        }
         match self.create(r, Some("default"), svc).await {
             Ok(_) => tracing::info!("created the kubernetes service"),
-            Err(e) if e.reason == "AlreadyExists" => {}
+            // Another server of the cluster made it first.
+            Err(e) if e.reason == "AlreadyExists" || e.reason == "Conflict" => {}
             Err(e) => return Err(e),
         }
         Ok(())
@@ -454,7 +457,11 @@ impl Registry {
 }
 
 /// kube refuses new finalizers on an object that is being deleted.
-fn check_finalizers_while_deleting(r: &Resource, stored: &Value, new: &Value) -> Result<(), ApiError> {
+fn check_finalizers_while_deleting(
+    r: &Resource,
+    stored: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
     if stored.pointer("/metadata/deletionTimestamp").is_none() {
         return Ok(());
     }

@@ -62,8 +62,7 @@ fn config_key(k: &str) -> bool {
         && k != "."
         && k != ".."
         && !k.starts_with("..")
-        && k
-            .bytes()
+        && k.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 

@@ -44,7 +44,11 @@ fn default_probe(p: &mut Value) {
 
 fn default_container(c: &mut Value, host_network: bool) {
     let Some(o) = c.as_object_mut() else { return };
-    let image = o.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+    let image = o
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     set_default(o, "imagePullPolicy", json!(pull_policy(&image)));
     set_default(o, "terminationMessagePath", json!("/dev/termination-log"));
     set_default(o, "terminationMessagePolicy", json!("File"));
@@ -112,7 +116,12 @@ pub fn default_spec(spec: &mut Map<String, Value>) {
     }
     if let Some(vs) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
         for v in vs.iter_mut().filter_map(Value::as_object_mut) {
-            for (source, mode) in [("configMap", "defaultMode"), ("secret", "defaultMode"), ("downwardAPI", "defaultMode"), ("projected", "defaultMode")] {
+            for (source, mode) in [
+                ("configMap", "defaultMode"),
+                ("secret", "defaultMode"),
+                ("downwardAPI", "defaultMode"),
+                ("projected", "defaultMode"),
+            ] {
                 if let Some(s) = v.get_mut(source).and_then(Value::as_object_mut) {
                     set_default(s, mode, json!(420));
                 }
@@ -137,7 +146,10 @@ pub fn default(obj: &mut Value) {
     set_default(spec, "priority", json!(0));
     // ServiceAccount admission: the default account and its token volume.
     set_default(spec, "serviceAccountName", json!("default"));
-    let sa = spec.get("serviceAccountName").cloned().unwrap_or(json!("default"));
+    let sa = spec
+        .get("serviceAccountName")
+        .cloned()
+        .unwrap_or(json!("default"));
     spec.insert("serviceAccount".into(), sa);
     let automount = spec.get("automountServiceAccountToken") != Some(&json!(false));
     let has_mount = spec
@@ -153,7 +165,10 @@ pub fn default(obj: &mut Value) {
                 .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(TOKEN_MOUNT))
         });
     if automount && !has_mount {
-        let vol = format!("kube-api-access-{}", objects::generate_name("").to_lowercase());
+        let vol = format!(
+            "kube-api-access-{}",
+            objects::generate_name("").to_lowercase()
+        );
         let vols = spec.entry("volumes").or_insert_with(|| json!([]));
         if let Some(v) = vols.as_array_mut() {
             v.push(token_volume(&vol));
@@ -172,7 +187,10 @@ pub fn default(obj: &mut Value) {
     // DefaultTolerationSeconds admission.
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if let Some(t) = tolerations.as_array_mut() {
-        for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
             let present = t.iter().any(|x| {
                 x.get("key").and_then(Value::as_str) == Some(key)
                     || (x.get("key").is_none() && x.get("operator") == Some(&json!("Exists")))
@@ -226,7 +244,8 @@ pub fn prepare_update(old: &Value, new: &mut Value) -> Result<(), ApiError> {
     let mut comparable = new_spec.clone();
     for list in CONTAINER_LISTS {
         let olds = old_spec.get(list).and_then(Value::as_array);
-        if let (Some(cs), Some(olds)) = (comparable.get_mut(list).and_then(Value::as_array_mut), olds)
+        if let (Some(cs), Some(olds)) =
+            (comparable.get_mut(list).and_then(Value::as_array_mut), olds)
         {
             for (c, o) in cs.iter_mut().zip(olds) {
                 if let (Some(c), Some(img)) = (c.as_object_mut(), o.get("image")) {
@@ -275,10 +294,15 @@ fn validate_container(c: &Value, path: &str, names: &mut Vec<String>, errs: &mut
         Some(n) if !validation::dns1123_label(n) => {
             errs.invalid(format!("{path}.name"), &json!(n), validation::LABEL_MSG)
         }
-        Some(n) if names.iter().any(|x| x == n) => errs.duplicate(format!("{path}.name"), &json!(n)),
+        Some(n) if names.iter().any(|x| x == n) => {
+            errs.duplicate(format!("{path}.name"), &json!(n))
+        }
         Some(n) => names.push(n.to_string()),
     }
-    if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if c.get("image")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         errs.required(format!("{path}.image"), "");
     }
     if let Some(p) = c.get("imagePullPolicy") {
@@ -337,7 +361,11 @@ pub fn validate_spec(spec: &Value, at: &str, errs: &mut FieldErrors) {
     }
     if let Some(p) = spec.get("restartPolicy") {
         if !matches!(p.as_str(), Some("Always" | "OnFailure" | "Never")) {
-            errs.not_supported(format!("{at}.restartPolicy"), p, &["Always", "OnFailure", "Never"]);
+            errs.not_supported(
+                format!("{at}.restartPolicy"),
+                p,
+                &["Always", "OnFailure", "Never"],
+            );
         }
     }
     if let Some(p) = spec.get("dnsPolicy") {
@@ -377,7 +405,10 @@ pub fn validate_spec(spec: &Value, at: &str, errs: &mut FieldErrors) {
                 if !volumes.contains(&n) {
                     errs.not_found_volume(format!("{at}.{list}[{i}].volumeMounts[{j}].name"), n);
                 }
-                if m.get("mountPath").and_then(Value::as_str).is_none_or(str::is_empty) {
+                if m.get("mountPath")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
                     errs.required(format!("{at}.{list}[{i}].volumeMounts[{j}].mountPath"), "");
                 }
             }
@@ -462,7 +493,9 @@ mod tests {
         assert!(prepare_update(&old, &mut new).is_ok());
         new["spec"]["restartPolicy"] = json!("Never");
         let e = prepare_update(&old, &mut new).unwrap_err();
-        assert!(e.message.contains("spec: Forbidden: pod updates may not change fields"));
+        assert!(e
+            .message
+            .contains("spec: Forbidden: pod updates may not change fields"));
     }
 
     #[test]

@@ -70,7 +70,11 @@ pub fn default(obj: &mut Value) {
         return;
     };
     set_default(spec, "type", json!("ClusterIP"));
-    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     set_default(spec, "sessionAffinity", json!("None"));
     if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
@@ -109,7 +113,10 @@ pub fn prepare_update(old: &Value, new: &mut Value) {
     ) else {
         return;
     };
-    let new_type = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    let new_type = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
     if new_type != "ExternalName" {
         for f in ["clusterIP", "clusterIPs"] {
             if spec.get(f).is_none_or(|v| v == "" || v.is_null()) {
@@ -119,10 +126,16 @@ pub fn prepare_update(old: &Value, new: &mut Value) {
             }
         }
     }
-    let old_ports = old_spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let old_ports = old_spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-            if p.get("nodePort").is_some_and(|n| n.as_i64().unwrap_or(0) != 0) {
+            if p.get("nodePort")
+                .is_some_and(|n| n.as_i64().unwrap_or(0) != 0)
+            {
                 continue;
             }
             let same = old_ports.iter().find(|o| {
@@ -144,7 +157,11 @@ pub fn validate(obj: &Value, old: Option<&Value>, errs: &mut FieldErrors) {
     if !types.contains(&ty) {
         errs.not_supported("spec.type", &json!(ty), &types);
     }
-    let ports = spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let headless = spec.get("clusterIP") == Some(&json!("None"));
     if ports.is_empty() && ty != "ExternalName" && !headless {
         errs.required("spec.ports", "");
@@ -165,7 +182,11 @@ pub fn validate(obj: &Value, old: Option<&Value>, errs: &mut FieldErrors) {
         }
         match p.get("port").and_then(Value::as_i64) {
             Some(n) if (1..=65535).contains(&n) => {}
-            Some(n) => errs.invalid(format!("{at}.port"), &json!(n), "must be between 1 and 65535, inclusive"),
+            Some(n) => errs.invalid(
+                format!("{at}.port"),
+                &json!(n),
+                "must be between 1 and 65535, inclusive",
+            ),
             None => errs.required(format!("{at}.port"), ""),
         }
         if let Some(proto) = p.get("protocol") {
@@ -228,7 +249,12 @@ pub fn reserved_keys(net: &ServiceNetwork, obj: &Value) -> Vec<Vec<u8>> {
         .pointer("/spec/clusterIPs")
         .and_then(Value::as_array)
         .cloned()
-        .unwrap_or_else(|| obj.pointer("/spec/clusterIP").into_iter().cloned().collect());
+        .unwrap_or_else(|| {
+            obj.pointer("/spec/clusterIP")
+                .into_iter()
+                .cloned()
+                .collect()
+        });
     for ip in ips.iter().filter_map(Value::as_str) {
         if let Ok(ip) = ip.parse::<Ipv4Addr>() {
             if net.cidr.contains(&ip) {
@@ -243,7 +269,11 @@ pub fn reserved_keys(net: &ServiceNetwork, obj: &Value) -> Vec<Vec<u8>> {
         .into_iter()
         .flatten()
     {
-        if let Some(n) = p.get("nodePort").and_then(Value::as_i64).filter(|n| *n != 0) {
+        if let Some(n) = p
+            .get("nodePort")
+            .and_then(Value::as_i64)
+            .filter(|n| *n != 0)
+        {
             if seen.insert(n) {
                 keys.push(format!("{PORT_PREFIX}{n}").into_bytes());
             }
@@ -304,9 +334,11 @@ pub async fn allocate(
             "None" => None,
             "" => {
                 let used = used(ds, IP_PREFIX).await?;
-                Some(pick_ip(net, &used).ok_or_else(|| {
-                    invalid_ip(&name, "", "range is full")
-                })?.to_string())
+                Some(
+                    pick_ip(net, &used)
+                        .ok_or_else(|| invalid_ip(&name, "", "range is full"))?
+                        .to_string(),
+                )
             }
             ip => {
                 let parsed: Ipv4Addr = ip
@@ -443,7 +475,9 @@ fn pick_port(net: &ServiceNetwork, used: &HashSet<String>) -> Option<u16> {
             return Some(p);
         }
     }
-    net.node_ports.clone().find(|p| !used.contains(&p.to_string()))
+    net.node_ports
+        .clone()
+        .find(|p| !used.contains(&p.to_string()))
 }
 
 #[cfg(test)]

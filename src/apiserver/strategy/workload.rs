@@ -24,7 +24,10 @@ fn default_template(spec: &mut Map<String, Value>) {
 /// apps/v1 and batch/v1 defaults.
 pub fn default(r: &Resource, obj: &mut Value) {
     let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
-    let name = obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+    let name = obj
+        .pointer("/metadata/name")
+        .cloned()
+        .unwrap_or(Value::Null);
     let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
@@ -199,7 +202,11 @@ fn selector_empty(sel: &Value) -> bool {
 fn non_negative(spec: &Value, field: &str, at: &str, errs: &mut FieldErrors) {
     if let Some(v) = spec.get(field) {
         if v.as_i64().is_none_or(|n| n < 0) {
-            errs.invalid(format!("{at}.{field}"), v, "must be greater than or equal to 0");
+            errs.invalid(
+                format!("{at}.{field}"),
+                v,
+                "must be greater than or equal to 0",
+            );
         }
     }
 }
@@ -214,7 +221,11 @@ pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>, errs: &mut Field
         return;
     }
     if r.plural == "cronjobs" {
-        if spec.get("schedule").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if spec
+            .get("schedule")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             errs.required("spec.schedule", "");
         }
         if let Some(t) = spec.pointer("/jobTemplate/spec/template/spec") {
@@ -223,15 +234,24 @@ pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>, errs: &mut Field
         }
         return;
     }
-    for f in ["replicas", "minReadySeconds", "revisionHistoryLimit", "parallelism", "completions", "backoffLimit"] {
+    for f in [
+        "replicas",
+        "minReadySeconds",
+        "revisionHistoryLimit",
+        "parallelism",
+        "completions",
+        "backoffLimit",
+    ] {
         non_negative(spec, f, "spec", errs);
     }
     let selector = spec.get("selector");
     match selector {
         None => errs.required("spec.selector", ""),
-        Some(sel) if selector_empty(sel) => {
-            errs.invalid("spec.selector", sel, "empty selector is invalid for deployment")
-        }
+        Some(sel) if selector_empty(sel) => errs.invalid(
+            "spec.selector",
+            sel,
+            "empty selector is invalid for deployment",
+        ),
         Some(sel) => {
             let labels = spec
                 .pointer("/template/metadata/labels")
@@ -269,7 +289,10 @@ pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>, errs: &mut Field
         if r.plural == "jobs" {
             for f in ["selector", "template", "completions", "completionMode"] {
                 let (o, n) = (old.pointer(&format!("/spec/{f}")), spec.get(f));
-                if o != n && !(f == "completions" && spec.get("completionMode") == Some(&json!("Indexed"))) {
+                if o != n
+                    && !(f == "completions"
+                        && spec.get("completionMode") == Some(&json!("Indexed")))
+                {
                     errs.immutable(format!("spec.{f}"), n.unwrap_or(&Value::Null));
                 }
             }
@@ -345,7 +368,10 @@ mod tests {
         let mut j = json!({"metadata": {"name": "j", "uid": "u1"}, "spec": {
             "template": {"spec": {"containers": [{"name": "c", "image": "busybox:1"}]}}}});
         default(r, &mut j);
-        assert_eq!(j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], "u1");
+        assert_eq!(
+            j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u1"
+        );
         let mut errs = FieldErrors::default();
         validate(r, &j, None, &mut errs);
         assert_eq!(errs.0.len(), 1);
