@@ -2,8 +2,11 @@
 //! module lives here so integration tests can reach them. See ARCHITECTURE.md for the map.
 pub mod apiserver;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod controllers;
 pub mod lifecycle;
+pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -1,7 +1,6 @@
 //! The Kubernetes API server: the only module that speaks Kubernetes HTTP, writes metav1
-//! Status errors and writes `/registry` keys. Built so far: HTTPS with client-certificate
-//! authentication, health/version, discovery, and generic create/get/list/watch/update/delete
-//! for the resources in `resources`, with resourceVersion from the store's revisions.
+//! Status errors and writes `/registry` keys. HTTPS with client-certificate authentication
+//! for the world, and the same router in-process for krab's own loops (`router_as`).
 mod auth;
 mod discovery;
 mod handlers;
@@ -41,31 +40,71 @@ pub struct ApiConfig {
     pub port: u16,
 }
 
-/// Runs the API server on `listener` until `shutdown`.
-pub async fn run(
-    datastore: Datastore,
-    config: ApiConfig,
-    certs: &ClusterTls,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let registry = registry::Registry::new(datastore, config.services.clone());
-    let tls = serve::tls_config(
-        &certs.serving.cert_pem,
-        &certs.serving.key_pem,
-        &certs.client_ca_pem,
-    )?;
-    let bootstrapped = health::Bootstrapped::default();
-    let router = handlers::router(handlers::ApiState {
-        registry: registry.clone(),
-        shutdown: shutdown.clone(),
-        bootstrapped: bootstrapped.clone(),
-    });
-    // Serving starts at once; the system objects follow as soon as the datastore takes
-    // writes (a cluster may be regaining quorum), and /readyz says when.
-    let bootstrap = bootstrap(registry, config.port, bootstrapped, shutdown.clone());
-    let (served, ()) = tokio::join!(serve::serve(listener, tls, router, shutdown), bootstrap);
-    served
+/// The API server: its router (also reachable in-process, see `router_as`) and the tasks
+/// that serve it.
+pub struct ApiServer {
+    registry: registry::Registry,
+    router: axum::Router,
+    bootstrapped: health::Bootstrapped,
+    port: u16,
+}
+
+impl ApiServer {
+    pub fn new(datastore: Datastore, config: ApiConfig, shutdown: CancellationToken) -> Self {
+        let registry = registry::Registry::new(datastore, config.services.clone());
+        let bootstrapped = health::Bootstrapped::default();
+        let router = handlers::router(handlers::ApiState {
+            registry: registry.clone(),
+            shutdown,
+            bootstrapped: bootstrapped.clone(),
+        });
+        ApiServer {
+            registry,
+            router,
+            bootstrapped,
+            port: config.port,
+        }
+    }
+
+    /// The router as seen by `user` (name, groups): what in-process loops call, with no
+    /// socket and no TLS, authenticated as themselves.
+    pub fn router_as(&self, name: &str, groups: &[&str]) -> axum::Router {
+        let mut groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        groups.push("system:authenticated".into());
+        let user = auth::User {
+            name: name.to_string(),
+            groups,
+        };
+        self.router
+            .clone()
+            .layer(axum::Extension(auth::Caller(Some(user))))
+    }
+
+    /// Serves HTTPS on `listener` until `shutdown`; creates the system objects as soon as
+    /// the datastore takes writes (a cluster may be regaining quorum), /readyz says when.
+    pub async fn run(
+        self,
+        certs: &ClusterTls,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let tls = serve::tls_config(
+            &certs.serving.cert_pem,
+            &certs.serving.key_pem,
+            &certs.client_ca_pem,
+        )?;
+        let bootstrap = bootstrap(
+            self.registry,
+            self.port,
+            self.bootstrapped,
+            shutdown.clone(),
+        );
+        let (served, ()) = tokio::join!(
+            serve::serve(listener, tls, self.router, shutdown),
+            bootstrap
+        );
+        served
+    }
 }
 
 /// Creates the system namespaces and the `kubernetes` Service, retrying until it can.

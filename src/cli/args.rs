@@ -147,6 +147,16 @@ pub struct ServerArgs {
     /// The cluster DNS service's IP.
     #[arg(long, env = "KRAB_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
+    /// Do not run this controller (repeatable): deployment, replicaset.
+    #[arg(
+        long = "disable-controller",
+        env = "KRAB_DISABLE_CONTROLLER",
+        value_delimiter = ','
+    )]
+    pub disable_controller: Vec<String>,
+    /// Do not run the scheduler.
+    #[arg(long, env = "KRAB_DISABLE_SCHEDULER")]
+    pub disable_scheduler: bool,
     /// The cluster's DNS domain.
     #[arg(long, env = "KRAB_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,

@@ -190,10 +190,55 @@ fn start_apiserver(
         },
         port: args.https_listen_port,
     };
+    let api = crate::apiserver::ApiServer::new(datastore, config, shutdown.clone());
+    start_loops(sup, args, name, &api, shutdown.clone());
     sup.spawn("apiserver", async move {
-        crate::apiserver::run(datastore, config, &certs, listener, shutdown).await
+        api.run(&certs, listener, shutdown).await
     });
     Ok(())
+}
+
+/// Starts the controllers and the scheduler, each in-process under its own identity and
+/// each under its own Lease, so that of several servers exactly one runs each.
+fn start_loops(
+    sup: &mut Supervisor,
+    args: &ServerArgs,
+    name: &str,
+    api: &crate::apiserver::ApiServer,
+    shutdown: CancellationToken,
+) {
+    use crate::client::{in_process, LeaderElection, LeaseConfig};
+    let lease = |lease: &str| LeaseConfig {
+        namespace: "kube-system".into(),
+        name: lease.into(),
+        identity: name.to_string(),
+        duration: std::time::Duration::from_secs(15),
+        renew: std::time::Duration::from_secs(2),
+    };
+    let selection = crate::controllers::Selection {
+        disabled: args.disable_controller.clone(),
+    };
+    let cm = in_process(api.router_as("system:kube-controller-manager", &[]));
+    let election = LeaderElection::new(cm.clone(), lease("kube-controller-manager"));
+    let stop = shutdown.clone();
+    sup.spawn("controllers", async move {
+        election
+            .run(stop, |term| {
+                crate::controllers::run(cm.clone(), selection.clone(), term)
+            })
+            .await;
+        Ok(())
+    });
+    if !args.disable_scheduler {
+        let sched = in_process(api.router_as("system:kube-scheduler", &[]));
+        let election = LeaderElection::new(sched.clone(), lease("kube-scheduler"));
+        sup.spawn("scheduler", async move {
+            election
+                .run(shutdown, |term| crate::scheduler::run(sched.clone(), term))
+                .await;
+            Ok(())
+        });
+    }
 }
 
 /// With `--datastore-endpoint`, the server keeps its state in an external etcd and runs no

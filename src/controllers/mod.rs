@@ -1,0 +1,61 @@
+//! The controller manager's loops as tokio tasks: each watches through the Kubernetes API
+//! (the `kube` runtime: watcher, controller, work queue with rate-limited retries) with its
+//! own client, and writes back only through the API, so validation and admission apply to it
+//! as to any client. They run while this server holds the controller lease.
+mod deployment;
+mod replicaset;
+pub mod template_hash;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// A controller loop's error: an API call that failed (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    #[error("object has no {0}")]
+    Missing(&'static str),
+}
+
+/// What every reconciler gets.
+pub struct Context {
+    pub client: kube::Client,
+}
+
+/// Which loops to run.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// `--disable-controller NAME`.
+    pub disabled: Vec<String>,
+}
+
+pub const NAMES: &[&str] = &["deployment", "replicaset"];
+
+/// Runs the enabled controllers until `stop`.
+pub async fn run(client: kube::Client, selection: Selection, stop: CancellationToken) {
+    let ctx = Arc::new(Context { client });
+    let enabled = |n: &str| !selection.disabled.iter().any(|d| d == n);
+    let mut loops = tokio::task::JoinSet::new();
+    if enabled("replicaset") {
+        loops.spawn(replicaset::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("deployment") {
+        loops.spawn(deployment::run(ctx.clone(), stop.clone()));
+    }
+    while let Some(r) = loops.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "a controller loop panicked");
+        }
+    }
+}
+
+/// How soon to look again after an error.
+pub fn retry_after(attempt_error: &Error) -> Duration {
+    match attempt_error {
+        Error::Api(kube::Error::Api(e)) if e.code == 409 => Duration::from_millis(100),
+        _ => Duration::from_secs(5),
+    }
+}

@@ -1,0 +1,239 @@
+//! The control-plane loops in `krab server --disable-agent`: Deployments make ReplicaSets,
+//! ReplicaSets make pods, the scheduler binds them to a node, under leader Leases. The node
+//! is registered and its pods marked ready by the test itself, as a kubelet would through
+//! the same API (the agent issue brings the real one).
+use std::time::{Duration, Instant};
+
+use crate::support::Server;
+
+fn write(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+/// Polls `check` (bounded) until it returns Some.
+fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const NODE: &str =
+    "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {kubernetes.io/hostname: n1}\n";
+const NODE_STATUS: &str = r#"{"status":{"allocatable":{"cpu":"2","memory":"4Gi","pods":"110"},"capacity":{"cpu":"2","memory":"4Gi","pods":"110"},"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"ready"}]}}"#;
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        resources: {requests: {cpu: 100m}}
+";
+
+fn register_node(s: &Server, dir: &std::path::Path) {
+    let node = write(dir, "node.yaml", NODE);
+    s.kube_ok(&["create", "-f", &node]);
+    s.kube_ok(&[
+        "patch",
+        "node",
+        "n1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        NODE_STATUS,
+    ]);
+}
+
+fn pods(s: &Server) -> Vec<serde_json::Value> {
+    let out = s.kube_ok(&["get", "pods", "-l", "app=web", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// What the kubelet would report for a running, ready pod.
+fn mark_ready(s: &Server, pod: &str) {
+    let status = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}],"containerStatuses":[{"name":"web","ready":true,"restartCount":0,"image":"busybox:1.36","imageID":"","started":true,"state":{"running":{}}}]}}"#;
+    s.kube_ok(&[
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]);
+}
+
+#[test]
+fn deployments_become_replicasets_become_pods_bound_to_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    register_node(&s, dir.path());
+    let f = write(dir.path(), "d.yaml", DEPLOY);
+    s.kube_ok(&["apply", "-f", &f]);
+    let bound = wait_for("two pods bound to n1", Duration::from_secs(30), || {
+        let p = pods(&s);
+        let on_n1: Vec<String> = p
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == "n1")
+            .map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        (on_n1.len() == 2).then_some(on_n1)
+    });
+    let rs = s.kube_ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    assert!(rs.starts_with("web-"), "{rs}");
+    assert!(
+        bound.iter().all(|p| p.starts_with(&format!("{rs}-"))),
+        "{bound:?} {rs}"
+    );
+    let owner = s.kube_ok(&[
+        "get",
+        "pod",
+        &bound[0],
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(owner, format!("ReplicaSet/{rs}"));
+    let scheduled = s.kube_ok(&[
+        "get",
+        "pod",
+        &bound[0],
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].status}",
+    ]);
+    assert_eq!(scheduled, "True");
+    // Ready pods (as a kubelet would report them) make the rollout complete.
+    for p in &bound {
+        mark_ready(&s, p);
+    }
+    let out = s.kube_ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let ready = s.kube_ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.status.readyReplicas}/{.status.availableReplicas}/{.status.updatedReplicas}",
+    ]);
+    assert_eq!(ready, "2/2/2");
+    // A new template is a new ReplicaSet, revision 2, surging one pod at a time.
+    s.kube_ok(&["set", "image", "deployment/web", "web=busybox:1.37"]);
+    wait_for("a second ReplicaSet", Duration::from_secs(30), || {
+        let names = s.kube_ok(&[
+            "get",
+            "rs",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        (names.split_whitespace().count() == 2).then_some(())
+    });
+    let history = s.kube_ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    // Scaling down removes pods.
+    s.kube_ok(&["scale", "deployment/web", "--replicas=0"]);
+    wait_for("no pods", Duration::from_secs(30), || {
+        let live = pods(&s)
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .count();
+        (live == 0).then_some(())
+    });
+    // Both loops hold their leases.
+    let holders = s.kube_ok(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    assert!(
+        holders.contains("kube-controller-manager") && holders.contains("kube-scheduler"),
+        "{holders}"
+    );
+}
+
+#[test]
+fn a_pod_that_fits_nowhere_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    register_node(&s, dir.path());
+    s.kube_ok(&["run", "big", "--image=busybox", "--overrides", r#"{"spec":{"containers":[{"name":"big","image":"busybox","resources":{"requests":{"cpu":"16"}}}]}}"#]);
+    let message = wait_for(
+        "an Unschedulable condition",
+        Duration::from_secs(30),
+        || {
+            let m = s.kube_ok(&[
+                "get",
+                "pod",
+                "big",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}",
+            ]);
+            (!m.is_empty()).then_some(m)
+        },
+    );
+    assert_eq!(message, "0/1 nodes are available: 1 Insufficient cpu.");
+    let reason = s.kube_ok(&[
+        "get",
+        "pod",
+        "big",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+    ]);
+    assert_eq!(reason, "Unschedulable");
+}
+
+#[test]
+fn loops_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("d"),
+        &["--disable-scheduler", "--disable-controller", "deployment"],
+    );
+    register_node(&s, dir.path());
+    let f = write(dir.path(), "d.yaml", DEPLOY);
+    s.kube_ok(&["apply", "-f", &f]);
+    let rs = write(
+        dir.path(),
+        "rs.yaml",
+        &DEPLOY
+            .replace("kind: Deployment", "kind: ReplicaSet")
+            .replace("name: web\n", "name: lone\n"),
+    );
+    s.kube_ok(&["apply", "-f", &rs]);
+    // The ReplicaSet controller still runs: the lone ReplicaSet gets pods, never bound.
+    wait_for(
+        "pods of the lone ReplicaSet",
+        Duration::from_secs(30),
+        || (pods(&s).len() == 2).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(pods(&s).iter().all(|p| p["spec"]["nodeName"].is_null()));
+    assert!(s.kube_ok(&["get", "rs", "-o", "name"]).trim() == "replicaset.apps/lone");
+}
