@@ -16,10 +16,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=embedded/openapi/swagger.json.gz");
     println!("cargo:rerun-if-changed=src/apiserver/openapi/model.rs");
+    println!("cargo:rerun-if-changed=proto/k8s/json_fields.txt");
     tonic_prost_build::configure().compile_protos(&["proto/peer.proto"], &["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     k8s_descriptors(&out)?;
-    let model = schema_model("embedded/openapi/swagger.json.gz")?;
+    let keep_zero = zero_fields("proto/k8s/json_fields.txt")?;
+    let model = schema_model("embedded/openapi/swagger.json.gz", &keep_zero)?;
     std::fs::write(out.join("schema_model.bin"), postcard::to_stdvec(&model)?)?;
     Ok(())
 }
@@ -57,7 +59,50 @@ fn k8s_descriptors(out: &std::path::Path) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
-fn schema_model(path: &str) -> Result<Model, Box<dyn std::error::Error>> {
+/// The (OpenAPI definition, JSON field) pairs whose zero value Go writes (pointers and
+/// fields without `omitempty`), from the rules json_fields.py derived from the Go types.
+fn zero_fields(
+    path: &str,
+) -> Result<std::collections::HashSet<(String, String)>, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut renames: HashMap<(String, String), String> = HashMap::new();
+    let mut zero = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [msg, field, rule] = parts[..] else {
+            continue;
+        };
+        // k8s.io.api.core.v1.Pod -> io.k8s.api.core.v1.Pod (and apiextensions_apiserver).
+        let def = format!(
+            "io.{}",
+            msg.replacen("k8s.io.", "k8s.", 1)
+                .replace("apiextensions_apiserver", "apiextensions-apiserver")
+        );
+        match rule {
+            "zero" => zero.push((def, field.to_string())),
+            r => {
+                if let Some(n) = r.strip_prefix("name=") {
+                    renames.insert((def, field.to_string()), n.to_string());
+                }
+            }
+        }
+    }
+    Ok(zero
+        .into_iter()
+        .map(|(def, field)| {
+            let json = renames
+                .get(&(def.clone(), field.clone()))
+                .cloned()
+                .unwrap_or(field);
+            (def, json)
+        })
+        .collect())
+}
+
+fn schema_model(
+    path: &str,
+    keep_zero: &std::collections::HashSet<(String, String)>,
+) -> Result<Model, Box<dyn std::error::Error>> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(path)?).read_to_string(&mut text)?;
     let doc: Value = serde_json::from_str(&text)?;
@@ -91,6 +136,7 @@ fn schema_model(path: &str) -> Result<Model, Box<dyn std::error::Error>> {
                     .flatten()
                     .filter_map(|k| k.as_str().map(String::from))
                     .collect(),
+                omit_empty: !keep_zero.contains(&((*name).clone(), f.clone())),
             })
             .collect();
         fields.sort_by(|a, b| a.name.cmp(&b.name));

@@ -154,6 +154,9 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub disable_controller: Vec<String>,
+    /// Do not run the controller manager (none of its loops).
+    #[arg(long, env = "KRAB_DISABLE_CONTROLLER_MANAGER")]
+    pub disable_controller_manager: bool,
     /// Do not run the scheduler.
     #[arg(long, env = "KRAB_DISABLE_SCHEDULER")]
     pub disable_scheduler: bool,

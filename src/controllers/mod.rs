@@ -3,7 +3,10 @@
 //! own client, and writes back only through the API, so validation and admission apply to it
 //! as to any client. They run while this server holds the controller lease.
 mod deployment;
+mod garbage_collector;
+mod namespace;
 mod replicaset;
+mod serviceaccount;
 pub mod template_hash;
 
 use std::sync::Arc;
@@ -23,6 +26,8 @@ pub enum Error {
 /// What every reconciler gets.
 pub struct Context {
     pub client: kube::Client,
+    /// The cluster CA (PEM) published to every namespace as `kube-root-ca.crt`.
+    pub root_ca: Option<String>,
 }
 
 /// Which loops to run.
@@ -32,11 +37,22 @@ pub struct Selection {
     pub disabled: Vec<String>,
 }
 
-pub const NAMES: &[&str] = &["deployment", "replicaset"];
+pub const NAMES: &[&str] = &[
+    "deployment",
+    "replicaset",
+    "garbagecollector",
+    "namespace",
+    "serviceaccount",
+];
 
 /// Runs the enabled controllers until `stop`.
-pub async fn run(client: kube::Client, selection: Selection, stop: CancellationToken) {
-    let ctx = Arc::new(Context { client });
+pub async fn run(
+    client: kube::Client,
+    root_ca: Option<String>,
+    selection: Selection,
+    stop: CancellationToken,
+) {
+    let ctx = Arc::new(Context { client, root_ca });
     let enabled = |n: &str| !selection.disabled.iter().any(|d| d == n);
     let mut loops = tokio::task::JoinSet::new();
     if enabled("replicaset") {
@@ -44,6 +60,15 @@ pub async fn run(client: kube::Client, selection: Selection, stop: CancellationT
     }
     if enabled("deployment") {
         loops.spawn(deployment::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("garbagecollector") {
+        loops.spawn(garbage_collector::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("namespace") {
+        loops.spawn(namespace::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("serviceaccount") {
+        loops.spawn(serviceaccount::run(ctx.clone(), stop.clone()));
     }
     while let Some(r) = loops.join_next().await {
         if let Err(e) = r {

@@ -191,7 +191,7 @@ fn start_apiserver(
         port: args.https_listen_port,
     };
     let api = crate::apiserver::ApiServer::new(datastore, config, shutdown.clone());
-    start_loops(sup, args, name, &api, shutdown.clone());
+    start_loops(sup, args, name, &api, &certs, shutdown.clone());
     sup.spawn("apiserver", async move {
         api.run(&certs, listener, shutdown).await
     });
@@ -205,6 +205,7 @@ fn start_loops(
     args: &ServerArgs,
     name: &str,
     api: &crate::apiserver::ApiServer,
+    certs: &crate::tls::cluster::ClusterTls,
     shutdown: CancellationToken,
 ) {
     use crate::client::{in_process, LeaderElection, LeaseConfig};
@@ -218,17 +219,20 @@ fn start_loops(
     let selection = crate::controllers::Selection {
         disabled: args.disable_controller.clone(),
     };
+    let root_ca = Some(certs.server_ca_pem.clone());
     let cm = in_process(api.router_as("system:kube-controller-manager", &[]));
     let election = LeaderElection::new(cm.clone(), lease("kube-controller-manager"));
     let stop = shutdown.clone();
-    sup.spawn("controllers", async move {
-        election
-            .run(stop, |term| {
-                crate::controllers::run(cm.clone(), selection.clone(), term)
-            })
-            .await;
-        Ok(())
-    });
+    if !args.disable_controller_manager {
+        sup.spawn("controllers", async move {
+            election
+                .run(stop, |term| {
+                    crate::controllers::run(cm.clone(), root_ca.clone(), selection.clone(), term)
+                })
+                .await;
+            Ok(())
+        });
+    }
     if !args.disable_scheduler {
         let sched = in_process(api.router_as("system:kube-scheduler", &[]));
         let election = LeaderElection::new(sched.clone(), lease("kube-scheduler"));

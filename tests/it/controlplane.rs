@@ -237,3 +237,124 @@ fn loops_can_be_switched_off() {
     assert!(pods(&s).iter().all(|p| p["spec"]["nodeName"].is_null()));
     assert!(s.kube_ok(&["get", "rs", "-o", "name"]).trim() == "replicaset.apps/lone");
 }
+
+#[test]
+fn namespaces_get_defaults_and_are_emptied_when_deleted_and_owners_take_dependents_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    s.kube_ok(&["create", "namespace", "demo"]);
+    wait_for(
+        "the default ServiceAccount and root CA",
+        Duration::from_secs(30),
+        || {
+            let out = s.kube_ok(&[
+                "-n",
+                "demo",
+                "get",
+                "sa/default",
+                "cm/kube-root-ca.crt",
+                "-o",
+                "name",
+                "--ignore-not-found",
+            ]);
+            (out.lines().count() == 2).then_some(())
+        },
+    );
+    let ca = s.kube_ok(&[
+        "-n",
+        "demo",
+        "get",
+        "cm",
+        "kube-root-ca.crt",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    // Background deletion: the ReplicaSet and pods follow the Deployment.
+    s.kube_ok(&[
+        "-n",
+        "demo",
+        "create",
+        "deployment",
+        "d1",
+        "--image=busybox",
+        "--replicas=2",
+    ]);
+    wait_for("two pods", Duration::from_secs(30), || {
+        (s.kube_ok(&["-n", "demo", "get", "pods", "-o", "name"])
+            .lines()
+            .count()
+            == 2)
+            .then_some(())
+    });
+    s.kube_ok(&["-n", "demo", "delete", "deployment", "d1"]);
+    wait_for("the dependents gone", Duration::from_secs(30), || {
+        let left = s.kube_ok(&["-n", "demo", "get", "rs,pods", "-o", "name"]);
+        left.trim().is_empty().then_some(())
+    });
+    // Foreground: the owner goes last.
+    s.kube_ok(&[
+        "-n",
+        "demo",
+        "create",
+        "deployment",
+        "d2",
+        "--image=busybox",
+    ]);
+    wait_for("a ReplicaSet", Duration::from_secs(30), || {
+        (!s.kube_ok(&["-n", "demo", "get", "rs", "-o", "name"])
+            .trim()
+            .is_empty())
+        .then_some(())
+    });
+    s.kube_ok(&[
+        "-n",
+        "demo",
+        "delete",
+        "deployment",
+        "d2",
+        "--cascade=foreground",
+        "--timeout=30s",
+    ]);
+    assert!(s
+        .kube_ok(&["-n", "demo", "get", "deploy,rs", "-o", "name"])
+        .trim()
+        .is_empty());
+    // Orphan: the ReplicaSet stays, without its owner reference.
+    s.kube_ok(&[
+        "-n",
+        "demo",
+        "create",
+        "deployment",
+        "d3",
+        "--image=busybox",
+    ]);
+    let rs = wait_for("a ReplicaSet", Duration::from_secs(30), || {
+        let n = s.kube_ok(&["-n", "demo", "get", "rs", "-o", "name"]);
+        (!n.trim().is_empty()).then(|| n.trim().to_string())
+    });
+    s.kube_ok(&[
+        "-n",
+        "demo",
+        "delete",
+        "deployment",
+        "d3",
+        "--cascade=orphan",
+        "--timeout=30s",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let owners = s.kube_ok(&[
+        "-n",
+        "demo",
+        "get",
+        &rs,
+        "-o",
+        "jsonpath={.metadata.ownerReferences}",
+    ]);
+    assert!(owners.is_empty(), "{owners}");
+    // Deleting the namespace empties it, then it goes.
+    s.kube_ok(&["delete", "namespace", "demo", "--timeout=60s"]);
+    assert!(s
+        .kube_err(&["get", "namespace", "demo"])
+        .contains("not found"));
+}

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Flags for a server whose store nothing but the test writes to (no controllers, no
+/// scheduler, so no leases renewed and no per-namespace defaults).
+pub const QUIET: &[&str] = &["--disable-controller-manager", "--disable-scheduler"];
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

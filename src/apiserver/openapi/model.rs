@@ -36,6 +36,9 @@ pub struct Field {
     pub list_type: Option<String>,
     /// `x-kubernetes-list-map-keys`.
     pub list_map_keys: Vec<String>,
+    /// Whether Go's encoder omits the zero value (`omitempty` on a non-pointer field): an
+    /// empty string, zero, false, empty list or map is then absent from kube's JSON.
+    pub omit_empty: bool,
 }
 
 /// One definition (an object type).

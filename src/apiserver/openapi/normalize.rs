@@ -68,6 +68,19 @@ fn quantity_string(n: &serde_json::Number) -> String {
     }
 }
 
+/// The zero value of a field's type as Go's encoder sees it (structs are never empty).
+fn is_empty(v: &Value, ty: &Ty) -> bool {
+    match (v, ty) {
+        (_, Ty::Ref(_) | Ty::Any) => false,
+        (Value::String(s), _) => s.is_empty(),
+        (Value::Bool(b), _) => !b,
+        (Value::Number(n), Ty::Integer | Ty::Number) => n.as_f64() == Some(0.0),
+        (Value::Array(a), _) => a.is_empty(),
+        (Value::Object(o), Ty::Map(_)) => o.is_empty(),
+        _ => false,
+    }
+}
+
 struct Walk<'a> {
     unknown: &'a mut Vec<String>,
     kind: &'a str,
@@ -143,6 +156,10 @@ impl Walk<'_> {
                                 }
                                 if let Some(x) = m.get_mut(&k) {
                                     self.walk(x, &f.ty, &child_path, &child_shown)?;
+                                }
+                                // What Go's `omitempty` would not write, kube never shows.
+                                if f.omit_empty && m.get(&k).is_some_and(|x| is_empty(x, &f.ty)) {
+                                    m.remove(&k);
                                 }
                             }
                             None => {

@@ -306,7 +306,7 @@ impl Registry {
             // Nothing changed: nothing is written and the resourceVersion stays.
             return Ok(objects::with_resource_version(obj, current.mod_revision));
         }
-        if deletion_complete(&obj) {
+        if deletion_complete(r, &obj) {
             // The last finalizer is gone from an object being deleted: it goes now.
             return self.remove(r, &key, current.mod_revision, &obj, name).await;
         }
@@ -490,8 +490,16 @@ fn check_finalizers_while_deleting(
 
 /// An object being deleted whose finalizers are all done (and whose grace period, for a
 /// pod, the kubelet has already waited out) is removed at once.
-fn deletion_complete(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some()
+fn deletion_complete(r: &Resource, obj: &Value) -> bool {
+    // A namespace also waits for its own finalizers (spec.finalizers, the namespace
+    // controller's `kubernetes`).
+    let spec_done = !(r.group.is_empty() && r.plural == "namespaces")
+        || obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty);
+    spec_done
+        && obj.pointer("/metadata/deletionTimestamp").is_some()
         && obj
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
