@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATA_DIR ?= /var/lib/krab
 
-.PHONY: build release run test lint fmt bench-store clean deps-build deps-test deps-run
+.PHONY: build release run test lint fmt bench-store bench-api clean deps-build deps-test deps-run
 
 deps-build:
 	packaging/deps.sh build
@@ -38,6 +38,10 @@ test: deps-test
 # Puts/s and latency against Debian's etcd 3.4 through the same client, RSS and disk writes.
 bench-store: deps-test release
 	$(CARGO) run --release --example bench_store
+
+# The API server over HTTPS: creates/s and latency, LIST of 10k pods, 100 watchers, RSS.
+bench-api: deps-build release
+	$(CARGO) run --release --example bench_api
 
 fmt:
 	$(CARGO) fmt

@@ -161,26 +161,40 @@ async fn handle(
         }
         ("list", None) => {
             let opts = list_options(r, query)?;
-            let page = reg.list(r, ns, &opts).await?;
-            let mut meta = json!({"resourceVersion": page.revision.to_string()});
-            if let Some(c) = &page.continue_token {
-                meta["continue"] = json!(c);
-            }
-            if let Some(n) = page.remaining {
-                meta["remainingItemCount"] = json!(n);
-            }
+            let meta = |revision: i64, cont: &Option<String>, remaining: Option<i64>| {
+                let mut meta = json!({"resourceVersion": revision.to_string()});
+                if let Some(c) = cont {
+                    meta["continue"] = json!(c);
+                }
+                if let Some(n) = remaining {
+                    meta["remainingItemCount"] = json!(n);
+                }
+                meta
+            };
             if as_table {
+                let page = reg.list(r, ns, &opts).await?;
                 let mut t = table::build(r, &page.items, None);
-                t["metadata"] = meta;
+                t["metadata"] = meta(page.revision, &page.continue_token, page.remaining);
                 return Ok(Json(t).into_response());
             }
-            Ok(Json(json!({
+            // The items are copied from the store as they are, not rebuilt.
+            let page = reg.list_json(r, ns, &opts).await?;
+            let head = json!({
                 "kind": format!("{}List", r.kind),
                 "apiVersion": r.api_version(),
-                "metadata": meta,
-                "items": page.items,
-            }))
-            .into_response())
+                "metadata": meta(page.revision, &page.continue_token, page.remaining),
+            });
+            let mut body = serde_json::to_vec(&head).unwrap_or_default();
+            body.pop();
+            body.extend_from_slice(b",\"items\":[");
+            for (i, item) in page.items.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(item);
+            }
+            body.extend_from_slice(b"]}");
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
         ("watch", None) => {
             let timeout = query

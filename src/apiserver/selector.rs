@@ -198,6 +198,10 @@ impl FieldSelector {
             .iter()
             .all(|(f, eq, v)| (field_value(obj, f) == *v) == *eq)
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Both selectors of a LIST or WATCH.

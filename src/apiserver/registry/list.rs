@@ -32,9 +32,9 @@ impl ListOptions {
     }
 }
 
-/// One page of a list.
-pub struct Page {
-    pub items: Vec<Value>,
+/// One page of a list (of decoded objects, or of their JSON).
+pub struct Page<T = Value> {
+    pub items: Vec<T>,
     pub revision: Revision,
     /// Set when more items remain; pass it back as `continue`.
     pub continue_token: Option<String>,
@@ -66,6 +66,70 @@ fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
     Ok((rv, start.to_string()))
 }
 
+/// A stored object's JSON with its resourceVersion set, decoding only its metadata (the
+/// rest is copied as it is: lists of many large objects stay cheap). None when the filter
+/// does not select it.
+fn raw_item(kv: &KeyValue, filter: &Filter) -> Result<Option<Vec<u8>>, ApiError> {
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+    let bad = |e: serde_json::Error| {
+        ApiError::internal(format!(
+            "stored object at {} is not valid JSON: {e}",
+            String::from_utf8_lossy(&kv.key)
+        ))
+    };
+    if !filter.fields.is_empty() {
+        // Field selectors read anywhere in the object: decode it whole.
+        let obj = objects::with_resource_version(decode(kv)?, kv.mod_revision);
+        return Ok(filter
+            .matches(&obj)
+            .then(|| serde_json::to_vec(&obj).unwrap_or_default()));
+    }
+    let top: BTreeMap<String, &RawValue> = serde_json::from_slice(&kv.value).map_err(bad)?;
+    let mut meta: serde_json::Map<String, Value> = match top.get("metadata") {
+        Some(m) => serde_json::from_str(m.get()).map_err(bad)?,
+        None => serde_json::Map::new(),
+    };
+    meta.insert(
+        "resourceVersion".into(),
+        Value::String(kv.mod_revision.to_string()),
+    );
+    let meta = Value::Object(meta);
+    if !filter.labels.matches(&json!({"metadata": &meta})) {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(kv.value.len() + 32);
+    out.push(b'{');
+    let mut first = true;
+    let mut put = |out: &mut Vec<u8>, k: &str, v: &[u8]| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(v);
+    };
+    let mut wrote_meta = false;
+    for (k, v) in &top {
+        if k == "metadata" {
+            put(&mut out, k, &serde_json::to_vec(&meta).unwrap_or_default());
+            wrote_meta = true;
+        } else {
+            put(&mut out, k, v.get().as_bytes());
+        }
+    }
+    if !wrote_meta {
+        put(
+            &mut out,
+            "metadata",
+            &serde_json::to_vec(&meta).unwrap_or_default(),
+        );
+    }
+    out.push(b'}');
+    Ok(Some(out))
+}
+
 impl Registry {
     pub async fn list(
         &self,
@@ -73,6 +137,31 @@ impl Registry {
         ns: Option<&str>,
         opts: &ListOptions,
     ) -> Result<Page, ApiError> {
+        self.page(r, ns, opts, |kv| {
+            let obj = objects::with_resource_version(decode(kv)?, kv.mod_revision);
+            Ok(opts.filter.matches(&obj).then_some(obj))
+        })
+        .await
+    }
+
+    /// LIST as JSON documents, for answering a LIST without building object trees.
+    pub async fn list_json(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<Page<Vec<u8>>, ApiError> {
+        self.page(r, ns, opts, |kv| raw_item(kv, &opts.filter))
+            .await
+    }
+
+    async fn page<T>(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+        item: impl Fn(&KeyValue) -> Result<Option<T>, ApiError>,
+    ) -> Result<Page<T>, ApiError> {
         let prefix = r.prefix(ns);
         let end = prefix_end(&prefix);
         let (mut revision, mut start) = match &opts.continue_token {
@@ -114,9 +203,8 @@ impl Registry {
             }
             let mut last = None;
             for kv in &resp.kvs {
-                let obj = objects::with_resource_version(decode(kv)?, kv.mod_revision);
-                if opts.filter.matches(&obj) {
-                    items.push(obj);
+                if let Some(x) = item(kv)? {
+                    items.push(x);
                 }
                 last = Some(kv.key.clone());
             }
