@@ -16,6 +16,7 @@ use super::auth::Caller;
 use super::openapi::{self, FieldValidation};
 use super::patch::PatchType;
 use super::registry::{DeleteOptions, ListOptions, Registry};
+use super::representation::{self, Representation};
 use super::request_info::{self, RequestInfo};
 use super::selector::Filter;
 use super::status::ApiError;
@@ -141,19 +142,12 @@ async fn handle(
     // Decoding a body into the kind's type: unknown fields dropped (reported or refused).
     let decode = |obj: &mut Value| openapi::normalize(r.group, r.version, r.kind, obj, validation);
     let reg = &state.registry.for_request(dry_run);
-    let as_table = table::wanted(accept);
+    let shape = Representation::from_accept(accept);
     let ns = ns.as_deref();
     match (info.verb, sub) {
         ("get", None | Some("status")) => {
             let obj = reg.get(r, ns, name(&info)?).await?;
-            if as_table {
-                let rv = obj
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                return Ok(Json(table::build(r, &[obj], rv)).into_response());
-            }
-            Ok(Json(obj).into_response())
+            Ok(Json(shape.object(r, obj)).into_response())
         }
         ("get", Some("scale")) => {
             let obj = reg.get(r, ns, name(&info)?).await?;
@@ -161,6 +155,7 @@ async fn handle(
         }
         ("list", None) => {
             let opts = list_options(r, query)?;
+            let floor = not_older_than(query);
             let meta = |revision: i64, cont: &Option<String>, remaining: Option<i64>| {
                 let mut meta = json!({"resourceVersion": revision.to_string()});
                 if let Some(c) = cont {
@@ -171,14 +166,35 @@ async fn handle(
                 }
                 meta
             };
-            if as_table {
-                let page = reg.list(r, ns, &opts).await?;
-                let mut t = table::build(r, &page.items, None);
-                t["metadata"] = meta(page.revision, &page.continue_token, page.remaining);
-                return Ok(Json(t).into_response());
+            match shape {
+                Representation::Table => {
+                    let page = reg.list(r, ns, &opts).await?;
+                    too_new(floor, page.revision)?;
+                    let mut t = table::build(r, &page.items, None);
+                    t["metadata"] = meta(page.revision, &page.continue_token, page.remaining);
+                    return Ok(Json(t).into_response());
+                }
+                Representation::Metadata => {
+                    let page = reg.list(r, ns, &opts).await?;
+                    too_new(floor, page.revision)?;
+                    let items: Vec<Value> = page
+                        .items
+                        .into_iter()
+                        .map(representation::partial)
+                        .collect();
+                    return Ok(Json(json!({
+                        "kind": "PartialObjectMetadataList",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": meta(page.revision, &page.continue_token, page.remaining),
+                        "items": items,
+                    }))
+                    .into_response());
+                }
+                Representation::Object => {}
             }
             // The items are copied from the store as they are, not rebuilt.
             let page = reg.list_json(r, ns, &opts).await?;
+            too_new(floor, page.revision)?;
             let head = json!({
                 "kind": format!("{}List", r.kind),
                 "apiVersion": r.api_version(),
@@ -213,8 +229,10 @@ async fn handle(
                         query.get("labelSelector").map(String::as_str),
                         query.get("fieldSelector").map(String::as_str),
                     )?,
-                    as_table,
+                    representation: shape,
                     timeout,
+                    bookmarks: flag(query, "allowWatchBookmarks"),
+                    send_initial_events: initial_events(query)?,
                 },
                 state.shutdown.clone(),
             )
@@ -358,6 +376,31 @@ fn warn(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
+fn flag(query: &HashMap<String, String>, name: &str) -> bool {
+    matches!(query.get(name).map(String::as_str), Some("true" | "1"))
+}
+
+/// `sendInitialEvents`, which kube allows only with resourceVersionMatch=NotOlderThan.
+fn initial_events(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    let wanted = flag(query, "sendInitialEvents");
+    let not_older = query.get("resourceVersionMatch").map(String::as_str) == Some("NotOlderThan");
+    if wanted && !not_older {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan",
+        ));
+    }
+    if wanted && !flag(query, "allowWatchBookmarks") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "ListOptions.meta.k8s.io \"\" is invalid: allowWatchBookmarks: Forbidden: allowWatchBookmarks must be set to true when sendInitialEvents is set",
+        ));
+    }
+    Ok(wanted)
+}
+
 fn write_of(sub: Option<&str>) -> Write {
     if sub == Some("status") {
         Write::Status
@@ -408,12 +451,7 @@ fn list_options(
             query.get("labelSelector").map(String::as_str),
             query.get("fieldSelector").map(String::as_str),
         )?,
-        revision: match query.get("resourceVersion").map(String::as_str) {
-            None | Some("") | Some("0") => 0,
-            Some(rv) => rv
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
-        },
+        revision: list_revision(query)?,
         limit: match query.get("limit") {
             Some(l) => l
                 .parse()
@@ -422,6 +460,68 @@ fn list_options(
         },
         continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
     })
+}
+
+/// The revision a LIST reads at, from resourceVersion and resourceVersionMatch as kube's
+/// documentation tabulates them: unset or "0" (or NotOlderThan) is the current state, which
+/// is never older than any resourceVersion a client has seen; Exact (and a limited list at
+/// a given resourceVersion) is that revision.
+fn list_revision(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or("");
+    let matching = query
+        .get("resourceVersionMatch")
+        .map(String::as_str)
+        .unwrap_or("");
+    let parsed = |rv: &str| {
+        rv.parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))
+    };
+    let limited = query
+        .get("limit")
+        .is_some_and(|l| l != "0" && !l.is_empty());
+    match (rv, matching) {
+        ("", "") => Ok(0),
+        ("", m) => Err(ApiError::bad_request(format!(
+            "resourceVersionMatch {m:?} is forbidden unless resourceVersion is provided"
+        ))),
+        ("0", "Exact") => Err(ApiError::bad_request(
+            "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+        )),
+        ("0", _) => Ok(0),
+        (rv, "Exact") => parsed(rv),
+        (rv, "") if limited => parsed(rv),
+        (rv, "" | "NotOlderThan") => {
+            parsed(rv)?;
+            Ok(0)
+        }
+        (_, m) => Err(ApiError::bad_request(format!(
+            "resourceVersionMatch {m:?} is not supported (Exact, NotOlderThan)"
+        ))),
+    }
+}
+
+/// The resourceVersion a NotOlderThan LIST must reach (0: none).
+fn not_older_than(query: &HashMap<String, String>) -> i64 {
+    let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+    match query.get("resourceVersion") {
+        Some(rv) if !exact => rv.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// kube answers a LIST for a resourceVersion the store has not reached with 504.
+fn too_new(floor: i64, revision: i64) -> Result<(), ApiError> {
+    if floor > revision {
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            format!("Too large resource version: {floor}, current: {revision}"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_size(len: usize) -> Result<(), ApiError> {

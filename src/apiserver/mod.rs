@@ -10,6 +10,7 @@ mod openapi;
 mod patch;
 mod protobuf;
 mod registry;
+mod representation;
 mod request_info;
 mod resources;
 mod selector;

@@ -1,6 +1,8 @@
 //! WATCH: a stream of `{"type": ..., "object": ...}` lines, starting after the requested
-//! resourceVersion (or with the current state as ADDED events when none is given), ending
-//! with an ERROR event carrying a 410 Status when that history is compacted.
+//! resourceVersion (or with the current state as ADDED events when none is given), with
+//! BOOKMARK events when asked for (`allowWatchBookmarks`; and the `initial-events-end`
+//! bookmark of `sendInitialEvents`), ending with an ERROR event carrying a 410 Status when
+//! that history is compacted.
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,22 +14,38 @@ use tokio_util::sync::CancellationToken;
 
 use super::objects;
 use super::registry::{ListOptions, Registry};
+use super::representation::Representation;
 use super::resources::Resource;
 use super::selector::Filter;
 use super::status::ApiError;
 use crate::store::types::{prefix_end, EventKind, Revision};
 use crate::store::watch::{WatchMessage, WatchSpec};
 
-/// One event line; objects become one-row Tables when the client asked for Tables.
-fn event(r: &Resource, as_table: bool, kind: &str, obj: Value) -> Bytes {
-    if as_table && kind != "ERROR" {
-        let rv = obj
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        return line(kind, super::table::build(r, &[obj], rv));
+/// One event line, the object in the representation the client asked for.
+fn event(r: &Resource, rep: Representation, kind: &str, obj: Value) -> Bytes {
+    line(kind, rep.object(r, obj))
+}
+
+/// How often a watch that allows bookmarks gets one (kube: about a minute).
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+/// A BOOKMARK: only the kind and the resourceVersion the client may resume from.
+fn bookmark(r: &Resource, rep: Representation, revision: Revision, initial_end: bool) -> Bytes {
+    let mut meta = json!({"resourceVersion": revision.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    line(kind, obj)
+    let (kind, api_version) = match rep {
+        Representation::Object => (r.kind.to_string(), r.api_version()),
+        _ => (
+            "PartialObjectMetadata".to_string(),
+            "meta.k8s.io/v1".to_string(),
+        ),
+    };
+    line(
+        "BOOKMARK",
+        json!({"kind": kind, "apiVersion": api_version, "metadata": meta}),
+    )
 }
 
 fn line(kind: &str, obj: Value) -> Bytes {
@@ -42,8 +60,12 @@ pub struct WatchRequest {
     pub namespace: Option<String>,
     pub resource_version: Option<String>,
     pub filter: Filter,
-    pub as_table: bool,
+    pub representation: Representation,
     pub timeout: Duration,
+    /// `allowWatchBookmarks`.
+    pub bookmarks: bool,
+    /// `sendInitialEvents` (with resourceVersionMatch=NotOlderThan).
+    pub send_initial_events: bool,
 }
 
 pub async fn serve(
@@ -56,8 +78,10 @@ pub async fn serve(
         namespace: ns,
         resource_version,
         filter,
-        as_table,
+        representation: rep,
         timeout,
+        bookmarks,
+        send_initial_events,
     } = req;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     // Where to start: after the given revision, or (none / "0") from the current state.
@@ -92,22 +116,40 @@ pub async fn serve(
     tokio::spawn(async move {
         let _guard = cancel.clone().drop_guard();
         for obj in initial {
-            if filter.matches(&obj) && tx.send(Ok(event(r, as_table, "ADDED", obj))).await.is_err()
-            {
+            if filter.matches(&obj) && tx.send(Ok(event(r, rep, "ADDED", obj))).await.is_err() {
                 return;
             }
         }
+        // Everything up to here has been sent: a client may resume from it.
+        let mut delivered = from - 1;
+        if send_initial_events
+            && tx
+                .send(Ok(bookmark(r, rep, delivered, true)))
+                .await
+                .is_err()
+        {
+            return;
+        }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
         loop {
             let msg = tokio::select! {
                 _ = &mut deadline => return,
                 _ = cancel.cancelled() => return,
+                _ = ticks.tick(), if bookmarks => {
+                    if tx.send(Ok(bookmark(r, rep, delivered, false))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 m = events.recv() => m,
             };
             match msg {
                 Some(WatchMessage::Events { events, .. }) => {
                     for e in events {
+                        delivered = delivered.max(e.kv.mod_revision);
                         let decode = |kv: &crate::store::types::KeyValue| {
                             serde_json::from_slice::<Value>(&kv.value).ok()
                         };
@@ -132,7 +174,7 @@ pub async fn serve(
                         };
                         // A deleted object carries the deletion's revision.
                         let obj = objects::with_resource_version(obj, e.kv.mod_revision);
-                        if tx.send(Ok(event(r, as_table, kind, obj))).await.is_err() {
+                        if tx.send(Ok(event(r, rep, kind, obj))).await.is_err() {
                             return;
                         }
                     }

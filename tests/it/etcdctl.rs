@@ -3,7 +3,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{run_bounded, Server};
+use crate::support::{run_bounded, Server, QUIET};
 
 /// The store's current revision.
 fn revision(s: &Server) -> i64 {
@@ -67,7 +67,7 @@ fn put_get_prefix_delete_and_revisions() {
 #[test]
 fn txn_compare_and_swap() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("d"), &[]);
+    let s = Server::start(&dir.path().join("d"), QUIET);
     s.ok(&["put", "k", "v1"]);
     let txn = |script: &str| {
         let mut cmd = s.etcdctl_command(&["txn"]);
@@ -99,7 +99,7 @@ fn txn_compare_and_swap() {
 #[test]
 fn watch_sees_history_and_live_events() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("d"), &[]);
+    let s = Server::start(&dir.path().join("d"), QUIET);
     s.ok(&["put", "/w/before", "1"]);
     let mut cmd = s.etcdctl_command(&["watch", "--prefix", "/w/", "--rev=1", "--prev-kv"]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
@@ -128,7 +128,7 @@ fn watch_sees_history_and_live_events() {
 #[test]
 fn leases_grant_keepalive_timetolive_and_expiry() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("d"), &[]);
+    let s = Server::start(&dir.path().join("d"), QUIET);
     let out = s.ok(&["lease", "grant", "3"]);
     // "lease 694d71ddacfda227 granted with TTL(3s)"
     let id = out.split_whitespace().nth(1).unwrap().to_string();
@@ -169,7 +169,7 @@ fn endpoint_status_and_member_list() {
 #[test]
 fn oversized_requests_are_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("d"), &[]);
+    let s = Server::start(&dir.path().join("d"), QUIET);
     let big = "x".repeat(1536 * 1024 + 100);
     let mut cmd = s.etcdctl_command(&["put", "big"]);
     cmd.stdin(Stdio::piped())
@@ -192,7 +192,7 @@ fn oversized_requests_are_refused_and_nothing_is_written() {
 #[test]
 fn compaction_makes_old_revisions_unreadable() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("d"), &[]);
+    let s = Server::start(&dir.path().join("d"), QUIET);
     let base = revision(&s);
     for i in 0..5 {
         s.ok(&["put", "c", &i.to_string()]);
@@ -210,7 +210,7 @@ fn compaction_makes_old_revisions_unreadable() {
 #[test]
 fn snapshots_save_and_restore_into_a_fresh_data_dir() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Server::start(&dir.path().join("d"), &[]);
+    let mut s = Server::start(&dir.path().join("d"), QUIET);
     for i in 0..50 {
         s.ok(&["put", &format!("/snap/{i:02}"), &i.to_string()]);
     }
@@ -408,7 +408,7 @@ fn flags_beat_environment_and_environment_beats_the_config_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_requests_answer_with_the_current_revision() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("d"), &[]);
+    let s = Server::start(&dir.path().join("d"), QUIET);
     let mut c = crate::crash::client(&s).await;
     let mut stream = c.watch("/p/", None).await.unwrap();
     let created = stream.message().await.unwrap().unwrap();

@@ -391,3 +391,128 @@ fn invalid_objects_get_kube_shaped_field_errors() {
         "{err}"
     );
 }
+
+/// curl as the admin, with an Accept header kubectl cannot set; returns (body, status).
+fn admin_curl(s: &Server, path: &str, accept: &str) -> (String, String) {
+    let tls = s.data_dir.join("server/tls");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Accept: {accept}"))
+        .arg("--cacert")
+        .arg(tls.join("server-ca.crt"))
+        .arg("--cert")
+        .arg(tls.join("client-admin.crt"))
+        .arg("--key")
+        .arg(tls.join("client-admin.key"))
+        .arg(format!("https://127.0.0.1:{}{path}", s.api_port));
+    let out = crate::support::run_bounded(cmd, std::time::Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (body.to_string(), code.to_string())
+}
+
+#[test]
+fn metadata_only_answers_bookmarks_and_resource_version_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), crate::support::QUIET);
+    s.kube_ok(&["create", "configmap", "a", "--from-literal=k=v"]);
+    s.kube_ok(&["create", "configmap", "b", "--from-literal=k=v"]);
+    let meta = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    let (body, code) = admin_curl(&s, "/api/v1/namespaces/default/configmaps", meta);
+    assert_eq!(code, "200", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kind"], "PartialObjectMetadataList");
+    assert_eq!(v["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(v["items"][0]["metadata"]["name"], "a");
+    assert!(v["items"][0].get("data").is_none());
+    let one = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let (body, _) = admin_curl(&s, "/api/v1/namespaces/default/configmaps/b", one);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kind"], "PartialObjectMetadata");
+    // sendInitialEvents: the current objects, then the bookmark that marks their end.
+    let watch = s.kube_ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=1&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1"]);
+    let events: Vec<serde_json::Value> = watch
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ADDED", "ADDED", "BOOKMARK"], "{watch}");
+    assert_eq!(
+        events[2]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    let err = s.kube_err(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true",
+    ]);
+    assert!(err.contains("sendInitialEvents is forbidden"), "{err}");
+    // A LIST for a revision the store has not reached is 504; Exact reads that revision.
+    let (body, code) = admin_curl(
+        &s,
+        "/api/v1/namespaces/default/configmaps?resourceVersion=99999999",
+        "application/json",
+    );
+    assert_eq!(code, "504", "{body}");
+    assert!(body.contains("Too large resource version"), "{body}");
+    let rv = s.kube_ok(&[
+        "get",
+        "cm",
+        "a",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    s.kube_ok(&["delete", "cm", "a"]);
+    let (body, code) = admin_curl(
+        &s,
+        &format!(
+            "/api/v1/namespaces/default/configmaps?resourceVersion={rv}&resourceVersionMatch=Exact"
+        ),
+        "application/json",
+    );
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("\"name\":\"a\""), "{body}");
+    let (body, _) = admin_curl(
+        &s,
+        &format!("/api/v1/namespaces/default/configmaps?resourceVersion={rv}"),
+        "application/json",
+    );
+    assert!(!body.contains("\"name\":\"a\""), "{body}");
+}
+
+#[test]
+fn events_expire_after_an_hour_like_kube_apiservers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), crate::support::QUIET);
+    let ev = write(dir.path(), "ev.yaml", "apiVersion: v1\nkind: Event\nmetadata: {name: e1}\ninvolvedObject: {kind: Pod, name: p, namespace: default}\nreason: Testing\nmessage: hello\ntype: Normal\ncount: 1\n");
+    s.kube_ok(&["create", "-f", &ev]);
+    let table = s.kube_ok(&["get", "events"]);
+    assert!(
+        table.contains("Testing") && table.contains("pod/p") && table.contains("hello"),
+        "{table}"
+    );
+    let out = s.ok(&["get", "/registry/events/default/e1", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let lease = v["kvs"][0]["lease"].as_i64().unwrap_or(0);
+    assert_ne!(lease, 0, "{out}");
+    let ttl = s.ok(&["lease", "timetolive", &format!("{lease:x}")]);
+    let granted: i64 = ttl
+        .split("granted with TTL(")
+        .nth(1)
+        .and_then(|t| t.split('s').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(granted, 3660, "{ttl}");
+    // A second event within the minute shares the lease.
+    let ev2 = write(
+        dir.path(),
+        "ev2.yaml",
+        &std::fs::read_to_string(&ev)
+            .unwrap()
+            .replace("name: e1", "name: e2"),
+    );
+    s.kube_ok(&["create", "-f", &ev2]);
+    let out = s.ok(&["get", "/registry/events/default/e2", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kvs"][0]["lease"].as_i64(), Some(lease));
+}

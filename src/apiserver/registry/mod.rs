@@ -28,7 +28,14 @@ pub struct Registry {
     /// `dryRun=All`: every check runs, nothing is written.
     pub dry_run: bool,
     pub services: Arc<ServiceNetwork>,
+    /// The lease events are currently attached to, and when it was granted.
+    event_lease: Arc<std::sync::Mutex<Option<(i64, std::time::Instant)>>>,
 }
+
+/// How long events live (kube-apiserver's --event-ttl default).
+const EVENT_TTL_SECONDS: i64 = 3600;
+/// Events written within this window share one lease, as kube's lease manager does.
+const EVENT_LEASE_REUSE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
     serde_json::from_slice(&kv.value).map_err(|e| {
@@ -62,6 +69,7 @@ impl Registry {
             ds,
             dry_run: false,
             services: Arc::new(services),
+            event_lease: Arc::default(),
         }
     }
 
@@ -71,6 +79,29 @@ impl Registry {
             dry_run,
             ..self.clone()
         }
+    }
+
+    /// The lease a write of `r` attaches to: events expire after an hour; nothing else does.
+    async fn lease_for(&self, r: &Resource) -> Result<i64, ApiError> {
+        if !(r.group.is_empty() && r.plural == "events") || self.dry_run {
+            return Ok(0);
+        }
+        let reusable = self
+            .event_lease
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .filter(|(_, at)| at.elapsed() < EVENT_LEASE_REUSE);
+        if let Some((id, _)) = reusable {
+            return Ok(id);
+        }
+        // Two writers may both grant one here; the spare lease simply expires.
+        let ttl = EVENT_TTL_SECONDS + EVENT_LEASE_REUSE.as_secs() as i64;
+        let (id, _) = self.ds.lease_grant(0, ttl).await?;
+        if let Ok(mut l) = self.event_lease.lock() {
+            *l = Some((id, std::time::Instant::now()));
+        }
+        Ok(id)
     }
 
     /// Runs a write transaction; in a dry run only its compares are evaluated.
@@ -203,8 +234,9 @@ impl Registry {
             } else {
                 Vec::new()
             };
+            let lease = self.lease_for(r).await?;
             let mut compare = vec![absent(&key)];
-            let mut success = vec![put(&key, encode(&obj))];
+            let mut success = vec![put_leased(&key, encode(&obj), lease)];
             for k in &reserved {
                 compare.push(absent(k));
                 success.push(put(k, key.clone()));
@@ -310,8 +342,9 @@ impl Registry {
             // The last finalizer is gone from an object being deleted: it goes now.
             return self.remove(r, &key, current.mod_revision, &obj, name).await;
         }
+        let lease = self.lease_for(r).await?;
         let mut compare = vec![at_revision(&key, current.mod_revision)];
-        let mut success = vec![put(&key, encode(&obj))];
+        let mut success = vec![put_leased(&key, encode(&obj), lease)];
         if is_service {
             let old_keys = service::reserved_keys(&self.services, &stored);
             let new_keys = service::reserved_keys(&self.services, &obj);
@@ -530,9 +563,14 @@ fn at_revision(key: &[u8], mod_revision: Revision) -> Compare {
 }
 
 fn put(key: &[u8], value: Vec<u8>) -> TxnOp {
+    put_leased(key, value, 0)
+}
+
+fn put_leased(key: &[u8], value: Vec<u8>, lease: i64) -> TxnOp {
     TxnOp::Put(PutRequest {
         key: key.to_vec(),
         value,
+        lease,
         ..Default::default()
     })
 }

@@ -7,13 +7,6 @@ use serde_json::{json, Value};
 
 use super::resources::Resource;
 
-/// Whether the client asked for a Table (kubectl's `Accept: application/json;as=Table;...`).
-pub fn wanted(accept: &str) -> bool {
-    accept
-        .split(',')
-        .any(|part| part.contains("as=Table") && part.contains("g=meta.k8s.io"))
-}
-
 /// One column: name, type (`string`, `integer`, `date`), priority (1: only with -o wide).
 pub struct Column {
     pub name: &'static str,
@@ -157,9 +150,5 @@ mod tests {
         assert_eq!(human_duration(125), "2m5s");
         assert_eq!(human_duration(3600 * 5 + 60 * 7), "5h7m");
         assert_eq!(human_duration(86400 * 3), "3d");
-        assert!(wanted(
-            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
-        ));
-        assert!(!wanted("application/json"));
     }
 }
