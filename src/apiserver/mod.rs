@@ -39,6 +39,8 @@ pub struct ApiConfig {
     pub services: ServiceNetwork,
     /// The port clients reach the API server on (the `kubernetes` Service's target).
     pub port: u16,
+    /// The address other nodes reach this API server at (the `kubernetes` endpoints).
+    pub advertise: Option<std::net::IpAddr>,
 }
 
 /// The API server: its router (also reachable in-process, see `router_as`) and the tasks
@@ -48,6 +50,7 @@ pub struct ApiServer {
     router: axum::Router,
     bootstrapped: health::Bootstrapped,
     port: u16,
+    advertise: Option<std::net::IpAddr>,
 }
 
 impl ApiServer {
@@ -64,6 +67,7 @@ impl ApiServer {
             router,
             bootstrapped,
             port: config.port,
+            advertise: config.advertise,
         }
     }
 
@@ -97,6 +101,7 @@ impl ApiServer {
         let bootstrap = bootstrap(
             self.registry,
             self.port,
+            self.advertise,
             self.bootstrapped,
             shutdown.clone(),
         );
@@ -112,6 +117,7 @@ impl ApiServer {
 async fn bootstrap(
     registry: registry::Registry,
     port: u16,
+    advertise: Option<std::net::IpAddr>,
     done: health::Bootstrapped,
     shutdown: CancellationToken,
 ) {
@@ -119,7 +125,12 @@ async fn bootstrap(
     loop {
         let attempt = async {
             registry.ensure_system_namespaces().await?;
-            registry.ensure_kubernetes_service(port).await
+            registry.ensure_system_priority_classes().await?;
+            registry.ensure_kubernetes_service(port).await?;
+            match advertise {
+                Some(ip) => registry.ensure_kubernetes_endpoints(ip, port).await,
+                None => Ok(()),
+            }
         };
         match attempt.await {
             Ok(()) => {

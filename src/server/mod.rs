@@ -113,6 +113,21 @@ fn advertised_peer(args: &ServerArgs) -> std::net::SocketAddr {
     std::net::SocketAddr::new(ip, port)
 }
 
+/// The address the `kubernetes` Service's endpoints name: --advertise-address, the bind
+/// address when it is specific, or this host's first non-loopback address.
+fn advertised_api(args: &ServerArgs) -> std::net::IpAddr {
+    args.advertise_address.unwrap_or_else(|| {
+        if !args.bind_address.is_unspecified() {
+            return args.bind_address;
+        }
+        local_ipv4s()
+            .ok()
+            .and_then(|ips| ips.into_iter().next())
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+    })
+}
+
 /// A member that knows of other members keeps serving its peer port after restarts.
 fn peers_configured(db_dir: &std::path::Path) -> bool {
     db_dir.join("token").exists()
@@ -189,6 +204,7 @@ fn start_apiserver(
             node_ports: args.service_node_port_range.clone(),
         },
         port: args.https_listen_port,
+        advertise: Some(advertised_api(args)),
     };
     let api = crate::apiserver::ApiServer::new(datastore, config, shutdown.clone());
     start_loops(sup, args, name, &api, &certs, shutdown.clone());

@@ -516,3 +516,63 @@ fn events_expire_after_an_hour_like_kube_apiservers() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["kvs"][0]["lease"].as_i64(), Some(lease));
 }
+
+#[test]
+fn priority_classes_set_pod_priority_and_the_kubernetes_service_has_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let pcs = s.kube_ok(&["get", "priorityclass", "-o", "name"]);
+    assert!(
+        pcs.contains("system-node-critical") && pcs.contains("system-cluster-critical"),
+        "{pcs}"
+    );
+    s.kube_ok(&[
+        "create",
+        "priorityclass",
+        "high",
+        "--value=1000",
+        "--preemption-policy=Never",
+    ]);
+    s.kube_ok(&[
+        "run",
+        "p",
+        "--image=busybox",
+        "--overrides",
+        r#"{"spec":{"priorityClassName":"high"}}"#,
+    ]);
+    let got = s.kube_ok(&[
+        "get",
+        "pod",
+        "p",
+        "-o",
+        "jsonpath={.spec.priority} {.spec.preemptionPolicy}",
+    ]);
+    assert_eq!(got, "1000 Never");
+    let err = s.kube_err(&[
+        "run",
+        "q",
+        "--image=busybox",
+        "--overrides",
+        r#"{"spec":{"priorityClassName":"nope"}}"#,
+    ]);
+    assert!(
+        err.contains("no PriorityClass with name nope was found"),
+        "{err}"
+    );
+    let ep = s.kube_ok(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+    ]);
+    assert_eq!(ep, format!("127.0.0.1:{}", s.api_port));
+    let slice = s.kube_ok(&[
+        "get",
+        "endpointslice",
+        "kubernetes",
+        "-o",
+        "jsonpath={.endpoints[0].addresses[0]}",
+    ]);
+    assert_eq!(slice, "127.0.0.1");
+}

@@ -217,6 +217,9 @@ impl Registry {
         if let Some(ns) = ns.filter(|_| r.namespaced) {
             self.check_namespace(ns).await?;
         }
+        if r.group.is_empty() && r.plural == "pods" {
+            self.admit_priority(&name, &mut obj).await?;
+        }
         strategy::prepare_create(r, &mut obj)?;
         let key = r.key(ns, &name);
         let is_service = r.group.is_empty() && r.plural == "services";
@@ -435,6 +438,155 @@ impl Registry {
         strategy::bind(&mut pod, node)?;
         self.put_guarded(r, name, r.key(Some(ns), name), kv.mod_revision, &pod)
             .await?;
+        Ok(())
+    }
+
+    /// Priority admission: a pod's priorityClassName (or the cluster's globalDefault class)
+    /// becomes its priority and preemption policy; an unknown class is refused.
+    async fn admit_priority(&self, name: &str, pod: &mut Value) -> Result<(), ApiError> {
+        let Some(pcs) = resources::find("scheduling.k8s.io", "v1", "priorityclasses") else {
+            return Ok(());
+        };
+        let class_name = pod
+            .pointer("/spec/priorityClassName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        let class = match &class_name {
+            Some(c) => match self.read(pcs.key(None, c)).await? {
+                Some(kv) => Some(decode(&kv)?),
+                None => {
+                    return Err(ApiError::forbidden(format!(
+                        "pods \"{name}\" is forbidden: no PriorityClass with name {c} was found"
+                    )))
+                }
+            },
+            None => self
+                .list(pcs, None, &ListOptions::all())
+                .await?
+                .items
+                .into_iter()
+                .find(|pc| pc.get("globalDefault") == Some(&json!(true))),
+        };
+        let Some(class) = class else {
+            return Ok(());
+        };
+        let value = class.get("value").and_then(Value::as_i64).unwrap_or(0);
+        if let Some(given) = pod.pointer("/spec/priority").and_then(Value::as_i64) {
+            if given != value {
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{name}\" is forbidden: the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+                )));
+            }
+        }
+        if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("priority".into(), json!(value));
+            spec.insert(
+                "priorityClassName".into(),
+                class
+                    .pointer("/metadata/name")
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            );
+            spec.insert(
+                "preemptionPolicy".into(),
+                class
+                    .get("preemptionPolicy")
+                    .cloned()
+                    .unwrap_or(json!("PreemptLowerPriority")),
+            );
+        }
+        Ok(())
+    }
+
+    /// The two priority classes every cluster has.
+    pub async fn ensure_system_priority_classes(&self) -> Result<(), ApiError> {
+        let Some(r) = resources::find("scheduling.k8s.io", "v1", "priorityclasses") else {
+            return Ok(());
+        };
+        for (name, value, description) in [
+            ("system-node-critical", 2_000_001_000i64, "Used for system critical pods that must not be moved from their current node."),
+            ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+        ] {
+            let pc = json!({
+                "apiVersion": "scheduling.k8s.io/v1",
+                "kind": "PriorityClass",
+                "metadata": {"name": name},
+                "value": value,
+                "description": description,
+                "preemptionPolicy": "PreemptLowerPriority",
+            });
+            match self.create(r, None, pc).await {
+                Ok(_) | Err(ApiError { reason: "AlreadyExists", .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The `kubernetes` Service's Endpoints and EndpointSlice: this API server's address, as
+    /// kube-apiserver's endpoint reconciler keeps them.
+    pub async fn ensure_kubernetes_endpoints(
+        &self,
+        ip: std::net::IpAddr,
+        port: u16,
+    ) -> Result<(), ApiError> {
+        let address_type = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        let wanted = [
+            (
+                ("", "v1", "endpoints"),
+                json!({
+                    "apiVersion": "v1",
+                    "kind": "Endpoints",
+                    "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                    "subsets": [{"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+                }),
+            ),
+            (
+                ("discovery.k8s.io", "v1", "endpointslices"),
+                json!({
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                    "addressType": address_type,
+                    "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+                }),
+            ),
+        ];
+        for ((group, version, plural), obj) in wanted {
+            let Some(r) = resources::find(group, version, plural) else {
+                continue;
+            };
+            match self.get(r, Some("default"), "kubernetes").await {
+                Ok(current) => {
+                    let same = ["subsets", "endpoints", "ports"]
+                        .iter()
+                        .all(|f| current.get(*f) == obj.get(*f));
+                    if !same {
+                        let mut updated = current.clone();
+                        for f in ["subsets", "endpoints", "ports", "addressType"] {
+                            if let Some(v) = obj.get(f) {
+                                updated[f] = v.clone();
+                            }
+                        }
+                        self.update(r, Some("default"), "kubernetes", updated, Write::Main)
+                            .await?;
+                    }
+                }
+                Err(e) if e.code == StatusCode::NOT_FOUND => {
+                    match self.create(r, Some("default"), obj).await {
+                        Ok(_)
+                        | Err(ApiError {
+                            reason: "AlreadyExists",
+                            ..
+                        }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 
