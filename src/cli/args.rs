@@ -147,7 +147,8 @@ pub struct ServerArgs {
     /// The cluster DNS service's IP.
     #[arg(long, env = "KRAB_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
-    /// Do not run this controller (repeatable): deployment, replicaset.
+    /// Do not run this controller (repeatable): deployment, replicaset, garbagecollector,
+    /// namespace, serviceaccount, nodeipam.
     #[arg(
         long = "disable-controller",
         env = "KRAB_DISABLE_CONTROLLER",

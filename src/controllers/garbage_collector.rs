@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams,
+    Preconditions,
+};
 use kube::discovery::{verbs, Discovery, Scope};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
@@ -103,7 +106,8 @@ async fn watch_kind(
     graph: Shared,
     stop: CancellationToken,
 ) {
-    let api: Api<DynamicObject> = Api::all_with(client, &*ar);
+    // Metadata only (PartialObjectMetadata): the graph needs nothing else.
+    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &*ar);
     let mut synced = false;
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -147,7 +151,7 @@ async fn watch_kind(
     }
 }
 
-fn node_of(o: &DynamicObject, ar: &Arc<ApiResource>, namespaced: bool) -> Node {
+fn node_of(o: &PartialObjectMeta<DynamicObject>, ar: &Arc<ApiResource>, namespaced: bool) -> Node {
     Node {
         resource: ar.clone(),
         namespaced,

@@ -5,6 +5,7 @@
 mod deployment;
 mod garbage_collector;
 mod namespace;
+mod node_ipam;
 mod replicaset;
 mod serviceaccount;
 pub mod template_hash;
@@ -28,6 +29,17 @@ pub struct Context {
     pub client: kube::Client,
     /// The cluster CA (PEM) published to every namespace as `kube-root-ca.crt`.
     pub root_ca: Option<String>,
+    /// `--cluster-cidr`, which node IPAM hands pod CIDRs out of.
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// Held while node IPAM allocates, so two nodes never get the same range.
+    pub allocating: tokio::sync::Mutex<()>,
+}
+
+/// What the controllers are told about the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterInfo {
+    pub root_ca: Option<String>,
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
 }
 
 /// Which loops to run.
@@ -43,16 +55,22 @@ pub const NAMES: &[&str] = &[
     "garbagecollector",
     "namespace",
     "serviceaccount",
+    "nodeipam",
 ];
 
 /// Runs the enabled controllers until `stop`.
 pub async fn run(
     client: kube::Client,
-    root_ca: Option<String>,
+    cluster: ClusterInfo,
     selection: Selection,
     stop: CancellationToken,
 ) {
-    let ctx = Arc::new(Context { client, root_ca });
+    let ctx = Arc::new(Context {
+        client,
+        root_ca: cluster.root_ca,
+        cluster_cidr: cluster.cluster_cidr,
+        allocating: tokio::sync::Mutex::new(()),
+    });
     let enabled = |n: &str| !selection.disabled.iter().any(|d| d == n);
     let mut loops = tokio::task::JoinSet::new();
     if enabled("replicaset") {
@@ -69,6 +87,9 @@ pub async fn run(
     }
     if enabled("serviceaccount") {
         loops.spawn(serviceaccount::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("nodeipam") {
+        loops.spawn(node_ipam::run(ctx.clone(), stop.clone()));
     }
     while let Some(r) = loops.join_next().await {
         if let Err(e) = r {

@@ -235,7 +235,10 @@ fn start_loops(
     let selection = crate::controllers::Selection {
         disabled: args.disable_controller.clone(),
     };
-    let root_ca = Some(certs.server_ca_pem.clone());
+    let cluster = crate::controllers::ClusterInfo {
+        root_ca: Some(certs.server_ca_pem.clone()),
+        cluster_cidr: Some(args.cluster_cidr),
+    };
     let cm = in_process(api.router_as("system:kube-controller-manager", &[]));
     let election = LeaderElection::new(cm.clone(), lease("kube-controller-manager"));
     let stop = shutdown.clone();
@@ -243,7 +246,7 @@ fn start_loops(
         sup.spawn("controllers", async move {
             election
                 .run(stop, |term| {
-                    crate::controllers::run(cm.clone(), root_ca.clone(), selection.clone(), term)
+                    crate::controllers::run(cm.clone(), cluster.clone(), selection.clone(), term)
                 })
                 .await;
             Ok(())

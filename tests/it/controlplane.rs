@@ -199,6 +199,19 @@ fn a_pod_that_fits_nowhere_says_why() {
         },
     );
     assert_eq!(message, "0/1 nodes are available: 1 Insufficient cpu.");
+    // Node IPAM: each node its own /24 of --cluster-cidr.
+    let cidr = wait_for("n1's pod CIDR", Duration::from_secs(30), || {
+        let c = s.kube_ok(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDR}"]);
+        (!c.is_empty()).then_some(c)
+    });
+    assert_eq!(cidr, "10.42.0.0/24");
+    let n2 = write(dir.path(), "n2.yaml", &NODE.replace("n1", "n2"));
+    s.kube_ok(&["create", "-f", &n2]);
+    let cidr = wait_for("n2's pod CIDR", Duration::from_secs(30), || {
+        let c = s.kube_ok(&["get", "node", "n2", "-o", "jsonpath={.spec.podCIDRs[0]}"]);
+        (!c.is_empty()).then_some(c)
+    });
+    assert_eq!(cidr, "10.42.1.0/24");
     let reason = s.kube_ok(&[
         "get",
         "pod",
