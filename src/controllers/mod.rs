@@ -3,6 +3,7 @@
 //! own client, and writes back only through the API, so validation and admission apply to it
 //! as to any client. They run while this server holds the controller lease.
 mod deployment;
+mod endpoints;
 mod garbage_collector;
 mod namespace;
 mod node_ipam;
@@ -56,6 +57,7 @@ pub const NAMES: &[&str] = &[
     "namespace",
     "serviceaccount",
     "nodeipam",
+    "endpoints",
 ];
 
 /// Runs the enabled controllers until `stop`.
@@ -87,6 +89,9 @@ pub async fn run(
     }
     if enabled("serviceaccount") {
         loops.spawn(serviceaccount::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("endpoints") {
+        loops.spawn(endpoints::run(ctx.clone(), stop.clone()));
     }
     if enabled("nodeipam") {
         loops.spawn(node_ipam::run(ctx.clone(), stop.clone()));

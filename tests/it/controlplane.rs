@@ -371,3 +371,87 @@ fn namespaces_get_defaults_and_are_emptied_when_deleted_and_owners_take_dependen
         .kube_err(&["get", "namespace", "demo"])
         .contains("not found"));
 }
+
+#[test]
+fn services_get_endpoints_and_slices_from_the_pods_they_select() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &["--disable-scheduler"]);
+    let manifest = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, labels: {app: web}}
+spec:
+  containers: [{name: c, image: busybox, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, labels: {app: web}}
+spec:
+  containers: [{name: c, image: busybox, ports: [{name: http, containerPort: 8080}]}]
+";
+    let f = write(dir.path(), "svc.yaml", manifest);
+    s.kube_ok(&["apply", "-f", &f]);
+    for (pod, ip, ready) in [("a", "10.42.0.10", "True"), ("b", "10.42.0.11", "False")] {
+        let status = format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"{ready}"}}]}}}}"#
+        );
+        s.kube_ok(&[
+            "patch",
+            "pod",
+            pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ]);
+    }
+    let eps = wait_for("endpoints for a", Duration::from_secs(30), || {
+        let e = s.kube_ok(&["get", "endpoints", "web", "-o", "jsonpath={.subsets[0].addresses[*].ip}:{.subsets[0].ports[0].port}/{.subsets[0].notReadyAddresses[*].ip}"]);
+        (e == "10.42.0.10:8080/10.42.0.11").then_some(e)
+    });
+    assert_eq!(eps, "10.42.0.10:8080/10.42.0.11");
+    let table = s.kube_ok(&["get", "endpoints", "web"]);
+    assert!(table.contains("10.42.0.10:8080"), "{table}");
+    let slice = s.kube_ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&slice).unwrap();
+    let item = &v["items"][0];
+    assert_eq!(item["addressType"], "IPv4");
+    assert_eq!(item["ports"][0]["port"], 8080);
+    assert_eq!(item["endpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(item["endpoints"][0]["conditions"]["ready"], true);
+    assert_eq!(item["endpoints"][1]["conditions"]["ready"], false);
+    assert_eq!(item["metadata"]["ownerReferences"][0]["kind"], "Service");
+    // b becomes ready: both addresses are ready.
+    s.kube_ok(&[
+        "patch",
+        "pod",
+        "b",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#,
+    ]);
+    wait_for("both ready", Duration::from_secs(30), || {
+        let e = s.kube_ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[0].addresses[*].ip}",
+        ]);
+        (e == "10.42.0.10 10.42.0.11").then_some(())
+    });
+}
