@@ -2,27 +2,9 @@
 //! ReplicaSets make pods, the scheduler binds them to a node, under leader Leases. The node
 //! is registered and its pods marked ready by the test itself, as a kubelet would through
 //! the same API (the agent issue brings the real one).
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::Server;
-
-fn write(dir: &std::path::Path, name: &str, body: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p.to_string_lossy().into_owned()
-}
-
-/// Polls `check` (bounded) until it returns Some.
-fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use crate::support::{wait_for, write, Server};
 
 const NODE: &str =
     "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {kubernetes.io/hostname: n1}\n";
@@ -412,7 +394,7 @@ spec:
         ]);
     }
     let eps = wait_for("endpoints for a", Duration::from_secs(30), || {
-        let e = s.kube_ok(&["get", "endpoints", "web", "-o", "jsonpath={.subsets[0].addresses[*].ip}:{.subsets[0].ports[0].port}/{.subsets[0].notReadyAddresses[*].ip}"]);
+        let e = s.kube_ok(&["get", "endpoints", "web", "--ignore-not-found", "-o", "jsonpath={.subsets[0].addresses[*].ip}:{.subsets[0].ports[0].port}/{.subsets[0].notReadyAddresses[*].ip}"]);
         (e == "10.42.0.10:8080/10.42.0.11").then_some(e)
     });
     assert_eq!(eps, "10.42.0.10:8080/10.42.0.11");

@@ -2,13 +2,7 @@
 //! OpenAPI, field validation, strategic merge patch by merge key), typed `kubectl create`
 //! commands (protobuf bodies), Service address allocation, pods' binding and graceful
 //! deletion, finalizers, scale, field selectors and kube-shaped validation errors.
-use crate::support::Server;
-
-fn write(dir: &std::path::Path, name: &str, body: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p.to_string_lossy().into_owned()
-}
+use crate::support::{write, Server};
 
 const DEPLOY: &str = "apiVersion: apps/v1
 kind: Deployment

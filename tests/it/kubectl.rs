@@ -2,7 +2,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::Server;
+use crate::support::{write, Server};
 
 const CM: &str = "apiVersion: v1
 kind: ConfigMap
@@ -13,12 +13,6 @@ data:
   a: \"1\"
   b: \"2\"
 ";
-
-fn write(dir: &std::path::Path, name: &str, body: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p.to_string_lossy().into_owned()
-}
 
 #[test]
 fn kubectl_sees_the_system_namespaces_as_kube_apiserver_prints_them() {

@@ -278,3 +278,22 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Writes a file for kubectl to read; returns its path.
+pub fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+/// Polls `check` (bounded) until it returns Some.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
