@@ -148,7 +148,7 @@ pub struct ServerArgs {
     #[arg(long, env = "KRAB_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
     /// Do not run this controller (repeatable): deployment, replicaset, garbagecollector,
-    /// namespace, serviceaccount, nodeipam, endpoints.
+    /// namespace, serviceaccount, nodeipam, endpoints, podgc.
     #[arg(
         long = "disable-controller",
         env = "KRAB_DISABLE_CONTROLLER",

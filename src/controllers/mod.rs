@@ -7,6 +7,7 @@ mod endpoints;
 mod garbage_collector;
 mod namespace;
 mod node_ipam;
+mod pod_gc;
 mod replicaset;
 mod serviceaccount;
 pub mod template_hash;
@@ -58,6 +59,7 @@ pub const NAMES: &[&str] = &[
     "serviceaccount",
     "nodeipam",
     "endpoints",
+    "podgc",
 ];
 
 /// Runs the enabled controllers until `stop`.
@@ -92,6 +94,9 @@ pub async fn run(
     }
     if enabled("endpoints") {
         loops.spawn(endpoints::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("podgc") {
+        loops.spawn(pod_gc::run(ctx.clone(), stop.clone()));
     }
     if enabled("nodeipam") {
         loops.spawn(node_ipam::run(ctx.clone(), stop.clone()));

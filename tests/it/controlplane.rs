@@ -437,3 +437,28 @@ spec:
         (e == "10.42.0.10 10.42.0.11").then_some(())
     });
 }
+
+#[test]
+fn pods_of_a_node_that_is_gone_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &["--disable-scheduler"]);
+    register_node(&s, dir.path());
+    s.kube_ok(&["run", "orphan", "--image=busybox"]);
+    let binding = write(
+        dir.path(),
+        "b.json",
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"orphan"},"target":{"kind":"Node","name":"n1"}}"#,
+    );
+    s.kube_ok(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods/orphan/binding",
+        "-f",
+        &binding,
+    ]);
+    s.kube_ok(&["delete", "node", "n1"]);
+    wait_for("the orphaned pod gone", Duration::from_secs(60), || {
+        let left = s.kube_ok(&["get", "pod", "orphan", "--ignore-not-found", "-o", "name"]);
+        left.trim().is_empty().then_some(())
+    });
+}

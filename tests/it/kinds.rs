@@ -254,6 +254,13 @@ fn services_get_addresses_and_ports_that_are_theirs_alone() {
 fn pods_bind_once_delete_gracefully_and_finalizers_hold_objects() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("d"), &[]);
+    // The node the pod is bound to exists (pod GC removes pods of nodes that do not).
+    let node = write(
+        dir.path(),
+        "n1.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+    );
+    s.kube_ok(&["create", "-f", &node]);
     s.kube_ok(&["run", "p1", "--image=busybox:1.36", "--", "sleep", "100"]);
     let pod = s.kube_ok(&["get", "pod", "p1", "-o", "json"]);
     let p: serde_json::Value = serde_json::from_str(&pod).unwrap();
