@@ -12,7 +12,7 @@ use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Caller;
+use super::auth::{Caller, User};
 use super::openapi::{self, FieldValidation};
 use super::patch::PatchType;
 use super::registry::{DeleteOptions, ListOptions, Registry};
@@ -60,7 +60,7 @@ async fn dispatch(
     let path = uri.path();
     let span = tracing::debug_span!("request", %method, path, user = %user.name);
     let _enter = span.enter();
-    match handle(&state, &method, path, &query, &headers, body).await {
+    match handle(&state, &user, &method, path, &query, &headers, body).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(code = e.code.as_u16(), reason = e.reason, "request failed");
@@ -71,6 +71,7 @@ async fn dispatch(
 
 async fn handle(
     state: &ApiState,
+    user: &User,
     method: &Method,
     path: &str,
     query: &HashMap<String, String>,
@@ -237,6 +238,17 @@ async fn handle(
                 state.shutdown.clone(),
             )
             .await
+        }
+        ("create", None) if r.plural == "selfsubjectreviews" => {
+            // `kubectl auth whoami`: who the server takes the caller to be.
+            parse_body(headers, &body)?;
+            let review = json!({
+                "kind": "SelfSubjectReview",
+                "apiVersion": r.api_version(),
+                "metadata": {"creationTimestamp": null},
+                "status": {"userInfo": {"username": user.name, "groups": user.groups}},
+            });
+            Ok((StatusCode::CREATED, Json(review)).into_response())
         }
         ("create", None) if r.plural == "bindings" => {
             let b = parse_body(headers, &body)?;

@@ -222,6 +222,15 @@ pub const RESOURCES: &[Resource] = &[
         .all()
         .sub(STATUS)
         .generation(),
+    // authentication.k8s.io/v1 (virtual: answered, never stored)
+    res(
+        "authentication.k8s.io",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        "SelfSubjectReview",
+        false,
+    )
+    .verbs(&["create"]),
     // certificates.k8s.io/v1
     res(
         "certificates.k8s.io",

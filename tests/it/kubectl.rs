@@ -40,6 +40,12 @@ fn kubectl_sees_the_system_namespaces_as_kube_apiserver_prints_them() {
     let version = s.kube_ok(&["version", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&version).unwrap();
     assert_eq!(v["serverVersion"]["minor"], "32");
+    // `kubectl auth whoami` names the admin certificate's user and groups.
+    let me = s.kube_ok(&["auth", "whoami"]);
+    assert!(
+        me.contains("system:admin") && me.contains("[system:masters system:authenticated]"),
+        "{me}"
+    );
     // The default namespace cannot be deleted.
     let err = s.kube_err(&["delete", "ns", "default"]);
     assert!(err.contains("this namespace may not be deleted"), "{err}");
