@@ -7,6 +7,13 @@ use serde_json::{json, Map, Value};
 use super::resources::Resource;
 use super::status::ApiError;
 
+/// The object's name (empty when it has none yet).
+pub fn name_of(obj: &Value) -> &str {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
 pub fn meta(obj: &Value) -> Option<&Map<String, Value>> {
     obj.get("metadata").and_then(Value::as_object)
 }

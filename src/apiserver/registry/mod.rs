@@ -57,12 +57,6 @@ fn strip_resource_version(obj: &mut Value) {
     }
 }
 
-fn name_of(obj: &Value) -> &str {
-    obj.pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-}
-
 impl Registry {
     pub fn new(ds: Datastore, services: ServiceNetwork) -> Self {
         Registry {
@@ -666,7 +660,7 @@ fn check_finalizers_while_deleting(
             format!(
                 "{} \"{}\" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted",
                 r.kind,
-                name_of(stored)
+                objects::name_of(stored)
             ),
         ));
     }

@@ -24,10 +24,11 @@ pub enum Write {
     Status,
 }
 
-fn name_of(obj: &Value) -> &str {
-    obj.pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
+/// Sets `key` unless the object already has a (non-null) value there: kube's defaulting.
+fn set_default(o: &mut serde_json::Map<String, Value>, key: &str, v: Value) {
+    if o.get(key).is_none_or(Value::is_null) {
+        o.insert(key.to_string(), v);
+    }
 }
 
 /// Defaults and resets on create; then validation.
@@ -149,5 +150,5 @@ fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), ApiErr
         ("apps" | "batch", _) => workload::validate(r, obj, old, &mut errs),
         _ => {}
     }
-    errs.into_result(r.kind, name_of(obj), r.group)
+    errs.into_result(r.kind, super::objects::name_of(obj), r.group)
 }

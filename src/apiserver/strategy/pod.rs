@@ -7,14 +7,9 @@ use serde_json::{json, Map, Value};
 use super::super::objects;
 use super::super::status::ApiError;
 use super::super::validation::{self, FieldErrors};
+use super::set_default;
 
 const CONTAINER_LISTS: [&str; 3] = ["initContainers", "containers", "ephemeralContainers"];
-
-fn set_default(o: &mut Map<String, Value>, key: &str, v: Value) {
-    if o.get(key).is_none_or(Value::is_null) {
-        o.insert(key.to_string(), v);
-    }
-}
 
 /// kube's image pull policy default: Always for `:latest` or untagged images.
 fn pull_policy(image: &str) -> &'static str {

@@ -9,10 +9,11 @@ use std::ops::RangeInclusive;
 
 use ipnet::Ipv4Net;
 use rand::Rng;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::super::status::ApiError;
 use super::super::validation::{self, FieldErrors};
+use super::set_default;
 use crate::store::datastore::Datastore;
 use crate::store::types::{prefix_end, RangeRequest};
 
@@ -41,12 +42,6 @@ impl ServiceNetwork {
 
 const IP_PREFIX: &str = "/registry/krab/serviceips/";
 const PORT_PREFIX: &str = "/registry/krab/servicenodeports/";
-
-fn set_default(o: &mut Map<String, Value>, key: &str, v: Value) {
-    if o.get(key).is_none_or(Value::is_null) {
-        o.insert(key.to_string(), v);
-    }
-}
 
 fn service_type(obj: &Value) -> &str {
     obj.pointer("/spec/type")

@@ -5,13 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::super::resources::Resource;
 use super::super::validation::FieldErrors;
-use super::pod;
-
-fn set_default(o: &mut Map<String, Value>, key: &str, v: Value) {
-    if o.get(key).is_none_or(Value::is_null) {
-        o.insert(key.to_string(), v);
-    }
-}
+use super::{pod, set_default};
 
 fn default_template(spec: &mut Map<String, Value>) {
     if let Some(t) = spec.get_mut("template").and_then(Value::as_object_mut) {
