@@ -38,11 +38,19 @@ pub fn aggregated_wanted(accept: &str) -> Option<&'static str> {
     None
 }
 
+/// The version krab reports for its API server and kubelet (`v1.32.0+krab-<version>`).
+pub fn kube_version() -> String {
+    format!(
+        "v{KUBE_MAJOR}.{KUBE_MINOR}.0+krab-{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 pub fn version() -> Value {
     json!({
         "major": KUBE_MAJOR,
         "minor": KUBE_MINOR,
-        "gitVersion": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0+krab-{}", env!("CARGO_PKG_VERSION")),
+        "gitVersion": kube_version(),
         "gitCommit": "",
         "gitTreeState": "clean",
         "buildDate": "",

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::store::datastore::Datastore;
 use crate::tls::cluster::ClusterTls;
 
-pub use self::discovery::{KUBE_MAJOR, KUBE_MINOR};
+pub use self::discovery::{kube_version, KUBE_MAJOR, KUBE_MINOR};
 pub use self::strategy::service::ServiceNetwork;
 
 /// What the API server needs to know about the cluster it serves.

@@ -5,39 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Taint, Toleration};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
-/// A quantity in thousandths (CPU in millicores; memory in milli-bytes, compared only).
-pub fn milli(q: &Quantity) -> i128 {
-    let s = q.0.trim();
-    let suffixes: [(&str, f64); 13] = [
-        ("Ki", 1024.0),
-        ("Mi", 1024f64.powi(2)),
-        ("Gi", 1024f64.powi(3)),
-        ("Ti", 1024f64.powi(4)),
-        ("Pi", 1024f64.powi(5)),
-        ("Ei", 1024f64.powi(6)),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    for (suffix, mult) in suffixes {
-        if let Some(n) = s.strip_suffix(suffix) {
-            return n
-                .parse::<f64>()
-                .map(|n| (n * mult * 1000.0).round() as i128)
-                .unwrap_or(0);
-        }
-    }
-    s.parse::<f64>()
-        .map(|n| (n * 1000.0).round() as i128)
-        .unwrap_or(0)
-}
+pub use crate::resources::quantity::milli;
 
 /// A pod's requests: the larger of the app containers' sum and any init container's, plus
 /// overhead, as kube counts them.
@@ -296,6 +266,7 @@ pub fn choose(pod: &Pod, nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use serde_json::json;
 
     fn node(name: &str, ready: bool, cpu: &str, extra: serde_json::Value) -> Arc<Node> {

@@ -18,6 +18,8 @@ use crate::store::raft::transport::{NoPeers, Transport};
 use crate::store::{compactor, Identity, Store, StoreConfig};
 use crate::tls;
 
+pub use crate::host::node_name;
+
 /// Names this host answers to, for certificate SANs.
 pub fn host_sans(node_name: &str) -> Vec<String> {
     let mut sans = vec![
@@ -25,7 +27,7 @@ pub fn host_sans(node_name: &str) -> Vec<String> {
         "localhost".to_string(),
         node_name.to_string(),
     ];
-    if let Ok(ifaces) = local_ipv4s() {
+    if let Ok(ifaces) = crate::host::local_ipv4s() {
         for ip in ifaces {
             if !sans.contains(&ip) {
                 sans.push(ip);
@@ -33,34 +35,6 @@ pub fn host_sans(node_name: &str) -> Vec<String> {
         }
     }
     sans
-}
-
-fn local_ipv4s() -> std::io::Result<Vec<String>> {
-    // /proc/net/fib_trie lists local addresses without any extra dependency.
-    let text = std::fs::read_to_string("/proc/net/fib_trie")?;
-    let mut out = Vec::new();
-    let mut last_ip: Option<String> = None;
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(ip) = t.strip_prefix("|-- ") {
-            last_ip = Some(ip.to_string());
-        } else if t.contains("/32 host LOCAL") {
-            if let Some(ip) = last_ip.take() {
-                if !ip.starts_with("127.") && !out.contains(&ip) {
-                    out.push(ip);
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-pub fn node_name(flag: &Option<String>) -> String {
-    flag.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_lowercase())
-            .unwrap_or_else(|_| "krab".into())
-    })
 }
 
 fn validate(args: &ServerArgs) -> anyhow::Result<()> {
@@ -104,7 +78,7 @@ fn advertised_peer(args: &ServerArgs) -> std::net::SocketAddr {
         if !listen.is_unspecified() {
             return listen;
         }
-        local_ipv4s()
+        crate::host::local_ipv4s()
             .ok()
             .and_then(|ips| ips.into_iter().next())
             .and_then(|ip| ip.parse().ok())
@@ -120,7 +94,7 @@ fn advertised_api(args: &ServerArgs) -> std::net::IpAddr {
         if !args.bind_address.is_unspecified() {
             return args.bind_address;
         }
-        local_ipv4s()
+        crate::host::local_ipv4s()
             .ok()
             .and_then(|ips| ips.into_iter().next())
             .and_then(|ip| ip.parse().ok())
@@ -208,10 +182,39 @@ fn start_apiserver(
     };
     let api = crate::apiserver::ApiServer::new(datastore, config, shutdown.clone());
     start_loops(sup, args, name, &api, &certs, shutdown.clone());
+    if !args.disable_agent {
+        start_agent(sup, args, name, &api, shutdown.clone())?;
+    }
     sup.spawn("apiserver", async move {
         api.run(&certs, listener, shutdown).await
     });
     Ok(())
+}
+
+/// Starts the local agent in-process, as `system:node:<name>`.
+fn start_agent(
+    sup: &mut Supervisor,
+    args: &ServerArgs,
+    name: &str,
+    api: &crate::apiserver::ApiServer,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client =
+        crate::client::in_process(api.router_as(&format!("system:node:{name}"), &["system:nodes"]));
+    let config = crate::agent::AgentConfig {
+        data_dir: args.data_dir.clone(),
+        node_name: name.to_string(),
+        node_ip: advertised_api(args).to_string(),
+        runtime_endpoint: args.container_runtime_endpoint.clone(),
+        cluster_dns: vec![args.cluster_dns.to_string()],
+        cluster_domain: args.cluster_domain.clone(),
+        control_plane: true,
+        kubelet_version: crate::apiserver::kube_version(),
+        registries: std::path::PathBuf::from("/etc/krab/registries.yaml"),
+        pod_log_root: std::path::PathBuf::from("/var/log/pods"),
+        node_labels: Default::default(),
+    };
+    crate::agent::spawn(sup, config, client, shutdown).context("failed to start the agent")
 }
 
 /// Starts the controllers and the scheduler, each in-process under its own identity and

@@ -22,6 +22,8 @@ pub struct Server {
     pub api_port: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// Whether the local agent (and its containerd) runs.
+    agent: bool,
 }
 
 impl Server {
@@ -55,7 +57,18 @@ impl Server {
         }
     }
 
+    /// Starts a server with its local agent (and so a containerd of its own).
+    pub fn start_with_agent(data_dir: &Path, extra: &[&str]) -> Server {
+        let s = Self::launch(data_dir, free_port(), extra, true);
+        s.wait_api_ready();
+        s
+    }
+
     pub fn start_on(data_dir: &Path, etcd_port: u16, extra: &[&str]) -> Server {
+        Self::launch(data_dir, etcd_port, extra, false)
+    }
+
+    fn launch(data_dir: &Path, etcd_port: u16, extra: &[&str], agent: bool) -> Server {
         let log = data_dir.with_extension(format!("log.{etcd_port}"));
         let mut s = Server {
             data_dir: data_dir.to_path_buf(),
@@ -63,6 +76,7 @@ impl Server {
             api_port: free_port(),
             child: None,
             log: log.clone(),
+            agent,
         };
         let child = s.command(extra).spawn().expect("failed to start krab");
         s.child = Some(child);
@@ -79,7 +93,11 @@ impl Server {
             .arg(format!("127.0.0.1:{}", self.etcd_port))
             .arg("--config")
             .arg("/dev/null")
-            .arg("--disable-agent")
+            .args(if self.agent {
+                &[][..]
+            } else {
+                &["--disable-agent"][..]
+            })
             .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
             .arg(self.api_port.to_string())
             .arg("--write-kubeconfig")
@@ -106,6 +124,7 @@ impl Server {
             api_port: free_port(),
             child: None,
             log: data_dir.with_extension("fail.log"),
+            agent: false,
         };
         let mut cmd = s.command(extra);
         cmd.stderr(Stdio::piped());

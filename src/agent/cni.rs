@@ -1,0 +1,66 @@
+//! The pod network on one node: a CNI conflist for containerd (bridge `cni0` over the node's
+//! podCIDR with host-local IPAM, portmap for hostPorts, bandwidth), written once the node
+//! has a podCIDR. containerd's CRI picks the file up by itself.
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+pub const CONFLIST: &str = "10-krab.conflist";
+
+/// The conflist for a pod CIDR (host-local keeps its leases under `ipam_dir`).
+pub fn conflist(pod_cidr: &str, ipam_dir: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "krab",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": true,
+                "ipMasq": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": pod_cidr}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": ipam_dir.display().to_string(),
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+            {"type": "bandwidth", "capabilities": {"bandwidth": true}}
+        ]
+    })
+}
+
+/// Writes the conflist when it differs; true when it was (re)written.
+pub fn write(conf_dir: &Path, pod_cidr: &str, ipam_dir: &Path) -> std::io::Result<bool> {
+    std::fs::create_dir_all(conf_dir)?;
+    let path: PathBuf = conf_dir.join(CONFLIST);
+    let text = serde_json::to_string_pretty(&conflist(pod_cidr, ipam_dir)).unwrap_or_default();
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(false);
+    }
+    let tmp = conf_dir.join(format!(".{CONFLIST}.tmp"));
+    std::fs::write(&tmp, &text)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conflist_uses_the_node_range() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(write(dir.path(), "10.42.3.0/24", Path::new("/x")).unwrap());
+        assert!(!write(dir.path(), "10.42.3.0/24", Path::new("/x")).unwrap());
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFLIST)).unwrap())
+                .unwrap();
+        assert_eq!(
+            v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.42.3.0/24"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! The kubelet: watches the pods bound to this node through the API, runs one worker per pod
+//! (sync on pod changes, on runtime changes seen by the relister, and on its own timers), and
+//! cleans up sandboxes whose pods are gone.
+mod env;
+mod events;
+pub mod node;
+mod pull_secrets;
+pub mod status;
+pub mod volumes;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::events::Recorder;
+use self::worker::{Next, PodWorker};
+use crate::agent::cri::sandbox::SandboxContext;
+use crate::agent::cri::{Cri, State};
+
+/// What every pod worker shares.
+pub struct Kubelet {
+    pub client: kube::Client,
+    pub cri: Cri,
+    pub node_name: String,
+    pub node_ip: String,
+    pub sandbox: SandboxContext,
+    /// `<data-dir>/agent/pods`: per-pod volumes and termination-message files.
+    pub pods_dir: PathBuf,
+    pub events: Recorder,
+    allocatable: RwLock<BTreeMap<String, String>>,
+}
+
+impl Kubelet {
+    pub fn new(
+        client: kube::Client,
+        cri: Cri,
+        node_name: String,
+        node_ip: String,
+        sandbox: SandboxContext,
+        pods_dir: PathBuf,
+    ) -> Kubelet {
+        Kubelet {
+            events: Recorder::new(client.clone(), node_name.clone()),
+            client,
+            cri,
+            node_name,
+            node_ip,
+            sandbox,
+            pods_dir,
+            allocatable: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn allocatable(&self) -> BTreeMap<String, String> {
+        self.allocatable
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn set_allocatable(&self, node: &k8s_openapi::api::core::v1::Node) {
+        let a = node
+            .status
+            .as_ref()
+            .and_then(|s| s.allocatable.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        if let Ok(mut w) = self.allocatable.write() {
+            *w = a;
+        }
+    }
+}
+
+struct WorkerHandle {
+    wake: mpsc::Sender<()>,
+}
+
+async fn work(
+    k: Arc<Kubelet>,
+    store: Store<Pod>,
+    oref: ObjectRef<Pod>,
+    uid: String,
+    mut wake: mpsc::Receiver<()>,
+    stop: CancellationToken,
+) -> String {
+    let mut w = PodWorker::new(k, uid.clone());
+    loop {
+        let pod = store
+            .get(&oref)
+            .filter(|p| p.metadata.uid.as_deref() == Some(uid.as_str()));
+        let span = tracing::debug_span!("pod", namespace = %oref.namespace.clone().unwrap_or_default(), pod = %oref.name);
+        let _ = &span;
+        match w.sync(pod).await {
+            Next::Done => return uid,
+            Next::After(d) => {
+                tokio::select! {
+                    _ = stop.cancelled() => return uid,
+                    _ = tokio::time::sleep(d) => {}
+                    m = wake.recv() => if m.is_none() { return uid },
+                }
+                // Coalesce a burst of wake-ups into one sync.
+                while wake.try_recv().is_ok() {}
+            }
+        }
+    }
+}
+
+/// Runs the pod workers until shutdown. Containers keep running when it stops.
+pub async fn run(k: Arc<Kubelet>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::all(k.client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", k.node_name));
+    let (store, writer) = reflector::store();
+    let mut events = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .boxed();
+    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let mut running: JoinSet<String> = JoinSet::new();
+    let stop = shutdown.child_token();
+    let mut relist = tokio::time::interval(Duration::from_secs(1));
+    relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
+    let mut seen_states: HashMap<String, (String, State)> = HashMap::new();
+    let mut synced = false;
+    let notify =
+        |workers: &mut HashMap<String, WorkerHandle>, running: &mut JoinSet<String>, pod: &Pod| {
+            let Some(uid) = pod.metadata.uid.clone() else {
+                return;
+            };
+            if let Some(h) = workers.get(&uid) {
+                let _ = h.wake.try_send(());
+                return;
+            }
+            let (tx, rx) = mpsc::channel(1);
+            workers.insert(uid.clone(), WorkerHandle { wake: tx });
+            running.spawn(work(
+                k.clone(),
+                store.clone(),
+                ObjectRef::from_obj(pod),
+                uid,
+                rx,
+                stop.clone(),
+            ));
+        };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = events.next() => match ev {
+                Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) | watcher::Event::Delete(pod))) => {
+                    notify(&mut workers, &mut running, &pod);
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    if !synced {
+                        synced = true;
+                        housekeeping.reset_immediately();
+                    }
+                }
+                Some(Ok(watcher::Event::Init)) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+                None => break,
+            },
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(uid) = done {
+                    workers.remove(&uid);
+                    // The pod may have come back under the same uid (a restart of the watch).
+                    if let Some(pod) = store.state().into_iter().find(|p| p.metadata.uid.as_deref() == Some(uid.as_str())) {
+                        if pod.metadata.deletion_timestamp.is_none() {
+                            notify(&mut workers, &mut running, &pod);
+                        }
+                    }
+                }
+            }
+            _ = relist.tick() => {
+                // The relister: one runtime listing a second; workers whose containers
+                // changed state are woken (CRI v1 on containerd 1.6 has no event stream).
+                if let Ok(list) = k.cri.list_containers().await {
+                    let mut now: HashMap<String, (String, State)> = HashMap::new();
+                    for c in list {
+                        now.insert(c.id.clone(), (c.pod_uid.clone(), c.state));
+                    }
+                    let mut changed: std::collections::HashSet<String> = std::collections::HashSet::new();
+                    for (id, (uid, st)) in &now {
+                        if seen_states.get(id).map(|(_, s)| s) != Some(st) {
+                            changed.insert(uid.clone());
+                        }
+                    }
+                    for (id, (uid, _)) in &seen_states {
+                        if !now.contains_key(id) {
+                            changed.insert(uid.clone());
+                        }
+                    }
+                    seen_states = now;
+                    for uid in changed {
+                        if let Some(h) = workers.get(&uid) {
+                            let _ = h.wake.try_send(());
+                        }
+                    }
+                }
+            }
+            _ = housekeeping.tick(), if synced => {
+                orphans(&k, &store, &mut workers, &mut running, &stop).await;
+            }
+        }
+    }
+    stop.cancel();
+    while running.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Sandboxes whose pods are not bound here any more get a worker that tears them down.
+async fn orphans(
+    k: &Arc<Kubelet>,
+    store: &Store<Pod>,
+    workers: &mut HashMap<String, WorkerHandle>,
+    running: &mut JoinSet<String>,
+    stop: &CancellationToken,
+) {
+    let known: std::collections::HashSet<String> = store
+        .state()
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let Ok(sandboxes) = k.cri.list_sandboxes().await else {
+        return;
+    };
+    for s in sandboxes {
+        if known.contains(&s.uid) || workers.contains_key(&s.uid) || s.uid.is_empty() {
+            continue;
+        }
+        tracing::info!(namespace = %s.namespace, pod = %s.name, sandbox = %s.id, "removing the sandbox of a pod that is gone");
+        let (tx, rx) = mpsc::channel(1);
+        workers.insert(s.uid.clone(), WorkerHandle { wake: tx });
+        let oref = ObjectRef::new(&s.name).within(&s.namespace);
+        running.spawn(work(
+            k.clone(),
+            store.clone(),
+            oref,
+            s.uid.clone(),
+            rx,
+            stop.clone(),
+        ));
+    }
+    // Pod directories of pods that no longer exist here.
+    if let Ok(dir) = std::fs::read_dir(&k.pods_dir) {
+        for e in dir.flatten() {
+            let uid = e.file_name().to_string_lossy().to_string();
+            if !known.contains(&uid) && !workers.contains_key(&uid) {
+                volumes::remove_pod_dir(&e.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The node side: containerd (supervised child or an existing one), the images a node needs
+//! without a registry, the CNI config, node registration and heartbeat, and the kubelet's pod
+//! workers. Reaches cluster state only through the Kubernetes API.
+pub mod cni;
+pub mod containerd;
+pub mod cri;
+pub mod images;
+pub mod kubelet;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::lifecycle::Supervisor;
+
+/// Everything the agent is told.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub node_name: String,
+    pub node_ip: String,
+    /// `--container-runtime-endpoint`: use this containerd instead of starting one.
+    pub runtime_endpoint: Option<String>,
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    pub control_plane: bool,
+    pub kubelet_version: String,
+    /// `/etc/krab/registries.yaml`.
+    pub registries: PathBuf,
+    /// `/var/log/pods`.
+    pub pod_log_root: PathBuf,
+    pub node_labels: BTreeMap<String, String>,
+}
+
+impl AgentConfig {
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_dir.join("agent").join("images")
+    }
+}
+
+/// Starts the agent's tasks on `sup`: "containerd" (unless an endpoint is given) and
+/// "kubelet".
+pub fn spawn(
+    sup: &mut Supervisor,
+    config: AgentConfig,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let layout = containerd::Layout::new(&config.data_dir);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let socket = match &config.runtime_endpoint {
+        Some(ep) => {
+            let _ = ready_tx.send(true);
+            PathBuf::from(ep.trim_start_matches("unix://"))
+        }
+        None => {
+            let registries = containerd::Registries::load(&config.registries)?;
+            containerd::prepare(&layout, &images::pause::reference(), &registries)?;
+            let stop = shutdown.clone();
+            let l = layout.clone();
+            sup.spawn("containerd", async move {
+                containerd::supervise(l, ready_tx, stop).await
+            });
+            layout.socket.clone()
+        }
+    };
+    let conf_dir = layout.cni_conf_dir.clone();
+    sup.spawn("kubelet", async move {
+        run_kubelet(config, client, socket, conf_dir, ready_rx, shutdown).await
+    });
+    Ok(())
+}
+
+async fn wait_ready(
+    mut ready: watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let limit = tokio::time::sleep(Duration::from_secs(60));
+    tokio::pin!(limit);
+    loop {
+        if *ready.borrow() {
+            return Ok(true);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = &mut limit => anyhow::bail!("containerd did not become ready within 60 s"),
+            r = ready.changed() => if r.is_err() { return Ok(false) },
+        }
+    }
+}
+
+async fn run_kubelet(
+    config: AgentConfig,
+    client: kube::Client,
+    socket: PathBuf,
+    conf_dir: PathBuf,
+    ready: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if !wait_ready(ready, &shutdown).await? {
+        return Ok(());
+    }
+    let images_dir = config.images_dir();
+    std::fs::create_dir_all(&images_dir)
+        .with_context(|| format!("failed to create {}", images_dir.display()))?;
+    images::import_all(&socket, &images_dir)
+        .await
+        .context("failed to import the pause image into containerd")?;
+    let cri = cri::Cri::connect(&socket).await?;
+    let version = cri
+        .version()
+        .await
+        .context("the container runtime does not answer CRI")?;
+    tracing::info!(runtime = %version.name, version = %version.version, "container runtime connected");
+
+    let node_agent = kubelet::node::NodeAgent::new(
+        client.clone(),
+        cri.clone(),
+        kubelet::node::NodeConfig {
+            name: config.node_name.clone(),
+            control_plane: config.control_plane,
+            node_ip: config.node_ip.clone(),
+            data_dir: config.data_dir.clone(),
+            kubelet_version: config.kubelet_version.clone(),
+            extra_labels: config.node_labels.clone(),
+        },
+    );
+    // The API may still be bootstrapping (kube-node-lease, the node's namespace objects).
+    let node = loop {
+        match node_agent.register().await {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::warn!(node = %config.node_name, error = %e, "node registration failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let host_search = host_search_domains(Path::new("/etc/resolv.conf"));
+    let k = Arc::new(kubelet::Kubelet::new(
+        client.clone(),
+        cri,
+        config.node_name.clone(),
+        config.node_ip.clone(),
+        cri::sandbox::SandboxContext {
+            cluster_dns: config.cluster_dns.clone(),
+            cluster_domain: config.cluster_domain.clone(),
+            log_root: config.pod_log_root.clone(),
+            host_search,
+            node_name: config.node_name.clone(),
+        },
+        config.data_dir.join("agent").join("pods"),
+    ));
+    k.set_allocatable(&node);
+    let ipam_dir = config.data_dir.join("agent").join("cni").join("networks");
+    let cni = watch_pod_cidr(
+        client.clone(),
+        k.clone(),
+        config.node_name.clone(),
+        conf_dir,
+        ipam_dir,
+        shutdown.clone(),
+    );
+    let heartbeat = node_agent.heartbeat(node, shutdown.clone());
+    let pods = kubelet::run(k, shutdown.clone());
+    let (a, b, c) = tokio::join!(cni, heartbeat, pods);
+    a.and(b).and(c)
+}
+
+/// Writes the CNI conflist once the node has a podCIDR (and again if it changes).
+async fn watch_pod_cidr(
+    client: kube::Client,
+    k: Arc<kubelet::Kubelet>,
+    name: String,
+    conf_dir: PathBuf,
+    ipam_dir: PathBuf,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client);
+    let mut waited = Duration::ZERO;
+    loop {
+        let mut delay = Duration::from_millis(500);
+        match nodes.get_opt(&name).await {
+            Ok(Some(node)) => {
+                k.set_allocatable(&node);
+                match node.spec.as_ref().and_then(|s| s.pod_cidr.clone()) {
+                    Some(cidr) => {
+                        match cni::write(&conf_dir, &cidr, &ipam_dir) {
+                            Ok(true) => {
+                                tracing::info!(node = %name, pod_cidr = %cidr, "pod network configured")
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(dir = %conf_dir.display(), error = %e, "cannot write the CNI config")
+                            }
+                        }
+                        delay = Duration::from_secs(30);
+                    }
+                    None if waited > Duration::from_secs(30) => {
+                        tracing::warn!(node = %name, "the node has no podCIDR yet (is the node IPAM controller running?)");
+                        waited = Duration::ZERO;
+                    }
+                    None => waited += delay,
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "reading the node failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn host_search_domains(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("search "))
+        .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}

@@ -1,0 +1,3 @@
+//! Shared knowledge about Kubernetes objects that both the control plane and the agent need,
+//! with no I/O: quantities.
+pub mod quantity;
