@@ -90,3 +90,72 @@ fn the_local_agent_registers_a_ready_node_with_containerd() {
         (!containerd_running_for(&data)).then_some(())
     });
 }
+
+fn ctr(data: &std::path::Path, args: &[&str]) -> String {
+    let mut cmd = Command::new("ctr");
+    cmd.arg("-a")
+        .arg(data.join("agent/run/containerd/containerd.sock"))
+        .args(["-n", "k8s.io"])
+        .args(args);
+    String::from_utf8_lossy(&run_bounded(cmd, Duration::from_secs(10)).stdout).to_string()
+}
+
+fn running_pod(s: &Server, name: &str) -> (String, String) {
+    wait_for("the pod to run", Duration::from_secs(60), || {
+        let out = s.kubectl(&["get", "pod", name, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let ip = v["status"]["podIP"].as_str()?.to_string();
+        let c = &v["status"]["containerStatuses"][0];
+        (v["status"]["phase"] == "Running" && c["ready"] == true).then(|| {
+            (
+                ip,
+                c["containerID"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    })
+}
+
+/// A pod on the pause image (present without any registry): it runs with an IP from the
+/// node's range, keeps running when the server is killed, is adopted (not duplicated) by
+/// the next start, and its sandbox goes away with it.
+#[test]
+fn a_pod_runs_survives_an_agent_kill_and_is_removed_with_its_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let mut s = Server::start_with_agent(&data, &[]);
+    let image = format!("krab.local/pause:{}", env!("CARGO_PKG_VERSION"));
+    let manifest = crate::support::write(
+        dir.path(),
+        "pod.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  automountServiceAccountToken: false\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: {image}\n    command: [/pause]\n    resources: {{limits: {{memory: 32Mi, cpu: 100m}}}}\n"
+        ),
+    );
+    s.kube_ok(&["apply", "-f", &manifest]);
+    let (ip, id) = running_pod(&s, "p");
+    assert!(ip.starts_with("10.42."), "{ip}");
+    let tasks_before = ctr(&data, &["tasks", "ls", "-q"]);
+    assert_eq!(
+        tasks_before.lines().count(),
+        2,
+        "sandbox and container: {tasks_before}"
+    );
+
+    s.kill9();
+    let mut s = Server::start_with_agent(&data, &[]);
+    let (ip2, id2) = running_pod(&s, "p");
+    assert_eq!((ip2, id2), (ip, id.clone()), "the same container, adopted");
+    // A few relist rounds later, still exactly one sandbox and one container.
+    std::thread::sleep(Duration::from_secs(3));
+    let tasks = ctr(&data, &["tasks", "ls", "-q"]);
+    assert_eq!(tasks, tasks_before, "nothing duplicated");
+
+    s.kube_ok(&["delete", "pod", "p", "--timeout=60s"]);
+    wait_for("the sandbox to go", Duration::from_secs(30), || {
+        ctr(&data, &["containers", "ls", "-q"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    s.stop();
+}

@@ -135,6 +135,18 @@ impl Registries {
     }
 }
 
+/// Whether this process holds CAP_SYS_RESOURCE (capability 24) in its effective set.
+fn has_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_none_or(|caps| caps & (1 << 24) != 0)
+}
+
 /// A TOML basic string.
 fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -181,6 +193,12 @@ pub fn render(
     let _ = writeln!(t, "  stream_server_address = \"127.0.0.1\"");
     let _ = writeln!(t, "  stream_server_port = \"{stream_port}\"");
     let _ = writeln!(t, "  enable_selinux = false");
+    // Without CAP_SYS_RESOURCE no process may lower its OOM score, and runc fails every
+    // sandbox (the CRI asks for -998): keep scores at or above our own instead, as rootless
+    // setups do.
+    if !has_sys_resource() {
+        let _ = writeln!(t, "  restrict_oom_score_adj = true");
+    }
     let _ = writeln!(t, "  sandbox_image = {}", quote(sandbox_image));
     let _ = writeln!(
         t,
