@@ -1,6 +1,7 @@
 //! The HTTP surface: health and version for anyone, then (authenticated) discovery and the
 //! resource verbs, dispatched from the request's RequestInfo to the generic registry.
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -21,6 +22,7 @@ use super::request_info::{self, RequestInfo};
 use super::selector::Filter;
 use super::status::ApiError;
 use super::strategy::Write;
+use super::tokens::TokenAuthority;
 use super::{discovery, health, patch, protobuf, resources, subresources, table, watch};
 
 /// kube-apiserver's request body limit.
@@ -31,6 +33,10 @@ pub struct ApiState {
     pub registry: Registry,
     pub shutdown: CancellationToken,
     pub bootstrapped: health::Bootstrapped,
+    pub tokens: Arc<TokenAuthority>,
+    /// Where this API server is reached, for the OIDC discovery document.
+    pub advertise: Option<std::net::IpAddr>,
+    pub port: u16,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -54,8 +60,15 @@ async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(Extension(Caller(Some(user)))) = caller else {
-        return ApiError::unauthorized().into_response();
+    let user = match caller {
+        Some(Extension(Caller(Some(user)))) => user,
+        _ => match bearer(&headers) {
+            Some(token) => match state.tokens.authenticate(&state.registry, token).await {
+                Some(user) => user,
+                None => return ApiError::unauthorized().into_response(),
+            },
+            None => return ApiError::unauthorized().into_response(),
+        },
     };
     let path = uri.path();
     let span = tracing::debug_span!("request", %method, path, user = %user.name);
@@ -67,6 +80,14 @@ async fn dispatch(
             e.into_response()
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 async fn handle(
@@ -89,6 +110,9 @@ async fn handle(
         }
         if let Some(r) = openapi::serve(trimmed, headers) {
             return r;
+        }
+        if let Some(r) = serve_oidc(state, trimmed, headers) {
+            return Ok(r);
         }
     }
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
@@ -268,6 +292,14 @@ async fn handle(
                 &warnings,
             ))
         }
+        ("create", Some("token")) => {
+            let req = parse_body(headers, &body)?;
+            let issued = state
+                .tokens
+                .request(reg, ns.unwrap_or("default"), name(&info)?, req)
+                .await?;
+            Ok((StatusCode::CREATED, Json(issued)).into_response())
+        }
         ("create", Some("binding")) => {
             let b = parse_body(headers, &body)?;
             reg.bind(ns.unwrap_or("default"), name(&info)?, &b).await?;
@@ -426,6 +458,32 @@ fn success_status() -> Value {
 }
 
 /// Discovery documents, legacy or aggregated as the client asks; None for other paths.
+/// Service-account issuer discovery: the OIDC configuration and the key set that verifies
+/// service-account tokens.
+fn serve_oidc(state: &ApiState, path: &str, headers: &HeaderMap) -> Option<Response> {
+    match path {
+        "/.well-known/openid-configuration" => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| state.advertise.map(|ip| format!("{ip}:{}", state.port)))
+                .unwrap_or_else(|| "kubernetes.default.svc".into());
+            let uri = format!("https://{host}/openid/v1/jwks");
+            Some(Json(state.tokens.openid_configuration(&uri)).into_response())
+        }
+        "/openid/v1/jwks" => {
+            let mut resp = Json(state.tokens.key().jwks()).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/jwk-set+json"),
+            );
+            Some(resp)
+        }
+        _ => None,
+    }
+}
+
 fn serve_discovery(path: &str, accept: &str) -> Option<Result<Response, ApiError>> {
     let aggregated = discovery::aggregated_wanted(accept);
     let doc = match (path, aggregated) {

@@ -20,6 +20,7 @@ mod strategic;
 mod strategy;
 mod subresources;
 mod table;
+mod tokens;
 mod validation;
 mod watch;
 
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::datastore::Datastore;
 use crate::tls::cluster::ClusterTls;
+use crate::tls::service_account::ServiceAccountKey;
 
 pub use self::discovery::{kube_version, KUBE_MAJOR, KUBE_MINOR};
 pub use self::strategy::service::ServiceNetwork;
@@ -41,6 +43,8 @@ pub struct ApiConfig {
     pub port: u16,
     /// The address other nodes reach this API server at (the `kubernetes` endpoints).
     pub advertise: Option<std::net::IpAddr>,
+    /// Signs and verifies service-account tokens; a key kept in memory only when None.
+    pub service_account_key: Option<ServiceAccountKey>,
 }
 
 /// The API server: its router (also reachable in-process, see `router_as`) and the tasks
@@ -54,21 +58,32 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    pub fn new(datastore: Datastore, config: ApiConfig, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        datastore: Datastore,
+        config: ApiConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let registry = registry::Registry::new(datastore, config.services.clone());
         let bootstrapped = health::Bootstrapped::default();
+        let key = match config.service_account_key {
+            Some(k) => k,
+            None => ServiceAccountKey::generate()?,
+        };
         let router = handlers::router(handlers::ApiState {
             registry: registry.clone(),
             shutdown,
             bootstrapped: bootstrapped.clone(),
+            tokens: std::sync::Arc::new(tokens::TokenAuthority::new(key)),
+            advertise: config.advertise,
+            port: config.port,
         });
-        ApiServer {
+        Ok(ApiServer {
             registry,
             router,
             bootstrapped,
             port: config.port,
             advertise: config.advertise,
-        }
+        })
     }
 
     /// The router as seen by `user` (name, groups): what in-process loops call, with no

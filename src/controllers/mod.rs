@@ -11,6 +11,7 @@ mod pod_gc;
 mod replicaset;
 mod serviceaccount;
 pub mod template_hash;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct Context {
     pub root_ca: Option<String>,
     /// `--cluster-cidr`, which node IPAM hands pod CIDRs out of.
     pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// Signs legacy service-account token secrets.
+    pub service_account_key: Option<crate::tls::service_account::ServiceAccountKey>,
     /// Held while node IPAM allocates, so two nodes never get the same range.
     pub allocating: tokio::sync::Mutex<()>,
 }
@@ -42,6 +45,8 @@ pub struct Context {
 pub struct ClusterInfo {
     pub root_ca: Option<String>,
     pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// Signs legacy service-account token secrets.
+    pub service_account_key: Option<crate::tls::service_account::ServiceAccountKey>,
 }
 
 /// Which loops to run.
@@ -57,6 +62,7 @@ pub const NAMES: &[&str] = &[
     "garbagecollector",
     "namespace",
     "serviceaccount",
+    "serviceaccount-token",
     "nodeipam",
     "endpoints",
     "podgc",
@@ -73,6 +79,7 @@ pub async fn run(
         client,
         root_ca: cluster.root_ca,
         cluster_cidr: cluster.cluster_cidr,
+        service_account_key: cluster.service_account_key,
         allocating: tokio::sync::Mutex::new(()),
     });
     let enabled = |n: &str| !selection.disabled.iter().any(|d| d == n);
@@ -91,6 +98,9 @@ pub async fn run(
     }
     if enabled("serviceaccount") {
         loops.spawn(serviceaccount::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("serviceaccount-token") {
+        loops.spawn(tokens::run(ctx.clone(), stop.clone()));
     }
     if enabled("endpoints") {
         loops.spawn(endpoints::run(ctx.clone(), stop.clone()));

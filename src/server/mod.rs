@@ -179,8 +179,9 @@ fn start_apiserver(
         },
         port: args.https_listen_port,
         advertise: Some(advertised_api(args)),
+        service_account_key: Some(certs.service_account.clone()),
     };
-    let api = crate::apiserver::ApiServer::new(datastore, config, shutdown.clone());
+    let api = crate::apiserver::ApiServer::new(datastore, config, shutdown.clone())?;
     start_loops(sup, args, name, &api, &certs, shutdown.clone());
     if !args.disable_agent {
         start_agent(sup, args, name, &api, shutdown.clone())?;
@@ -241,6 +242,7 @@ fn start_loops(
     let cluster = crate::controllers::ClusterInfo {
         root_ca: Some(certs.server_ca_pem.clone()),
         cluster_cidr: Some(args.cluster_cidr),
+        service_account_key: Some(certs.service_account.clone()),
     };
     let cm = in_process(api.router_as("system:kube-controller-manager", &[]));
     let election = LeaderElection::new(cm.clone(), lease("kube-controller-manager"));
@@ -361,6 +363,10 @@ pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Resul
                     tls::install_ca(&cluster_dir, name, cert, key)
                         .with_context(|| format!("failed to install the cluster's {name}"))?;
                 }
+            }
+            if let Some(pem) = &cas.service_key {
+                tls::install_service_key(&cluster_dir, pem)
+                    .context("failed to install the cluster's service-account key")?;
             }
             tracing::info!(server = %url, "verified the cluster CA against the token");
         }

@@ -165,6 +165,8 @@ pub struct ClusterCas {
     /// The API server's CAs (server, client); None when the first server has none yet.
     pub server: Option<(String, String)>,
     pub client: Option<(String, String)>,
+    /// The service-account signing key; None when the first server has none yet.
+    pub service_key: Option<String>,
 }
 
 /// Obtains the cluster's CAs from the server at `url`, trusting only a peer CA whose hash the
@@ -204,6 +206,7 @@ pub async fn fetch_cluster_cas(url: &str, token: &str) -> Result<ClusterCas> {
         peer: (resp.ca_cert_pem, resp.ca_key_pem),
         server: pair(resp.server_ca_cert_pem, resp.server_ca_key_pem),
         client: pair(resp.client_ca_cert_pem, resp.client_ca_key_pem),
+        service_key: (!resp.service_key_pem.is_empty()).then_some(resp.service_key_pem),
     })
 }
 

@@ -421,6 +421,7 @@ impl Peer for PeerService {
             server_ca_key_pem: read("server-ca.key"),
             client_ca_cert_pem: read("client-ca.crt"),
             client_ca_key_pem: read("client-ca.key"),
+            service_key_pem: read("service.key"),
         }))
     }
 

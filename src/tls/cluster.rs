@@ -3,6 +3,7 @@
 //! certificates (the admin's among them), shared by every server of the cluster.
 use std::path::{Path, PathBuf};
 
+use super::service_account::ServiceAccountKey;
 use super::{Ca, Leaf, Result, Usage};
 
 /// The first address of the default service CIDR (10.43.0.0/16): the `kubernetes` Service.
@@ -14,10 +15,13 @@ pub struct ClusterTls {
     pub client_ca_pem: String,
     pub serving: Leaf,
     pub admin: Leaf,
+    /// Signs and verifies service-account tokens.
+    pub service_account: ServiceAccountKey,
 }
 
 /// Ensures the cluster CAs, the API server's serving certificate for `sans` plus the names
-/// in-cluster clients use, and the admin client certificate (O=system:masters).
+/// in-cluster clients use, the admin client certificate (O=system:masters) and the
+/// service-account signing key.
 pub fn ensure_cluster(data_dir: &Path, sans: &[String]) -> Result<ClusterTls> {
     let dir = data_dir.join("server").join("tls");
     let server_ca = Ca::ensure(&dir, "server-ca", "krab-server-ca")?;
@@ -50,11 +54,13 @@ pub fn ensure_cluster(data_dir: &Path, sans: &[String]) -> Result<ClusterTls> {
         &[],
         Usage::Client,
     )?;
+    let service_account = ServiceAccountKey::ensure(&dir)?;
     Ok(ClusterTls {
         dir,
         server_ca_pem: server_ca.cert_pem,
         client_ca_pem: client_ca.cert_pem,
         serving,
         admin,
+        service_account,
     })
 }

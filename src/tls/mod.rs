@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub mod cluster;
+pub mod service_account;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -221,6 +222,17 @@ pub fn install_ca(dir: &Path, name: &str, cert_pem: &str, key_pem: &str) -> Resu
     write_private(&dir.join(format!("{name}.key")), key_pem)?;
     write_public(&dir.join(format!("{name}.crt")), cert_pem)?;
     Ok(())
+}
+
+/// Installs the service-account signing key received from another server.
+pub fn install_service_key(dir: &Path, pem: &str) -> Result<()> {
+    let path = dir.join("service.key");
+    service_account::ServiceAccountKey::from_pem(pem).map_err(|reason| Error::Invalid {
+        path: path.clone(),
+        reason,
+    })?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    write_private(&path, pem)
 }
 
 /// Ensures `<data-dir>/server/tls/etcd/{server-ca,server-client,client,peer-ca,

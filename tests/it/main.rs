@@ -9,3 +9,4 @@ mod etcdctl;
 mod kinds;
 mod kubectl;
 mod support;
+mod tokens;
