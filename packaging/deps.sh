@@ -6,7 +6,7 @@ want=()
 for what in "${@:-run}"; do
   case "$what" in
     build) want+=(protobuf-compiler pkg-config) ;;
-    test) want+=(etcd-server etcd-client curl containerd runc containernetworking-plugins iptables) ;;
+    test) want+=(etcd-server etcd-client curl containerd runc containernetworking-plugins iptables nftables busybox-static iproute2) ;;
     run) want+=(containerd runc containernetworking-plugins iptables nftables) ;;
     *) echo "deps.sh: unknown set '$what' (build, test, run)" >&2; exit 2 ;;
   esac

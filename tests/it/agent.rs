@@ -22,6 +22,7 @@ fn containerd_running_for(dir: &std::path::Path) -> bool {
 
 #[test]
 fn the_local_agent_registers_a_ready_node_with_containerd() {
+    let _net = crate::pods_support::PodNetwork::acquire();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
     let mut s = Server::start_with_agent(&data, &[]);
@@ -120,6 +121,7 @@ fn running_pod(s: &Server, name: &str) -> (String, String) {
 /// the next start, and its sandbox goes away with it.
 #[test]
 fn a_pod_runs_survives_an_agent_kill_and_is_removed_with_its_sandbox() {
+    let _net = crate::pods_support::PodNetwork::acquire();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
     let mut s = Server::start_with_agent(&data, &[]);

@@ -8,5 +8,7 @@ mod datastore;
 mod etcdctl;
 mod kinds;
 mod kubectl;
+mod pods;
+mod pods_support;
 mod support;
 mod tokens;
