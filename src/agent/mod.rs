@@ -6,6 +6,7 @@ pub mod containerd;
 pub mod cri;
 pub mod images;
 pub mod kubelet;
+pub mod kubelet_api;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,10 @@ pub struct AgentConfig {
     /// `/var/log/pods`.
     pub pod_log_root: PathBuf,
     pub node_labels: BTreeMap<String, String>,
+    /// The kubelet API's port (10250).
+    pub kubelet_port: u16,
+    /// The kubelet API's certificates; without them the kubelet API is not served.
+    pub kubelet_tls: Option<kubelet_api::KubeletServingTls>,
 }
 
 impl AgentConfig {
@@ -71,9 +76,29 @@ pub fn spawn(
             layout.socket.clone()
         }
     };
+    // Bound now, so a taken port fails the start instead of a task later.
+    let kubelet_listener = match &config.kubelet_tls {
+        Some(_) => {
+            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], config.kubelet_port));
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("failed to listen on {addr} (the kubelet API)"))?;
+            l.set_nonblocking(true)?;
+            Some(tokio::net::TcpListener::from_std(l)?)
+        }
+        None => None,
+    };
     let conf_dir = layout.cni_conf_dir.clone();
     sup.spawn("kubelet", async move {
-        run_kubelet(config, client, socket, conf_dir, ready_rx, shutdown).await
+        run_kubelet(
+            config,
+            client,
+            socket,
+            conf_dir,
+            kubelet_listener,
+            ready_rx,
+            shutdown,
+        )
+        .await
     });
     Ok(())
 }
@@ -101,6 +126,7 @@ async fn run_kubelet(
     client: kube::Client,
     socket: PathBuf,
     conf_dir: PathBuf,
+    kubelet_listener: Option<tokio::net::TcpListener>,
     ready: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -130,6 +156,7 @@ async fn run_kubelet(
             data_dir: config.data_dir.clone(),
             kubelet_version: config.kubelet_version.clone(),
             extra_labels: config.node_labels.clone(),
+            kubelet_port: config.kubelet_port,
         },
     );
     // The API may still be bootstrapping (kube-node-lease, the node's namespace objects).
@@ -171,9 +198,15 @@ async fn run_kubelet(
         shutdown.clone(),
     );
     let heartbeat = node_agent.heartbeat(node, shutdown.clone());
-    let pods = kubelet::run(k, shutdown.clone());
-    let (a, b, c) = tokio::join!(cni, heartbeat, pods);
-    a.and(b).and(c)
+    let api = async {
+        match (kubelet_listener, config.kubelet_tls.clone()) {
+            (Some(l), Some(tls)) => kubelet_api::serve(l, tls, k.clone(), shutdown.clone()).await,
+            _ => Ok(()),
+        }
+    };
+    let pods = kubelet::run(k.clone(), shutdown.clone());
+    let (a, b, c, d) = tokio::join!(cni, heartbeat, pods, api);
+    a.and(b).and(c).and(d)
 }
 
 /// Writes the CNI conflist once the node has a podCIDR (and again if it changes).

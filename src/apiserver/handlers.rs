@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::auth::{Caller, User};
 use super::openapi::{self, FieldValidation};
@@ -23,7 +24,9 @@ use super::selector::Filter;
 use super::status::ApiError;
 use super::strategy::Write;
 use super::tokens::TokenAuthority;
-use super::{discovery, health, patch, protobuf, resources, subresources, table, watch};
+use super::{
+    discovery, health, kubelet_proxy, patch, protobuf, resources, subresources, table, watch,
+};
 
 /// kube-apiserver's request body limit.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -34,6 +37,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     pub bootstrapped: health::Bootstrapped,
     pub tokens: Arc<TokenAuthority>,
+    pub kubelets: Arc<super::kubelet_proxy::KubeletClient>,
+    pub streams: crate::proxy::Streams,
     /// Where this API server is reached, for the OIDC discovery document.
     pub advertise: Option<std::net::IpAddr>,
     pub port: u16,
@@ -51,18 +56,16 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn dispatch(
-    State(state): State<ApiState>,
-    caller: Option<Extension<Caller>>,
-    method: Method,
-    uri: Uri,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let user = match caller {
-        Some(Extension(Caller(Some(user)))) => user,
-        _ => match bearer(&headers) {
+async fn dispatch(State(state): State<ApiState>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let in_process = parts.extensions.get::<Caller>().and_then(|c| c.0.clone());
+    let from_cert = || {
+        let crate::https::PeerCertificate(der) = parts.extensions.get()?;
+        super::auth::user_from_cert(der.as_deref()?)
+    };
+    let user = match in_process.or_else(from_cert) {
+        Some(user) => user,
+        None => match bearer(&parts.headers) {
             Some(token) => match state.tokens.authenticate(&state.registry, token).await {
                 Some(user) => user,
                 None => return ApiError::unauthorized().into_response(),
@@ -70,16 +73,46 @@ async fn dispatch(
             None => return ApiError::unauthorized().into_response(),
         },
     };
-    let path = uri.path();
-    let span = tracing::debug_span!("request", %method, path, user = %user.name);
-    let _enter = span.enter();
-    match handle(&state, &user, &method, path, &query, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(code = e.code.as_u16(), reason = e.reason, "request failed");
-            e.into_response()
+    let span = tracing::debug_span!("request", method = %parts.method, path = parts.uri.path(), user = %user.name);
+    async move {
+        // Streams to and from a kubelet (logs, exec, attach, port-forward, proxy) carry their
+        // own bodies and upgrades.
+        if kubelet_proxy::handles(parts.uri.path()) {
+            let request = axum::extract::Request::from_parts(parts, body);
+            return match kubelet_proxy::serve(&state, &user, request).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            };
+        }
+        let query: HashMap<String, String> = match Query::try_from_uri(&parts.uri) {
+            Ok(Query(q)) => q,
+            Err(e) => return ApiError::bad_request(format!("invalid query: {e}")).into_response(),
+        };
+        let body = match axum::body::to_bytes(body, MAX_BODY_BYTES + 1).await {
+            Ok(b) => b,
+            Err(_) => return too_large(MAX_BODY_BYTES + 1).into_response(),
+        };
+        let path = parts.uri.path();
+        match handle(
+            &state,
+            &user,
+            &parts.method,
+            path,
+            &query,
+            &parts.headers,
+            body,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(code = e.code.as_u16(), reason = e.reason, "request failed");
+                e.into_response()
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -594,13 +627,17 @@ fn too_new(floor: i64, revision: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn too_large(len: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLarge",
+        format!("the request body is {len} bytes, over the {MAX_BODY_BYTES} byte limit"),
+    )
+}
+
 fn check_size(len: usize) -> Result<(), ApiError> {
     if len > MAX_BODY_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            format!("the request body is {len} bytes, over the {MAX_BODY_BYTES} byte limit"),
-        ));
+        return Err(too_large(len));
     }
     Ok(())
 }

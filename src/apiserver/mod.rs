@@ -5,6 +5,7 @@ mod auth;
 mod discovery;
 mod handlers;
 mod health;
+mod kubelet_proxy;
 mod objects;
 mod openapi;
 mod patch;
@@ -14,7 +15,6 @@ mod representation;
 mod request_info;
 mod resources;
 mod selector;
-mod serve;
 mod status;
 mod strategic;
 mod strategy;
@@ -32,6 +32,7 @@ use crate::tls::cluster::ClusterTls;
 use crate::tls::service_account::ServiceAccountKey;
 
 pub use self::discovery::{kube_version, KUBE_MAJOR, KUBE_MINOR};
+pub use self::kubelet_proxy::KubeletClientTls;
 pub use self::strategy::service::ServiceNetwork;
 
 /// What the API server needs to know about the cluster it serves.
@@ -45,6 +46,8 @@ pub struct ApiConfig {
     pub advertise: Option<std::net::IpAddr>,
     /// Signs and verifies service-account tokens; a key kept in memory only when None.
     pub service_account_key: Option<ServiceAccountKey>,
+    /// How to reach kubelets (logs, exec, attach, port-forward); those fail with 503 if None.
+    pub kubelet_client: Option<KubeletClientTls>,
 }
 
 /// The API server: its router (also reachable in-process, see `router_as`) and the tasks
@@ -53,6 +56,7 @@ pub struct ApiServer {
     registry: registry::Registry,
     router: axum::Router,
     bootstrapped: health::Bootstrapped,
+    streams: crate::proxy::Streams,
     port: u16,
     advertise: Option<std::net::IpAddr>,
 }
@@ -65,6 +69,7 @@ impl ApiServer {
     ) -> anyhow::Result<Self> {
         let registry = registry::Registry::new(datastore, config.services.clone());
         let bootstrapped = health::Bootstrapped::default();
+        let streams = crate::proxy::Streams::new(shutdown.clone());
         let key = match config.service_account_key {
             Some(k) => k,
             None => ServiceAccountKey::generate()?,
@@ -74,6 +79,10 @@ impl ApiServer {
             shutdown,
             bootstrapped: bootstrapped.clone(),
             tokens: std::sync::Arc::new(tokens::TokenAuthority::new(key)),
+            kubelets: std::sync::Arc::new(kubelet_proxy::KubeletClient::new(
+                config.kubelet_client.as_ref(),
+            )?),
+            streams: streams.clone(),
             advertise: config.advertise,
             port: config.port,
         });
@@ -81,6 +90,7 @@ impl ApiServer {
             registry,
             router,
             bootstrapped,
+            streams,
             port: config.port,
             advertise: config.advertise,
         })
@@ -108,7 +118,7 @@ impl ApiServer {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let tls = serve::tls_config(
+        let tls = crate::https::tls_config(
             &certs.serving.cert_pem,
             &certs.serving.key_pem,
             &certs.client_ca_pem,
@@ -121,9 +131,11 @@ impl ApiServer {
             shutdown.clone(),
         );
         let (served, ()) = tokio::join!(
-            serve::serve(listener, tls, self.router, shutdown),
+            crate::https::serve(listener, tls, self.router, shutdown),
             bootstrap
         );
+        // Streams to kubelets end with the shutdown; wait for them to unwind.
+        self.streams.drain(std::time::Duration::from_secs(5)).await;
         served
     }
 }

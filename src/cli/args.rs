@@ -117,6 +117,9 @@ pub struct ServerArgs {
     /// Client key for --datastore-endpoint.
     #[arg(long, env = "KRAB_DATASTORE_KEYFILE")]
     pub datastore_keyfile: Option<PathBuf>,
+    /// The port the local agent's kubelet API (logs, exec, port-forward) listens on.
+    #[arg(long, env = "KRAB_KUBELET_PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
     /// Use an existing containerd socket instead of starting one.
     #[arg(long, env = "KRAB_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<String>,
@@ -148,7 +151,7 @@ pub struct ServerArgs {
     #[arg(long, env = "KRAB_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
     /// Do not run this controller (repeatable): deployment, replicaset, garbagecollector,
-    /// namespace, serviceaccount, nodeipam, endpoints, podgc.
+    /// namespace, serviceaccount, serviceaccount-token, nodeipam, endpoints, podgc.
     #[arg(
         long = "disable-controller",
         env = "KRAB_DISABLE_CONTROLLER",

@@ -180,11 +180,16 @@ fn start_apiserver(
         port: args.https_listen_port,
         advertise: Some(advertised_api(args)),
         service_account_key: Some(certs.service_account.clone()),
+        kubelet_client: Some(crate::apiserver::KubeletClientTls {
+            cert_pem: certs.kubelet_client.cert_pem.clone(),
+            key_pem: certs.kubelet_client.key_pem.clone(),
+            ca_pem: certs.server_ca_pem.clone(),
+        }),
     };
     let api = crate::apiserver::ApiServer::new(datastore, config, shutdown.clone())?;
     start_loops(sup, args, name, &api, &certs, shutdown.clone());
     if !args.disable_agent {
-        start_agent(sup, args, name, &api, shutdown.clone())?;
+        start_agent(sup, args, name, &api, &certs, shutdown.clone())?;
     }
     sup.spawn("apiserver", async move {
         api.run(&certs, listener, shutdown).await
@@ -198,14 +203,22 @@ fn start_agent(
     args: &ServerArgs,
     name: &str,
     api: &crate::apiserver::ApiServer,
+    certs: &crate::tls::cluster::ClusterTls,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let node_ip = advertised_api(args).to_string();
+    let mut sans = host_sans(name);
+    if !sans.contains(&node_ip) {
+        sans.push(node_ip.clone());
+    }
+    let serving = crate::tls::cluster::ensure_kubelet_serving(&args.data_dir, name, &sans)
+        .context("failed to prepare the kubelet's serving certificate")?;
     let client =
         crate::client::in_process(api.router_as(&format!("system:node:{name}"), &["system:nodes"]));
     let config = crate::agent::AgentConfig {
         data_dir: args.data_dir.clone(),
         node_name: name.to_string(),
-        node_ip: advertised_api(args).to_string(),
+        node_ip,
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         cluster_dns: vec![args.cluster_dns.to_string()],
         cluster_domain: args.cluster_domain.clone(),
@@ -214,6 +227,12 @@ fn start_agent(
         registries: std::path::PathBuf::from("/etc/krab/registries.yaml"),
         pod_log_root: std::path::PathBuf::from("/var/log/pods"),
         node_labels: Default::default(),
+        kubelet_port: args.kubelet_port,
+        kubelet_tls: Some(crate::agent::kubelet_api::KubeletServingTls {
+            cert_pem: serving.cert_pem,
+            key_pem: serving.key_pem,
+            client_ca_pem: certs.client_ca_pem.clone(),
+        }),
     };
     crate::agent::spawn(sup, config, client, shutdown).context("failed to start the agent")
 }

@@ -15,6 +15,8 @@ pub struct ClusterTls {
     pub client_ca_pem: String,
     pub serving: Leaf,
     pub admin: Leaf,
+    /// The API server's client certificate toward kubelets (logs, exec, port-forward).
+    pub kubelet_client: Leaf,
     /// Signs and verifies service-account tokens.
     pub service_account: ServiceAccountKey,
 }
@@ -54,6 +56,14 @@ pub fn ensure_cluster(data_dir: &Path, sans: &[String]) -> Result<ClusterTls> {
         &[],
         Usage::Client,
     )?;
+    let kubelet_client = client_ca.ensure_leaf(
+        &dir,
+        "client-kube-apiserver",
+        "system:kube-apiserver",
+        Some("system:masters"),
+        &[],
+        Usage::Client,
+    )?;
     let service_account = ServiceAccountKey::ensure(&dir)?;
     Ok(ClusterTls {
         dir,
@@ -61,6 +71,32 @@ pub fn ensure_cluster(data_dir: &Path, sans: &[String]) -> Result<ClusterTls> {
         client_ca_pem: client_ca.cert_pem,
         serving,
         admin,
+        kubelet_client,
         service_account,
     })
+}
+
+/// The kubelet's serving certificate for a node of this server (`<data-dir>/agent/
+/// serving-kubelet.{crt,key}`, where k3s keeps it), signed by the server CA that the API
+/// server checks kubelets against.
+pub fn ensure_kubelet_serving(data_dir: &Path, node: &str, sans: &[String]) -> Result<Leaf> {
+    let server_ca = Ca::ensure(
+        &data_dir.join("server").join("tls"),
+        "server-ca",
+        "krab-server-ca",
+    )?;
+    let mut names = sans.to_vec();
+    for extra in [node, "localhost", "127.0.0.1"] {
+        if !names.iter().any(|n| n == extra) {
+            names.push(extra.to_string());
+        }
+    }
+    server_ca.ensure_leaf(
+        &data_dir.join("agent"),
+        "serving-kubelet",
+        node,
+        None,
+        &names,
+        Usage::Server,
+    )
 }

@@ -114,3 +114,127 @@ spec:
     });
     s.stop();
 }
+
+/// `kubectl logs` (tail, follow, limit), `exec` (with stdin), and `port-forward` reach the
+/// containers through the API server and the kubelet API.
+#[test]
+fn logs_exec_and_port_forward_reach_the_containers() {
+    let _net = PodNetwork::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    write_busybox_image(&data.join("agent/images"));
+    let mut s = Server::start_with_agent(&data, &[]);
+    let pod = write(
+        dir.path(),
+        "talker.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: talker}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: talker
+    image: {BUSYBOX}
+    command: [sh, -c, 'i=0; while true; do echo "line $i"; i=$((i+1)); sleep 0.2; done']
+  - name: web
+    image: {BUSYBOX}
+    command: [sh, -c, 'echo forwarded > /var/www/index.html; exec httpd -f -p 8080 -h /var/www']
+"#
+        ),
+    );
+    s.kube_ok(&["apply", "-f", &pod]);
+    wait_for("the pod to run", Duration::from_secs(60), || {
+        let out = s.kube_ok(&["get", "pod", "talker", "-o", "jsonpath={.status.phase}"]);
+        (out == "Running").then_some(())
+    });
+
+    // Logs: the last lines, then only what is written after the request (follow).
+    wait_for("a few lines", Duration::from_secs(20), || {
+        let out = s.kube_ok(&["logs", "talker", "-c", "talker", "--tail=2"]);
+        (out.lines().count() == 2 && out.lines().all(|l| l.starts_with("line "))).then_some(())
+    });
+    let out = s.kube_ok(&[
+        "logs",
+        "talker",
+        "-c",
+        "talker",
+        "-f",
+        "--tail=0",
+        "--limit-bytes=14",
+    ]);
+    assert_eq!(out.len(), 14, "{out:?}");
+    assert!(out.starts_with("line "), "{out:?}");
+    let stamped = s.kube_ok(&["logs", "talker", "-c", "talker", "--tail=1", "--timestamps"]);
+    assert!(stamped.contains("Z line "), "{stamped:?}");
+    let err = s.kube_err(&["logs", "talker", "-c", "nope"]);
+    assert!(
+        err.contains("container nope is not valid for pod talker"),
+        "{err}"
+    );
+
+    // exec, with and without stdin.
+    let out = s.kube_ok(&[
+        "exec",
+        "talker",
+        "-c",
+        "web",
+        "--",
+        "cat",
+        "/var/www/index.html",
+    ]);
+    assert_eq!(out, "forwarded\n");
+    let mut cmd = Command::new("kubectl");
+    cmd.env("KUBECONFIG", s.kubeconfig())
+        .args([
+            "exec",
+            "-i",
+            "talker",
+            "-c",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"shout\n").unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "exec -i did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "SHOUT\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = s.kubectl(&["exec", "talker", "-c", "web", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(failed.status.code(), Some(3));
+
+    // port-forward: a local port reaches the container's port 8080.
+    let local = crate::support::free_port();
+    let mut forward = Command::new("kubectl")
+        .env("KUBECONFIG", s.kubeconfig())
+        .args(["port-forward", "pod/talker", &format!("{local}:8080")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let page = wait_for("the forwarded port", Duration::from_secs(20), || {
+        curl(&format!("http://127.0.0.1:{local}/"))
+    });
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(page, "forwarded\n");
+    s.stop();
+}

@@ -94,9 +94,9 @@ impl Server {
             .arg("--config")
             .arg("/dev/null")
             .args(if self.agent {
-                &[][..]
+                vec!["--kubelet-port".to_string(), free_port().to_string()]
             } else {
-                &["--disable-agent"][..]
+                vec!["--disable-agent".to_string()]
             })
             .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
             .arg(self.api_port.to_string())

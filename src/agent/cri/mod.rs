@@ -111,6 +111,15 @@ pub struct ExecResult {
     pub exit_code: i32,
 }
 
+/// Which streams an exec or attach session carries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamIo {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
 /// Registry credentials for one pull (from imagePullSecrets).
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
@@ -396,6 +405,60 @@ impl Cri {
             stderr: r.stderr,
             exit_code: r.exit_code,
         })
+    }
+
+    /// The streaming server's URL for an exec session in container `id`.
+    pub async fn exec_url(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        io: StreamIo,
+    ) -> Result<String, Error> {
+        let r = self
+            .runtime
+            .clone()
+            .exec(pb::ExecRequest {
+                container_id: id.into(),
+                cmd,
+                tty: io.tty,
+                stdin: io.stdin,
+                stdout: io.stdout,
+                stderr: io.stderr,
+            })
+            .await?
+            .into_inner();
+        Ok(r.url)
+    }
+
+    /// The streaming server's URL for attaching to container `id`.
+    pub async fn attach_url(&self, id: &str, io: StreamIo) -> Result<String, Error> {
+        let r = self
+            .runtime
+            .clone()
+            .attach(pb::AttachRequest {
+                container_id: id.into(),
+                stdin: io.stdin,
+                tty: io.tty,
+                stdout: io.stdout,
+                stderr: io.stderr,
+            })
+            .await?
+            .into_inner();
+        Ok(r.url)
+    }
+
+    /// The streaming server's URL for forwarding ports of sandbox `id`.
+    pub async fn port_forward_url(&self, id: &str, ports: Vec<i32>) -> Result<String, Error> {
+        let r = self
+            .runtime
+            .clone()
+            .port_forward(pb::PortForwardRequest {
+                pod_sandbox_id: id.into(),
+                port: ports,
+            })
+            .await?
+            .into_inner();
+        Ok(r.url)
     }
 
     /// The image's id when it is present on the node.

@@ -28,6 +28,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub kubelet_version: String,
     pub extra_labels: BTreeMap<String, String>,
+    /// Where the kubelet API listens (status.daemonEndpoints).
+    pub kubelet_port: u16,
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -279,7 +281,9 @@ impl NodeAgent {
             ]),
             conditions: Some(conditions),
             daemon_endpoints: Some(k8s_openapi::api::core::v1::NodeDaemonEndpoints {
-                kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: 10250 }),
+                kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint {
+                    port: i32::from(self.config.kubelet_port),
+                }),
             }),
             node_info: Some(NodeSystemInfo {
                 architecture: go_arch().into(),

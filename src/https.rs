@@ -1,6 +1,7 @@
-//! HTTPS serving: TLS with optional client certificates (verified against the client CA),
-//! the caller's identity attached to every request of the connection, HTTP/1.1 and HTTP/2,
-//! connections drained on shutdown within a grace period.
+//! HTTPS serving of an axum router, for the API server and the kubelet API alike: TLS with
+//! optional client certificates (verified against a client CA), the peer's certificate
+//! attached to every request of the connection (`PeerCertificate`), HTTP/1.1 and HTTP/2 with
+//! connection upgrades, connections drained on shutdown within a grace period.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,33 @@ use tokio_rustls::rustls::{self, server::WebPkiClientVerifier, RootCertStore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, Caller};
+/// The verified client certificate (DER) of the connection a request came on, if any.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCertificate(pub Option<Arc<[u8]>>);
+
+impl PeerCertificate {
+    /// The subject's CN and O values: user name and groups, as kube reads client certificates.
+    pub fn subject(&self) -> Option<(String, Vec<String>)> {
+        cert_subject(self.0.as_deref()?)
+    }
+}
+
+/// CN and O values of a certificate (DER).
+pub fn cert_subject(der: &[u8]) -> Option<(String, Vec<String>)> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Some((name, groups))
+}
 
 /// The TLS configuration: serving certificate, client CA, ALPN for h2 and http/1.1.
 pub fn tls_config(
@@ -86,13 +113,14 @@ pub async fn serve(
                     }
                     Err(_) => return,
                 };
-            let user = tls
+            let peer_cert = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(|c| auth::user_from_cert(c.as_ref()));
-            let service = TowerToHyperService::new(router.layer(Extension(Caller(user))));
+                .map(|c| Arc::from(c.as_ref()));
+            let service =
+                TowerToHyperService::new(router.layer(Extension(PeerCertificate(peer_cert))));
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             tokio::pin!(conn);
