@@ -91,8 +91,10 @@ pub fn ensure_kubelet_serving(data_dir: &Path, node: &str, sans: &[String]) -> R
             names.push(extra.to_string());
         }
     }
+    let dir = data_dir.join("agent");
+    std::fs::create_dir_all(&dir).map_err(super::io(&dir))?;
     server_ca.ensure_leaf(
-        &data_dir.join("agent"),
+        &dir,
         "serving-kubelet",
         node,
         None,

@@ -16,10 +16,11 @@ use rcgen::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    // The I/O error is part of the message, not a separate cause (printed once).
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a usable certificate or key: {reason}")]
     Invalid { path: PathBuf, reason: String },
@@ -30,9 +31,9 @@ pub enum Error {
 type Result<T> = std::result::Result<T, Error>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
+    move |error| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -144,7 +144,7 @@ spec:
         ),
     );
     s.kube_ok(&["apply", "-f", &pod]);
-    wait_for("the pod to run", Duration::from_secs(60), || {
+    wait_pods(&s, "the pod to run", Duration::from_secs(60), || {
         let out = s.kube_ok(&["get", "pod", "talker", "-o", "jsonpath={.status.phase}"]);
         (out == "Running").then_some(())
     });
@@ -236,5 +236,220 @@ spec:
     let _ = forward.kill();
     let _ = forward.wait();
     assert_eq!(page, "forwarded\n");
+    s.stop();
+}
+
+/// `wait_for`, but a timeout shows the pods, their events and the end of the server's log.
+fn wait_pods<T>(
+    s: &Server,
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            let pods = s.kubectl(&["describe", "pods"]);
+            let log = s.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "timed out waiting for {what}\n{}\n--- server log (last lines) ---\n{}",
+                String::from_utf8_lossy(&pods.stdout),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn pod_json(s: &Server, name: &str) -> serde_json::Value {
+    serde_json::from_str(&s.kube_ok(&["get", "pod", name, "-o", "json"])).unwrap()
+}
+
+fn container_status<'a>(pod: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// A failing liveness probe restarts its container, a readiness probe gates Ready, a
+/// crashing container restarts with back-off (and its previous log stays readable), and
+/// postStart/preStop hooks run.
+#[test]
+fn probes_hooks_and_crash_loop_back_off() {
+    let _net = PodNetwork::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    write_busybox_image(&data.join("agent/images"));
+    let mut s = Server::start_with_agent(&data, &[]);
+    let pods = write(
+        dir.path(),
+        "pods.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  terminationGracePeriodSeconds: 5
+  volumes:
+  - name: marks
+    hostPath: {{path: {marks}}}
+  containers:
+  - name: live
+    image: {BUSYBOX}
+    command: [sh, -c, 'touch /tmp/healthy; sleep 3; rm /tmp/healthy; sleep 600']
+    livenessProbe:
+      exec: {{command: [cat, /tmp/healthy]}}
+      periodSeconds: 1
+      failureThreshold: 1
+  - name: web
+    image: {BUSYBOX}
+    command: [sh, -c, 'exec httpd -f -p 8080 -h /var/www']
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe:
+      httpGet: {{path: /ready, port: http}}
+      periodSeconds: 1
+    volumeMounts: [{{name: marks, mountPath: /marks}}]
+    lifecycle:
+      postStart:
+        exec: {{command: [sh, -c, 'echo started > /var/www/poststart']}}
+      preStop:
+        exec: {{command: [sh, -c, 'echo stopping > /marks/prestop']}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crasher}}
+spec:
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'echo "run at $(date +%s%N)"; exit 1']
+"#,
+            marks = marks.display()
+        ),
+    );
+    s.kube_ok(&["apply", "-f", &pods]);
+
+    // Readiness: not Ready until /ready exists, Ready after.
+    wait_pods(
+        &s,
+        "the web container to run",
+        Duration::from_secs(60),
+        || {
+            let p = pod_json(&s, "probed");
+            container_status(&p, "web")["state"]["running"]
+                .is_object()
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let p = pod_json(&s, "probed");
+    assert_eq!(container_status(&p, "web")["ready"], false, "{p}");
+    let ready = |p: &serde_json::Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    };
+    assert!(!ready(&p));
+    let hook = s.kube_ok(&[
+        "exec",
+        "probed",
+        "-c",
+        "web",
+        "--",
+        "cat",
+        "/var/www/poststart",
+    ]);
+    assert_eq!(hook, "started\n");
+    s.kube_ok(&[
+        "exec",
+        "probed",
+        "-c",
+        "web",
+        "--",
+        "touch",
+        "/var/www/ready",
+    ]);
+    wait_for(
+        "the web container to be ready",
+        Duration::from_secs(20),
+        || {
+            let p = pod_json(&s, "probed");
+            (container_status(&p, "web")["ready"] == true).then_some(())
+        },
+    );
+
+    // Liveness: the container is killed and restarted once /tmp/healthy is gone.
+    let live = wait_for("a liveness restart", Duration::from_secs(60), || {
+        let p = pod_json(&s, "probed");
+        let c = container_status(&p, "live").clone();
+        (c["restartCount"].as_i64().unwrap_or(0) >= 1).then_some(c)
+    });
+    assert!(live["lastState"]["terminated"].is_object(), "{live}");
+    let events = s.kube_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=probed",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("Unhealthy: Liveness probe failed"),
+        "{events}"
+    );
+    assert!(
+        events.contains("Killing: Container live failed liveness probe, will be restarted"),
+        "{events}"
+    );
+
+    // A crashing container: restarted, then backed off.
+    let crash = wait_for("crash loop back-off", Duration::from_secs(60), || {
+        let p = pod_json(&s, "crasher");
+        let c = container_status(&p, "c").clone();
+        let backing_off = c["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+        (c["restartCount"].as_i64().unwrap_or(0) >= 1 && backing_off).then_some(c)
+    });
+    assert_eq!(crash["lastState"]["terminated"]["exitCode"], 1, "{crash}");
+    let previous = s.kube_ok(&["logs", "crasher", "--previous"]);
+    assert!(previous.starts_with("run at "), "{previous:?}");
+    // The back-off grows: after the first (immediate) restart, each run starts at least
+    // 10 s after the one before.
+    // When the newest run started: running now, just ended, or (while backing off) the
+    // last one.
+    let started = |c: &serde_json::Value| {
+        let t = [
+            &c["state"]["running"]["startedAt"],
+            &c["state"]["terminated"]["startedAt"],
+            &c["lastState"]["terminated"]["startedAt"],
+        ]
+        .into_iter()
+        .find_map(|v| v.as_str())
+        .unwrap_or_default();
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map(|t| t.unix_timestamp())
+            .unwrap_or(0)
+    };
+    let first = crash["restartCount"].as_i64().unwrap();
+    let later = wait_for("the next restart", Duration::from_secs(40), || {
+        let p = pod_json(&s, "crasher");
+        let c = container_status(&p, "c").clone();
+        (c["restartCount"].as_i64().unwrap_or(0) > first && started(&c) > 0).then_some(c)
+    });
+    let gap = started(&later) - started(&crash);
+    assert!(gap >= 9, "runs {gap} s apart: {crash} then {later}");
+
+    // preStop runs when the pod is deleted.
+    s.kube_ok(&["delete", "pod", "probed", "--timeout=60s"]);
+    let mark = std::fs::read_to_string(marks.join("prestop")).unwrap_or_default();
+    assert_eq!(mark, "stopping\n");
     s.stop();
 }

@@ -51,9 +51,82 @@ fn nft(script: &str) -> bool {
     child.wait().map(|s| s.success()).unwrap_or(false)
 }
 
+/// Every pid in a cgroup directory tree.
+fn cgroup_pids(dir: &Path, out: &mut Vec<i32>) {
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            cgroup_pids(&entry.path(), out);
+        }
+    }
+}
+
+/// Removes what earlier test servers left running: krab leaves pods running when it stops
+/// (by design), and a later test on the same bridge would meet their IPs. Kills every
+/// process in the kubepods cgroups and the shims of test data dirs, deletes the pods'
+/// network namespaces and unmounts test data dirs' container mounts.
+fn sweep() {
+    let tmp = std::env::temp_dir().display().to_string();
+    let mut pids = Vec::new();
+    for controller in ["pids", "unified", "systemd"] {
+        cgroup_pids(
+            &Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join("kubepods"),
+            &mut pids,
+        );
+    }
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.starts_with("/usr/bin/containerd-shim") && cmd.contains(&tmp) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in pids {
+        // SAFETY: signalling processes that belong to earlier tests' pods.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    for entry in std::fs::read_dir("/var/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("cni-") {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "delete", &name]);
+            run_bounded(cmd, Duration::from_secs(5));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&tmp) && p.contains("/agent/"))
+        .collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let mut cmd = Command::new("umount");
+        cmd.args(["-l", p]);
+        run_bounded(cmd, Duration::from_secs(5));
+    }
+}
+
 impl PodNetwork {
     pub fn acquire() -> PodNetwork {
         let exclusive = POD_NETWORK.lock().unwrap_or_else(|e| e.into_inner());
+        sweep();
         let table = uplink().map(|dev| {
             let name = format!("krab_test_guard_{}", std::process::id());
             let rule = format!(
@@ -74,6 +147,7 @@ impl PodNetwork {
 
 impl Drop for PodNetwork {
     fn drop(&mut self) {
+        sweep();
         if let Some(t) = self.table.take() {
             nft(&format!("delete table inet {t}\n"));
         }

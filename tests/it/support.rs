@@ -9,11 +9,21 @@ use std::time::{Duration, Instant};
 /// scheduler, so no leases renewed and no per-namespace defaults).
 pub const QUIET: &[&str] = &["--disable-controller-manager", "--disable-scheduler"];
 
+/// A port nothing listens on now, never the same one twice in this test process (the
+/// kernel hands a just-released port out again, so two asked in a row could collide).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub struct Server {

@@ -1,9 +1,11 @@
 //! The kubelet: watches the pods bound to this node through the API, runs one worker per pod
 //! (sync on pod changes, on runtime changes seen by the relister, and on its own timers), and
 //! cleans up sandboxes whose pods are gone.
+mod actions;
 mod env;
 mod events;
 pub mod node;
+mod probes;
 mod pull_secrets;
 pub mod status;
 pub mod volumes;

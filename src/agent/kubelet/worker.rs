@@ -11,6 +11,8 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 
+use super::actions::Action;
+use super::probes::{Probes, Running};
 use super::status::{self, Observed};
 use super::volumes::{self, Prepared, Refresh, VolumeContext};
 use super::{env, Kubelet};
@@ -62,6 +64,7 @@ pub struct PodWorker {
     /// The last exited container we have decided about, by name (so a restart is planned
     /// once per exit).
     handled_exit: HashMap<String, String>,
+    probes: Probes,
 }
 
 fn ns_name(pod: &Pod) -> (String, String) {
@@ -92,6 +95,7 @@ impl PodWorker {
             waiting: BTreeMap::new(),
             failed: None,
             handled_exit: HashMap::new(),
+            probes: Probes::default(),
         }
     }
 
@@ -127,7 +131,11 @@ impl PodWorker {
                     .await;
             }
         }
-        futures::future::join_all(running.iter().map(|c| cri.stop_container(&c.id, grace))).await;
+        futures::future::join_all(running.iter().map(|c| async move {
+            let spec = pod.and_then(|p| container_spec(p, &c.name));
+            self.stop_one(pod, spec, &c.id, &c.sandbox_id, grace).await;
+        }))
+        .await;
         let sandboxes: Vec<_> = cri
             .list_sandboxes()
             .await
@@ -147,6 +155,56 @@ impl PodWorker {
             if let Err(e) = cri.remove_sandbox(&s.id).await {
                 tracing::warn!(pod_uid = %self.uid, sandbox = %s.id, error = %e, "removing the sandbox failed");
             }
+        }
+    }
+
+    /// Stops one container: its preStop hook first (within the grace period), then the
+    /// runtime's stop with what is left of it.
+    async fn stop_one(
+        &self,
+        pod: Option<&Pod>,
+        spec: Option<&Container>,
+        id: &str,
+        sandbox_id: &str,
+        grace: Duration,
+    ) {
+        let begun = Instant::now();
+        let hook = spec.and_then(|c| {
+            c.lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.as_ref())
+                .map(|h| (c, h))
+        });
+        if let Some((c, h)) = hook {
+            let ip = self
+                .k
+                .cri
+                .sandbox_ips(sandbox_id)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let result = match Action::of_hook(c, h) {
+                Ok(a) => a.run(&self.k.cri, id, &ip, grace).await,
+                Err(e) => Err(e),
+            };
+            if let (Err(message), Some(pod)) = (result, pod) {
+                self.k
+                    .events
+                    .pod(
+                        pod,
+                        Some(&c.name),
+                        true,
+                        "FailedPreStopHook",
+                        &format!("PreStopHook failed: {message}"),
+                    )
+                    .await;
+            }
+        }
+        let left = grace.saturating_sub(begun.elapsed());
+        if let Err(e) = self.k.cri.stop_container(id, left).await {
+            tracing::warn!(pod_uid = %self.uid, container = %id, error = %e, "stopping the container failed");
         }
     }
 
@@ -504,6 +562,50 @@ impl PodWorker {
                 }
             }
         }
+        // Probes of what runs now; a failed liveness or startup probe restarts the container.
+        let pod_ip = pod_ips.first().cloned().unwrap_or_default();
+        let specs: Vec<&Container> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| is_sidecar(c))
+            .chain(spec.containers.iter())
+            .collect();
+        let current: Vec<(&Container, ContainerDetail)> = specs
+            .into_iter()
+            .filter_map(|c| latest(&c.name).map(|d| (c, d)))
+            .filter(|(_, d)| d.state == State::Running)
+            .collect();
+        let running: Vec<Running<'_>> = current
+            .iter()
+            .map(|(c, d)| Running {
+                container: c,
+                id: &d.id,
+                started_at: d.started_at,
+            })
+            .collect();
+        let verdict = self.probes.run(&k, pod, &running, &pod_ip).await;
+        for r in &verdict.restart {
+            k.events
+                .pod(pod, Some(&r.name), false, "Killing", &r.message)
+                .await;
+            let grace = r
+                .grace
+                .or(spec.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64;
+            let c = current
+                .iter()
+                .find(|(c, _)| c.name == r.name)
+                .map(|(c, _)| *c);
+            self.stop_one(Some(pod), c, &r.id, &sandbox_id, Duration::from_secs(grace))
+                .await;
+            next = Duration::from_millis(100);
+        }
+        if let Some(due) = verdict.next {
+            next = next.min(due.max(Duration::from_millis(100)));
+        }
+
         // Keep the newest two containers per name (current and previous, for logs).
         for list in details.values() {
             for old in list.iter().skip(2).filter(|d| d.state == State::Exited) {
@@ -537,7 +639,8 @@ impl PodWorker {
             containers: fresh,
             waiting: self.waiting.clone(),
             failed: self.failed.clone(),
-            ..Default::default()
+            ready: verdict.ready,
+            started: verdict.started,
         };
         self.write_status(pod, obs).await;
         if let Some(due) = self.refresh.tokens_due {
@@ -847,8 +950,48 @@ impl PodWorker {
                 &format!("Started container {}", c.name),
             )
             .await;
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let grace = Duration::from_secs(
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(30)
+                    .max(1) as u64,
+            );
+            let ip = k
+                .cri
+                .sandbox_ips(sandbox_id)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let result = match Action::of_hook(c, hook) {
+                Ok(a) => a.run(&k.cri, &id, &ip, grace).await,
+                Err(e) => Err(e),
+            };
+            if let Err(message) = result {
+                let message = format!("PostStartHook failed: {message}");
+                k.events
+                    .pod(pod, Some(&c.name), true, "FailedPostStartHook", &message)
+                    .await;
+                if let Err(e) = k.cri.stop_container(&id, grace).await {
+                    tracing::warn!(container = %id, error = %e, "stopping the container failed");
+                }
+                return Err(("PostStartHookError".into(), message));
+            }
+        }
         Ok(())
     }
+}
+
+/// The spec of container `name` (app, init or sidecar) of `pod`.
+fn container_spec<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
 }
 
 /// The status as JSON for a merge patch: lists are replaced whole, and fields that became
