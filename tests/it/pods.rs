@@ -453,3 +453,118 @@ spec:
     assert_eq!(mark, "stopping\n");
     s.stop();
 }
+
+/// configMap, secret, downwardAPI and projected token volumes hold the right content, env
+/// comes from a ConfigMap key, limits reach the container's cgroup, and a container over its
+/// memory limit is reported OOMKilled.
+#[test]
+fn volumes_env_limits_and_oom_kills() {
+    let _net = PodNetwork::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    write_busybox_image(&data.join("agent/images"));
+    let mut s = Server::start_with_agent(&data, &[]);
+    let manifests = write(
+        dir.path(),
+        "v.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{greeting: hello, mode: fast}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{password: s3cret}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: vols
+  labels: {{app: vols}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sleep, "600"]
+    env:
+    - name: MODE
+      valueFrom: {{configMapKeyRef: {{name: settings, key: mode}}}}
+    - name: MY_POD
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+    resources:
+      limits: {{memory: 64Mi, cpu: 250m}}
+    volumeMounts:
+    - {{name: cm, mountPath: /cm}}
+    - {{name: sec, mountPath: /sec}}
+    - {{name: info, mountPath: /info}}
+  volumes:
+  - name: cm
+    configMap: {{name: settings}}
+  - name: sec
+    secret: {{secretName: creds}}
+  - name: info
+    downwardAPI:
+      items:
+      - {{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}
+      - {{path: mem, resourceFieldRef: {{containerName: c, resource: limits.memory, divisor: 1Mi}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [tail, /dev/zero]
+    resources:
+      limits: {{memory: 32Mi}}
+"#
+        ),
+    );
+    s.kube_ok(&["apply", "-f", &manifests]);
+    wait_pods(&s, "the pod to run", Duration::from_secs(60), || {
+        let out = s.kube_ok(&["get", "pod", "vols", "-o", "jsonpath={.status.phase}"]);
+        (out == "Running").then_some(())
+    });
+    let exec = |cmd: &[&str]| {
+        let mut args = vec!["exec", "vols", "--"];
+        args.extend_from_slice(cmd);
+        s.kube_ok(&args)
+    };
+    assert_eq!(exec(&["cat", "/cm/greeting"]), "hello");
+    assert_eq!(exec(&["cat", "/sec/password"]), "s3cret");
+    assert_eq!(exec(&["cat", "/info/labels"]), "app=\"vols\"");
+    assert_eq!(exec(&["cat", "/info/mem"]), "64");
+    assert_eq!(exec(&["sh", "-c", "echo $MODE $MY_POD"]), "fast vols\n");
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(exec(&["cat", &format!("{sa}/namespace")]), "default");
+    assert!(exec(&["cat", &format!("{sa}/ca.crt")]).contains("BEGIN CERTIFICATE"));
+    assert_eq!(exec(&["cat", &format!("{sa}/token")]).split('.').count(), 3);
+    // The limits, as the container's cgroup (v1 or v2) holds them.
+    let memory = exec(&[
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]);
+    assert_eq!(memory.trim(), "67108864");
+    let cpu = exec(&[
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+    ]);
+    assert!(cpu.trim().starts_with("25000"), "{cpu}");
+
+    let killed = wait_pods(&s, "the hog to be OOM-killed", Duration::from_secs(60), || {
+        let p = pod_json(&s, "hog");
+        let t = container_status(&p, "c")["state"]["terminated"].clone();
+        t.is_object().then_some((p["status"]["phase"].clone(), t))
+    });
+    assert_eq!(killed.1["reason"], "OOMKilled", "{killed:?}");
+    assert_eq!(killed.1["exitCode"], 137, "{killed:?}");
+    assert_eq!(killed.0, "Failed");
+    s.stop();
+}
