@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATA_DIR ?= /var/lib/krab
 
-.PHONY: build release run test lint fmt bench-store bench-api clean deps-build deps-test deps-run
+.PHONY: build release run test lint fmt bench-store bench-api bench-pods clean deps-build deps-test deps-run
 
 deps-build:
 	packaging/deps.sh build
@@ -42,6 +42,10 @@ bench-store: deps-test release
 # The API server over HTTPS: creates/s and latency, LIST of 10k pods, 100 watchers, RSS.
 bench-api: deps-build release
 	$(CARGO) run --release --example bench_api
+
+# Pod startup p50/p99 (100 pods, 10 at a time) and server+agent/containerd RSS; needs root.
+bench-pods: deps-test release
+	$(CARGO) run --release --example bench_pods
 
 fmt:
 	$(CARGO) fmt

@@ -3,104 +3,18 @@
 //! p50/p99 latency of 1 KiB ConfigMaps with 16 clients, LIST latency of 10k pods, 100
 //! watchers all receiving every event, and server RSS idle and with 10k pods.
 //! Env: BENCH_PODS (10000), BENCH_CREATES (4000), KRAB_BIN.
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::{client, percentile, start};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-struct Server {
-    child: Child,
-    kubeconfig: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn rss_mib(&self) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    }
-}
-
-fn start(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
-    let port = free_port();
-    let kubeconfig = dir.join("kubeconfig.yaml");
-    let child = Command::new(bin)
-        .arg("server")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args([
-            "--config",
-            "/dev/null",
-            "--disable-agent",
-            "--bind-address",
-            "127.0.0.1",
-        ])
-        .arg("--https-listen-port")
-        .arg(port.to_string())
-        .arg("--etcd-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--etcd-peer-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--write-kubeconfig")
-        .arg(&kubeconfig)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok(Server { child, kubeconfig })
-}
-
-async fn client(s: &Server) -> anyhow::Result<Client> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(kc) = Kubeconfig::read_from(&s.kubeconfig) {
-            let config =
-                kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-            let client = Client::try_from(config)?;
-            let ready = client
-                .request_text(axum::http::Request::get("/readyz").body(Vec::new())?)
-                .await;
-            if ready.is_ok() {
-                return Ok(client);
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the server did not become ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
-}
 
 async fn make_namespace(c: &Client, name: &str) -> anyhow::Result<()> {
     let ns = Namespace {
@@ -257,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(4_000);
     let dir = tempfile::tempdir()?;
     // The whole server as users run it without an agent, loops included.
-    let server = start(&bin, dir.path(), &[])?;
+    let server = start(&bin, dir.path(), false, &[])?;
     let c = client(&server).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = server.rss_mib();
@@ -266,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
     drop(server);
     // 10k pending pods with no scheduler (it would write 10k Unschedulable conditions).
     let dir2 = tempfile::tempdir()?;
-    let server = start(&bin, dir2.path(), &["--disable-scheduler"])?;
+    let server = start(&bin, dir2.path(), false, &["--disable-scheduler"])?;
     let c = client(&server).await?;
     let t = Instant::now();
     create_pods(&c, pods).await?;

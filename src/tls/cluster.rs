@@ -93,12 +93,5 @@ pub fn ensure_kubelet_serving(data_dir: &Path, node: &str, sans: &[String]) -> R
     }
     let dir = data_dir.join("agent");
     std::fs::create_dir_all(&dir).map_err(super::io(&dir))?;
-    server_ca.ensure_leaf(
-        &dir,
-        "serving-kubelet",
-        node,
-        None,
-        &names,
-        Usage::Server,
-    )
+    server_ca.ensure_leaf(&dir, "serving-kubelet", node, None, &names, Usage::Server)
 }

@@ -1,6 +1,7 @@
 //! Black-box tests of the `krab` binary with real tools (etcdctl, etcd-server). One test
 //! binary with modules, so the crate is linked once.
 mod agent;
+mod busybox_image;
 mod cluster;
 mod controlplane;
 mod crash;

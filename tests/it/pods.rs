@@ -4,7 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::pods_support::{write_busybox_image, PodNetwork, BUSYBOX};
+use crate::busybox_image::{write_busybox_image, BUSYBOX};
+use crate::pods_support::PodNetwork;
 use crate::support::{run_bounded, wait_for, write, Server};
 
 fn curl(url: &str) -> Option<String> {
@@ -558,11 +559,16 @@ spec:
     ]);
     assert!(cpu.trim().starts_with("25000"), "{cpu}");
 
-    let killed = wait_pods(&s, "the hog to be OOM-killed", Duration::from_secs(60), || {
-        let p = pod_json(&s, "hog");
-        let t = container_status(&p, "c")["state"]["terminated"].clone();
-        t.is_object().then_some((p["status"]["phase"].clone(), t))
-    });
+    let killed = wait_pods(
+        &s,
+        "the hog to be OOM-killed",
+        Duration::from_secs(60),
+        || {
+            let p = pod_json(&s, "hog");
+            let t = container_status(&p, "c")["state"]["terminated"].clone();
+            t.is_object().then_some((p["status"]["phase"].clone(), t))
+        },
+    );
     assert_eq!(killed.1["reason"], "OOMKilled", "{killed:?}");
     assert_eq!(killed.1["exitCode"], 137, "{killed:?}");
     assert_eq!(killed.0, "Failed");
