@@ -319,7 +319,10 @@ impl PodWorker {
             return Ok(Next::After(Duration::from_secs(60)));
         }
 
-        if let Err(message) = self.prepare_volumes(pod).await {
+        let pass = Instant::now();
+        let volumes = self.prepare_volumes(pod).await;
+        tracing::debug!(pod_uid = %self.uid, elapsed_ms = pass.elapsed().as_millis() as u64, "volumes prepared");
+        if let Err(message) = volumes {
             k.events.pod(pod, None, true, "FailedMount", &message).await;
             self.write_status(
                 pod,
@@ -395,7 +398,10 @@ impl PodWorker {
                 if let Err(e) = std::fs::create_dir_all(&log_dir) {
                     tracing::warn!(dir = %log_dir.display(), error = %e, "cannot create the pod log directory");
                 }
-                match k.cri.run_sandbox(&sandbox_spec).await {
+                let sandbox_started = Instant::now();
+                let ran = k.cri.run_sandbox(&sandbox_spec).await;
+                tracing::debug!(pod_uid = %self.uid, elapsed_ms = sandbox_started.elapsed().as_millis() as u64, "sandbox run");
+                match ran {
                     Ok(id) => {
                         self.sandbox_backoff = None;
                         id
@@ -643,6 +649,7 @@ impl PodWorker {
             started: verdict.started,
         };
         self.write_status(pod, obs).await;
+        tracing::debug!(pod_uid = %self.uid, elapsed_ms = pass.elapsed().as_millis() as u64, "pod synced");
         if let Some(due) = self.refresh.tokens_due {
             if let Ok(left) = due.duration_since(SystemTime::now()) {
                 next = next.min(left.max(Duration::from_secs(1)));
