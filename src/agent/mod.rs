@@ -5,8 +5,10 @@ pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod images;
+pub mod join;
 pub mod kubelet;
 pub mod kubelet_api;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

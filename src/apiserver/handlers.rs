@@ -39,6 +39,7 @@ pub struct ApiState {
     pub tokens: Arc<TokenAuthority>,
     pub kubelets: Arc<super::kubelet_proxy::KubeletClient>,
     pub streams: crate::proxy::Streams,
+    pub node_join: Option<Arc<super::node_join::NodeJoin>>,
     /// Where this API server is reached, for the OIDC discovery document.
     pub advertise: Option<std::net::IpAddr>,
     pub port: u16,
@@ -52,6 +53,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/readyz/{*check}", get(health::readyz_one))
         .route("/version", get(|| async { Json(discovery::version()) }))
+        // Agents joining: the CA (checked against the token's hash), then credentials.
+        .route("/cacerts", get(super::node_join::cacerts))
+        .route(
+            "/v1-krab/node-credentials",
+            axum::routing::post(super::node_join::node_credentials),
+        )
         .fallback(dispatch)
         .with_state(state)
 }

@@ -6,6 +6,7 @@ mod discovery;
 mod handlers;
 mod health;
 mod kubelet_proxy;
+mod node_join;
 mod objects;
 mod openapi;
 mod patch;
@@ -33,6 +34,7 @@ use crate::tls::service_account::ServiceAccountKey;
 
 pub use self::discovery::{kube_version, KUBE_MAJOR, KUBE_MINOR};
 pub use self::kubelet_proxy::KubeletClientTls;
+pub use self::node_join::NodeJoin;
 pub use self::strategy::service::ServiceNetwork;
 
 /// What the API server needs to know about the cluster it serves.
@@ -48,6 +50,8 @@ pub struct ApiConfig {
     pub service_account_key: Option<ServiceAccountKey>,
     /// How to reach kubelets (logs, exec, attach, port-forward); those fail with 503 if None.
     pub kubelet_client: Option<KubeletClientTls>,
+    /// Lets agents join with the node token; None on servers that take no agents.
+    pub node_join: Option<NodeJoin>,
 }
 
 /// The API server: its router (also reachable in-process, see `router_as`) and the tasks
@@ -83,6 +87,7 @@ impl ApiServer {
                 config.kubelet_client.as_ref(),
             )?),
             streams: streams.clone(),
+            node_join: config.node_join.clone().map(std::sync::Arc::new),
             advertise: config.advertise,
             port: config.port,
         });

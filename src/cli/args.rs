@@ -178,14 +178,30 @@ pub struct AgentArgs {
         default_value = "/var/lib/krab"
     )]
     pub data_dir: PathBuf,
+    /// The token to join with (the server's <data-dir>/server/node-token).
     #[arg(long, short = 't', env = "KRAB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The server to join (https://<server>:6443).
     #[arg(long, short = 's', env = "KRAB_URL")]
     pub server: Option<String>,
+    /// Node name (defaults to the hostname).
     #[arg(long, env = "KRAB_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Use an existing containerd socket instead of starting one.
     #[arg(long, env = "KRAB_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<String>,
+    /// The address this node is reached at (defaults to the first address of the host).
+    #[arg(long, env = "KRAB_NODE_IP")]
+    pub node_ip: Option<std::net::IpAddr>,
+    /// The port the kubelet API (logs, exec, port-forward) listens on.
+    #[arg(long, env = "KRAB_KUBELET_PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// The cluster DNS service's IP, written into pods' resolv.conf.
+    #[arg(long, env = "KRAB_CLUSTER_DNS", default_value = "10.43.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "KRAB_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -82,10 +82,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::lifecycle::cancel_on_signals(shutdown.clone());
             crate::server::run(*args, shutdown).await
         }
-        Command::Agent(_) => anyhow::bail!(
-            "`krab agent` is not available in this build yet: the agent (kubelet over CRI) is \
-             still being built; run `krab server` for the datastore"
-        ),
+        Command::Agent(args) => {
+            let shutdown = CancellationToken::new();
+            crate::lifecycle::cancel_on_signals(shutdown.clone());
+            crate::agent::process::run(args, shutdown).await
+        }
         Command::EtcdSnapshot(a) => snapshot::run(a).await,
         Command::CheckConfig(a) => check_config(a),
     }

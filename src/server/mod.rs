@@ -130,7 +130,7 @@ fn cluster_token(args: &ServerArgs, ca_pem: &str) -> anyhow::Result<String> {
             .map(|b| format!("{b:02x}"))
             .collect(),
     };
-    let token = Token::format(ca_pem, &secret)?;
+    let token = Token::format(ca_pem, &secret).map_err(anyhow::Error::msg)?;
     for p in [&path, &marker] {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir)
@@ -142,6 +142,39 @@ fn cluster_token(args: &ServerArgs, ca_pem: &str) -> anyhow::Result<String> {
     }
     tracing::info!(path = %path.display(), "cluster join token written");
     Ok(token)
+}
+
+/// The token agents join with, `K10<sha256 of the server CA>::node:<secret>`, written to
+/// `<data-dir>/server/node-token` (mode 0600); returns the secret. The secret is the
+/// cluster token's when there is one (so one token joins servers and agents, as in k3s),
+/// else --token's, else the one written before, else a new one.
+fn node_token(args: &ServerArgs, server_ca_pem: &str) -> anyhow::Result<String> {
+    use crate::tls::token::Token;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = args.data_dir.join("server");
+    let path = dir.join("node-token");
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|t| Token::parse(&t).secret)
+            .filter(|s| !s.is_empty())
+    };
+    let secret = read(&dir.join("token"))
+        .or_else(|| args.token.as_deref().map(|t| Token::parse(t).secret))
+        .or_else(|| read(&path))
+        .unwrap_or_else(|| {
+            rand::random::<[u8; 16]>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        });
+    let token = Token::format_node(server_ca_pem, &secret).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    std::fs::write(&path, format!("{token}\n"))
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!(path = %path.display(), "agents join with the token in this file (krab agent --server https://<this server>:6443 --token <token>)");
+    Ok(secret)
 }
 
 /// Prepares the cluster certificates and kubeconfig and starts the API server task.
@@ -180,6 +213,11 @@ fn start_apiserver(
         port: args.https_listen_port,
         advertise: Some(advertised_api(args)),
         service_account_key: Some(certs.service_account.clone()),
+        node_join: Some(crate::apiserver::NodeJoin {
+            secret: node_token(args, &certs.server_ca_pem)?,
+            data_dir: args.data_dir.clone(),
+            server_ca_pem: certs.server_ca_pem.clone(),
+        }),
         kubelet_client: Some(crate::apiserver::KubeletClientTls {
             cert_pem: certs.kubelet_client.cert_pem.clone(),
             key_pem: certs.kubelet_client.key_pem.clone(),

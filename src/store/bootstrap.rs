@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 use tokio_rustls::rustls::{self, client::danger, DigitallySignedStruct, SignatureScheme};
@@ -15,49 +14,7 @@ use tonic::transport::{Certificate, ClientTlsConfig};
 use super::peer::pb;
 use super::{Error, Result};
 
-/// A parsed join token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Token {
-    /// SHA-256 of the peer CA certificate (DER), when the token carries it.
-    pub ca_hash: Option<String>,
-    pub secret: String,
-}
-
-impl Token {
-    pub fn parse(s: &str) -> Token {
-        let s = s.trim();
-        if let Some(rest) = s.strip_prefix("K10") {
-            if let Some((hash, tail)) = rest.split_once("::") {
-                let secret = tail.rsplit_once(':').map(|(_, s)| s).unwrap_or(tail);
-                return Token {
-                    ca_hash: Some(hash.to_lowercase()),
-                    secret: secret.to_string(),
-                };
-            }
-        }
-        Token {
-            ca_hash: None,
-            secret: s.rsplit_once(':').map(|(_, s)| s).unwrap_or(s).to_string(),
-        }
-    }
-
-    /// The full token for a CA and secret.
-    pub fn format(ca_pem: &str, secret: &str) -> Result<String> {
-        Ok(format!("K10{}::server:{secret}", ca_hash(ca_pem)?))
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// SHA-256 of a PEM certificate's DER bytes.
-pub fn ca_hash(ca_pem: &str) -> Result<String> {
-    let der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| {
-        Error::InvalidArgument(format!("the peer CA is not a PEM certificate: {e}"))
-    })?;
-    Ok(hex(&Sha256::digest(der.as_ref())))
-}
+pub use crate::tls::token::{ca_hash, hex, Token};
 
 fn der_to_pem(der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
@@ -196,7 +153,7 @@ pub async fn fetch_cluster_cas(url: &str, token: &str) -> Result<ClusterCas> {
         .await
         .map_err(|s| Error::InvalidArgument(format!("{url} refused the token: {}", s.message())))?
         .into_inner();
-    if ca_hash(&resp.ca_cert_pem)? != want {
+    if ca_hash(&resp.ca_cert_pem).map_err(Error::InvalidArgument)? != want {
         return Err(Error::InvalidArgument(format!(
             "{url} handed over a CA that does not match the token"
         )));

@@ -95,3 +95,49 @@ pub fn ensure_kubelet_serving(data_dir: &Path, node: &str, sans: &[String]) -> R
     std::fs::create_dir_all(&dir).map_err(super::io(&dir))?;
     server_ca.ensure_leaf(&dir, "serving-kubelet", node, None, &names, Usage::Server)
 }
+
+/// What a joining agent receives: its client certificate (`system:node:<name>`, group
+/// `system:nodes`), the kubelet's serving certificate, and the CAs to trust (PEM).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCredentials {
+    pub client_certificate: String,
+    pub client_key: String,
+    pub serving_certificate: String,
+    pub serving_key: String,
+    pub server_ca: String,
+    pub client_ca: String,
+}
+
+/// Issues the credentials of node `node` reachable at `addresses`, from the cluster CAs in
+/// `<data-dir>/server/tls`.
+pub fn issue_node_credentials(
+    data_dir: &Path,
+    node: &str,
+    addresses: &[String],
+) -> Result<NodeCredentials> {
+    let dir = data_dir.join("server").join("tls");
+    let server_ca = Ca::ensure(&dir, "server-ca", "krab-server-ca")?;
+    let client_ca = Ca::ensure(&dir, "client-ca", "krab-client-ca")?;
+    let (client_certificate, client_key) = client_ca.issue(
+        &format!("system:node:{node}"),
+        Some("system:nodes"),
+        &[],
+        Usage::Client,
+    )?;
+    let mut sans = addresses.to_vec();
+    for extra in [node, "localhost", "127.0.0.1"] {
+        if !sans.iter().any(|n| n == extra) {
+            sans.push(extra.to_string());
+        }
+    }
+    let (serving_certificate, serving_key) = server_ca.issue(node, None, &sans, Usage::Server)?;
+    Ok(NodeCredentials {
+        client_certificate,
+        client_key,
+        serving_certificate,
+        serving_key,
+        server_ca: server_ca.cert_pem,
+        client_ca: client_ca.cert_pem,
+    })
+}

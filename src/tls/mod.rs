@@ -7,7 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub mod cluster;
+pub mod insecure;
 pub mod service_account;
+pub mod token;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -145,6 +147,27 @@ impl Ca {
                 });
             }
         }
+        let (cert_pem, key_pem) = self.issue(common_name, organization, sans, usage)?;
+        let leaf = Leaf {
+            cert_pem,
+            key_pem,
+            cert_path,
+            key_path,
+        };
+        write_private(&leaf.key_path, &leaf.key_pem)?;
+        write_public(&leaf.cert_path, &leaf.cert_pem)?;
+        write_public(&dir.join(format!("{name}.sans")), &sans.join(","))?;
+        Ok(leaf)
+    }
+
+    /// A new leaf certificate and key (PEM) signed by this CA, valid for a year.
+    pub fn issue(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+        sans: &[String],
+        usage: Usage,
+    ) -> Result<(String, String)> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
@@ -177,16 +200,7 @@ impl Ca {
         let ca_key = KeyPair::from_pem(&self.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
         let cert = params.signed_by(&key, &issuer)?;
-        let leaf = Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            cert_path,
-            key_path,
-        };
-        write_private(&leaf.key_path, &leaf.key_pem)?;
-        write_public(&leaf.cert_path, &leaf.cert_pem)?;
-        write_public(&dir.join(format!("{name}.sans")), &sans.join(","))?;
-        Ok(leaf)
+        Ok((cert.pem(), key.serialize_pem()))
     }
 }
 

@@ -7,6 +7,7 @@ mod controlplane;
 mod crash;
 mod datastore;
 mod etcdctl;
+mod join;
 mod kinds;
 mod kubectl;
 mod pods;

@@ -1,0 +1,58 @@
+//! `krab agent` as its own process: join the server named by `--server` with `--token`, then
+//! run the same tasks as the agent inside `krab server` (containerd, kubelet, kubelet API)
+//! under a supervisor, talking to the server over HTTPS as `system:node:<name>`.
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use super::kubelet_api::KubeletServingTls;
+use super::{join, AgentConfig};
+use crate::cli::args::AgentArgs;
+use crate::lifecycle::Supervisor;
+
+pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (Some(server), Some(token)) = (&args.server, &args.token) else {
+        anyhow::bail!(
+            "krab agent needs --server https://<server>:6443 and --token <token> (the server's \
+             <data-dir>/server/node-token)"
+        );
+    };
+    let node_name = crate::host::node_name(&args.node_name);
+    let node_ip = match args.node_ip {
+        Some(ip) => ip.to_string(),
+        None => crate::host::local_ipv4s()
+            .ok()
+            .and_then(|ips| ips.into_iter().next())
+            .unwrap_or_else(|| "127.0.0.1".into()),
+    };
+    let joined = join::join(
+        server,
+        token,
+        &node_name,
+        std::slice::from_ref(&node_ip),
+        &args.data_dir,
+    )
+    .await
+    .with_context(|| format!("failed to join the cluster at {server}"))?;
+    let config = AgentConfig {
+        data_dir: args.data_dir.clone(),
+        node_name,
+        node_ip,
+        runtime_endpoint: args.container_runtime_endpoint.clone(),
+        cluster_dns: vec![args.cluster_dns.to_string()],
+        cluster_domain: args.cluster_domain.clone(),
+        control_plane: false,
+        kubelet_version: crate::apiserver::kube_version(),
+        registries: std::path::PathBuf::from("/etc/krab/registries.yaml"),
+        pod_log_root: std::path::PathBuf::from("/var/log/pods"),
+        node_labels: Default::default(),
+        kubelet_port: args.kubelet_port,
+        kubelet_tls: Some(KubeletServingTls {
+            cert_pem: joined.credentials.serving_certificate.clone(),
+            key_pem: joined.credentials.serving_key.clone(),
+            client_ca_pem: joined.credentials.client_ca.clone(),
+        }),
+    };
+    let mut sup = Supervisor::new(shutdown.clone());
+    super::spawn(&mut sup, config, joined.client, shutdown).context("failed to start the agent")?;
+    sup.wait().await
+}
