@@ -207,8 +207,10 @@ async fn run_kubelet(
         }
     };
     let pods = kubelet::run(k.clone(), shutdown.clone());
-    let (a, b, c, d) = tokio::join!(cni, heartbeat, pods, api);
-    a.and(b).and(c).and(d)
+    let manifests = config.data_dir.join("agent").join("pod-manifests");
+    let statics = kubelet::static_pods::run(k.clone(), manifests, shutdown.clone());
+    let (a, b, c, d, e) = tokio::join!(cni, heartbeat, pods, api, statics);
+    a.and(b).and(c).and(d).and(e)
 }
 
 /// Writes the CNI conflist once the node has a podCIDR (and again if it changes).

@@ -574,3 +574,75 @@ spec:
     assert_eq!(killed.0, "Failed");
     s.stop();
 }
+
+/// A manifest in `<data-dir>/agent/pod-manifests/` runs as a static pod with a mirror pod in
+/// the API (kube's annotations, the Node as owner, no service-account token), which comes
+/// back when deleted and goes when its file goes.
+#[test]
+fn static_pods_run_from_manifest_files() {
+    let _net = PodNetwork::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    write_busybox_image(&data.join("agent/images"));
+    let manifests = data.join("agent/pod-manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("static-web.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: static-web, labels: {{tier: static}}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, '600']\n"
+        ),
+    )
+    .unwrap();
+    let mut s = Server::start_with_agent(&data, &[]);
+    let mirror = wait_pods(&s, "the mirror pod to run", Duration::from_secs(60), || {
+        let out = s.kube_ok(&["get", "pods", "-l", "tier=static", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let p = v["items"].as_array()?.first()?.clone();
+        (p["status"]["phase"] == "Running").then_some(p)
+    });
+    let node = mirror["spec"]["nodeName"].as_str().unwrap().to_string();
+    let name = mirror["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(name, format!("static-web-{node}"));
+    let annotations = &mirror["metadata"]["annotations"];
+    assert_eq!(
+        annotations["kubernetes.io/config.source"], "file",
+        "{mirror}"
+    );
+    assert_eq!(
+        annotations["kubernetes.io/config.mirror"],
+        annotations["kubernetes.io/config.hash"]
+    );
+    assert_eq!(mirror["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert!(
+        !mirror.to_string().contains("kube-api-access"),
+        "no token volume in a mirror pod: {mirror}"
+    );
+
+    // Deleted, it comes back.
+    let uid = mirror["metadata"]["uid"].as_str().unwrap().to_string();
+    s.kube_ok(&["delete", "pod", &name, "--timeout=60s"]);
+    wait_pods(
+        &s,
+        "the mirror pod to come back",
+        Duration::from_secs(60),
+        || {
+            let out = s.kube_ok(&[
+                "get",
+                "pods",
+                "-l",
+                "tier=static",
+                "-o",
+                "jsonpath={.items[*].metadata.uid} {.items[*].status.phase}",
+            ]);
+            (!out.contains(&uid) && out.ends_with("Running")).then_some(())
+        },
+    );
+
+    // The file goes, the pod goes.
+    std::fs::remove_file(manifests.join("static-web.yaml")).unwrap();
+    wait_pods(&s, "the static pod to go", Duration::from_secs(60), || {
+        let out = s.kube_ok(&["get", "pods", "-l", "tier=static", "-o", "name"]);
+        out.trim().is_empty().then_some(())
+    });
+    s.stop();
+}

@@ -7,6 +7,7 @@ mod events;
 pub mod node;
 mod probes;
 mod pull_secrets;
+pub mod static_pods;
 pub mod status;
 pub mod volumes;
 mod worker;

@@ -132,6 +132,9 @@ pub fn default_spec(spec: &mut Map<String, Value>) {
 
 /// Create-time defaults and the admission plugins that shape a new pod.
 pub fn default(obj: &mut Value) {
+    let is_mirror = obj
+        .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+        .is_some();
     let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
@@ -139,7 +142,33 @@ pub fn default(obj: &mut Value) {
     set_default(spec, "enableServiceLinks", json!(true));
     set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     set_default(spec, "priority", json!(0));
-    // ServiceAccount admission: the default account and its token volume.
+    // ServiceAccount admission: the default account and its token volume; mirror pods of
+    // static pods get neither (kube's admission skips them).
+    if !is_mirror {
+        service_account_admission(spec);
+    }
+    // DefaultTolerationSeconds admission.
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    if let Some(t) = tolerations.as_array_mut() {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let present = t.iter().any(|x| {
+                x.get("key").and_then(Value::as_str) == Some(key)
+                    || (x.get("key").is_none() && x.get("operator") == Some(&json!("Exists")))
+            });
+            if !present {
+                t.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+    let qos = qos_class(obj);
+    obj["status"] = json!({"phase": "Pending", "qosClass": qos});
+}
+
+/// ServiceAccount admission: the default account and its token volume.
+fn service_account_admission(spec: &mut serde_json::Map<String, Value>) {
     set_default(spec, "serviceAccountName", json!("default"));
     let sa = spec
         .get("serviceAccountName")
@@ -179,24 +208,6 @@ pub fn default(obj: &mut Value) {
             }
         }
     }
-    // DefaultTolerationSeconds admission.
-    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
-    if let Some(t) = tolerations.as_array_mut() {
-        for key in [
-            "node.kubernetes.io/not-ready",
-            "node.kubernetes.io/unreachable",
-        ] {
-            let present = t.iter().any(|x| {
-                x.get("key").and_then(Value::as_str) == Some(key)
-                    || (x.get("key").is_none() && x.get("operator") == Some(&json!("Exists")))
-            });
-            if !present {
-                t.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
-            }
-        }
-    }
-    let qos = qos_class(obj);
-    obj["status"] = json!({"phase": "Pending", "qosClass": qos});
 }
 
 /// kube's QoS class: Guaranteed when every container has equal CPU and memory requests and
