@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::auth::{Caller, User};
 use super::openapi::{self, FieldValidation};
 use super::patch::PatchType;
+use super::rbac::rules::Attributes;
 use super::registry::{DeleteOptions, ListOptions, Registry};
 use super::representation::{self, Representation};
 use super::request_info::{self, RequestInfo};
@@ -40,6 +41,7 @@ pub struct ApiState {
     pub kubelets: Arc<super::kubelet_proxy::KubeletClient>,
     pub streams: crate::proxy::Streams,
     pub node_join: Option<Arc<super::node_join::NodeJoin>>,
+    pub policy: super::rbac::PolicyCache,
     /// Where this API server is reached, for the OIDC discovery document.
     pub advertise: Option<std::net::IpAddr>,
     pub port: u16,
@@ -144,6 +146,24 @@ async fn handle(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let parsed = request_info::parse(method, path, watch);
+    if parsed.is_none() {
+        let verb = match *method {
+            Method::HEAD => "get".to_string(),
+            ref m => m.as_str().to_ascii_lowercase(),
+        };
+        state
+            .policy
+            .authorize(
+                user,
+                &Attributes::NonResource {
+                    verb,
+                    path: trimmed.to_string(),
+                },
+            )
+            .await?;
+    }
     if method == Method::GET {
         if let Some(r) = serve_discovery(trimmed, accept) {
             return r;
@@ -155,8 +175,7 @@ async fn handle(
             return Ok(r);
         }
     }
-    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
-    let info = request_info::parse(method, path, watch).ok_or_else(not_found_path)?;
+    let info = parsed.ok_or_else(not_found_path)?;
     let r =
         resources::find(&info.group, &info.version, &info.resource).ok_or_else(not_found_path)?;
     let sub = info.subresource.as_deref();
@@ -177,6 +196,20 @@ async fn handle(
             r.plural
         )));
     }
+    state
+        .policy
+        .authorize(
+            user,
+            &Attributes::Resource {
+                verb: info.verb.to_string(),
+                group: r.group.to_string(),
+                resource: r.plural.to_string(),
+                subresource: sub.map(str::to_string),
+                namespace: ns.clone(),
+                name: info.name.clone(),
+            },
+        )
+        .await?;
     let mut dry_run = match query.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,
@@ -313,6 +346,11 @@ async fn handle(
                 "status": {"userInfo": {"username": user.name, "groups": user.groups}},
             });
             Ok((StatusCode::CREATED, Json(review)).into_response())
+        }
+        ("create", None) if r.group == "authorization.k8s.io" => {
+            let review = parse_body(headers, &body)?;
+            let answered = super::rbac::review::answer(&state.policy, user, r, ns, review)?;
+            Ok((StatusCode::CREATED, Json(answered)).into_response())
         }
         ("create", None) if r.plural == "bindings" => {
             let b = parse_body(headers, &body)?;

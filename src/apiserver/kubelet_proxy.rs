@@ -15,6 +15,7 @@ use tokio_rustls::rustls;
 
 use super::auth::User;
 use super::handlers::ApiState;
+use super::rbac::rules::Attributes;
 use super::resources;
 use super::status::ApiError;
 use crate::proxy::{self, Upstream};
@@ -268,12 +269,44 @@ async fn error_from(resp: Response<Body>) -> ApiError {
     ApiError::new(code, reason, text)
 }
 
+/// The verb RBAC checks for a stream: reading a log is `get`; exec, attach and port-forward
+/// (POST upgrades) are `create`; a node proxy follows its HTTP method.
+fn verb(method: &Method, target: &Target) -> &'static str {
+    match (target, method) {
+        (Target::Pod { sub: "log", .. }, _) => "get",
+        (_, &Method::GET) | (_, &Method::HEAD) => "get",
+        (Target::Node { .. }, &Method::PUT) => "update",
+        (Target::Node { .. }, &Method::PATCH) => "patch",
+        (Target::Node { .. }, &Method::DELETE) => "delete",
+        _ => "create",
+    }
+}
+
 pub async fn serve(
     state: &ApiState,
-    _user: &User,
+    user: &User,
     mut req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let target = parse(req.uri().path()).ok_or_else(|| ApiError::bad_request("no such stream"))?;
+    let attrs = match &target {
+        Target::Pod { ns, name, sub } => Attributes::Resource {
+            verb: verb(req.method(), &target).into(),
+            group: String::new(),
+            resource: "pods".into(),
+            subresource: Some(sub.to_string()),
+            namespace: Some(ns.clone()),
+            name: Some(name.clone()),
+        },
+        Target::Node { name, .. } => Attributes::Resource {
+            verb: verb(req.method(), &target).into(),
+            group: String::new(),
+            resource: "nodes".into(),
+            subresource: Some("proxy".into()),
+            namespace: None,
+            name: Some(name.clone()),
+        },
+    };
+    state.policy.authorize(user, &attrs).await?;
     let pairs = query_pairs(&req);
     let param = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let (node_name, path, is_log) = match &target {

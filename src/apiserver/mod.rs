@@ -11,6 +11,7 @@ mod objects;
 mod openapi;
 mod patch;
 mod protobuf;
+mod rbac;
 mod registry;
 mod representation;
 mod request_info;
@@ -61,6 +62,7 @@ pub struct ApiServer {
     router: axum::Router,
     bootstrapped: health::Bootstrapped,
     streams: crate::proxy::Streams,
+    policy: rbac::PolicyCache,
     port: u16,
     advertise: Option<std::net::IpAddr>,
 }
@@ -74,6 +76,7 @@ impl ApiServer {
         let registry = registry::Registry::new(datastore, config.services.clone());
         let bootstrapped = health::Bootstrapped::default();
         let streams = crate::proxy::Streams::new(shutdown.clone());
+        let policy = rbac::PolicyCache::default();
         let key = match config.service_account_key {
             Some(k) => k,
             None => ServiceAccountKey::generate()?,
@@ -88,6 +91,7 @@ impl ApiServer {
             )?),
             streams: streams.clone(),
             node_join: config.node_join.clone().map(std::sync::Arc::new),
+            policy: policy.clone(),
             advertise: config.advertise,
             port: config.port,
         });
@@ -96,6 +100,7 @@ impl ApiServer {
             router,
             bootstrapped,
             streams,
+            policy,
             port: config.port,
             advertise: config.advertise,
         })
@@ -128,6 +133,7 @@ impl ApiServer {
             &certs.serving.key_pem,
             &certs.client_ca_pem,
         )?;
+        let policy = self.policy.run(self.registry.clone(), shutdown.clone());
         let bootstrap = bootstrap(
             self.registry,
             self.port,
@@ -135,9 +141,10 @@ impl ApiServer {
             self.bootstrapped,
             shutdown.clone(),
         );
-        let (served, ()) = tokio::join!(
+        let (served, (), ()) = tokio::join!(
             crate::https::serve(listener, tls, self.router, shutdown),
-            bootstrap
+            bootstrap,
+            policy
         );
         // Streams to kubelets end with the shutdown; wait for them to unwind.
         self.streams.drain(std::time::Duration::from_secs(5)).await;
@@ -158,6 +165,7 @@ async fn bootstrap(
         let attempt = async {
             registry.ensure_system_namespaces().await?;
             registry.ensure_system_priority_classes().await?;
+            rbac::bootstrap::ensure(&registry).await?;
             registry.ensure_kubernetes_service(port).await?;
             match advertise {
                 Some(ip) => registry.ensure_kubernetes_endpoints(ip, port).await,

@@ -231,6 +231,39 @@ pub const RESOURCES: &[Resource] = &[
         false,
     )
     .verbs(&["create"]),
+    // authorization.k8s.io/v1 (virtual: answered, never stored)
+    res(
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+        false,
+    )
+    .verbs(&["create"]),
+    res(
+        "authorization.k8s.io",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        "SelfSubjectRulesReview",
+        false,
+    )
+    .verbs(&["create"]),
+    res(
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        "SubjectAccessReview",
+        false,
+    )
+    .verbs(&["create"]),
+    res(
+        "authorization.k8s.io",
+        "localsubjectaccessreviews",
+        "localsubjectaccessreview",
+        "LocalSubjectAccessReview",
+        true,
+    )
+    .verbs(&["create"]),
     // certificates.k8s.io/v1
     res(
         "certificates.k8s.io",

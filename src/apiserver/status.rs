@@ -104,6 +104,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "Forbidden", message)
     }
 
+    /// A 403 for an object (or kind, with an empty name), with kube's details.
+    pub fn forbidden_on(group: &str, resource: &str, name: &str, message: String) -> Self {
+        Self::forbidden(message).with_details(name, group, resource)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }

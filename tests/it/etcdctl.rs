@@ -49,7 +49,18 @@ fn put_get_prefix_delete_and_revisions() {
         .is_empty());
     // Counting and limits: the service left, plus the API server's own objects: four
     // namespaces, two system PriorityClasses, the `kubernetes` Service (and the key holding
-    // its address), its Endpoints and EndpointSlice.
+    // its address), its Endpoints and EndpointSlice, and the default RBAC policy.
+    let rbac: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "/registry/clusterrole",
+        "--prefix",
+        "--keys-only",
+        "-w",
+        "json",
+    ]))
+    .unwrap();
+    let rbac = rbac["count"].as_i64().unwrap_or(0);
+    assert_eq!(rbac, 19, "the default roles (11) and bindings (8)");
     let out = s.ok(&[
         "get",
         "/registry/",
@@ -60,7 +71,7 @@ fn put_get_prefix_delete_and_revisions() {
         "json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["count"], 11);
+    assert_eq!(v["count"], 11 + rbac);
     assert_eq!(v["more"], true);
     assert_eq!(v["kvs"].as_array().unwrap().len(), 2);
 }

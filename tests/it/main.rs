@@ -12,5 +12,6 @@ mod kinds;
 mod kubectl;
 mod pods;
 mod pods_support;
+mod rbac;
 mod support;
 mod tokens;

@@ -67,6 +67,24 @@ impl Registry {
         }
     }
 
+    /// The store's events under `prefix` from revision `from` (what in-memory caches follow).
+    pub fn watch_prefix(
+        &self,
+        prefix: Vec<u8>,
+        from: i64,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> tokio::sync::mpsc::Receiver<crate::store::watch::WatchMessage> {
+        self.ds.watch(
+            crate::store::watch::WatchSpec {
+                range_end: crate::store::types::prefix_end(&prefix),
+                key: prefix,
+                start_revision: from,
+                ..Default::default()
+            },
+            cancel,
+        )
+    }
+
     /// This registry for one request, honouring its dryRun.
     pub fn for_request(&self, dry_run: bool) -> Registry {
         Registry {
