@@ -119,3 +119,100 @@ fn service_accounts_get_what_their_bindings_grant_and_nothing_else() {
         (!as_token(&s, token, &["-n", "team", "get", "pods"]).0).then_some(())
     });
 }
+
+/// kubectl with a node's client certificate, obtained as a joining agent obtains it.
+fn node_kubectl(
+    s: &Server,
+    dir: &std::path::Path,
+    node: &str,
+) -> impl Fn(&[&str]) -> (bool, String) {
+    let token = std::fs::read_to_string(s.data_dir.join("server/node-token")).unwrap();
+    let secret = token.trim().rsplit(':').next().unwrap().to_string();
+    let mut curl = Command::new("curl");
+    curl.args(["-sk", "-X", "POST", "-H", "Content-Type: application/json"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {secret}"))
+        .arg("--data")
+        .arg(format!(
+            "{{\"nodeName\":\"{node}\",\"addresses\":[\"127.0.0.1\"]}}"
+        ))
+        .arg(format!(
+            "https://127.0.0.1:{}/v1-krab/node-credentials",
+            s.api_port
+        ));
+    let out = run_bounded(curl, Duration::from_secs(20));
+    let creds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cert = dir.join(format!("{node}.crt"));
+    let key = dir.join(format!("{node}.key"));
+    std::fs::write(&cert, creds["clientCertificate"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, creds["clientKey"].as_str().unwrap()).unwrap();
+    let port = s.api_port;
+    move |args: &[&str]| {
+        let mut cmd = Command::new("kubectl");
+        cmd.env_remove("KUBERNETES_SERVICE_HOST")
+            .arg("--kubeconfig=/dev/null")
+            .arg(format!("--server=https://127.0.0.1:{port}"))
+            .arg("--insecure-skip-tls-verify")
+            .arg(format!("--client-certificate={}", cert.display()))
+            .arg(format!("--client-key={}", key.display()))
+            .args(args);
+        let out = run_bounded(cmd, Duration::from_secs(30));
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+#[test]
+fn nodes_reach_only_what_their_pods_reference_and_their_own_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &["--disable-scheduler"]);
+    s.kube_ok(&["create", "secret", "generic", "mine", "--from-literal=a=1"]);
+    s.kube_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "theirs",
+        "--from-literal=a=2",
+    ]);
+    let pod = crate::support::write(
+        dir.path(),
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  nodeName: n1\n  automountServiceAccountToken: false\n  containers:\n  - name: c\n    image: busybox\n    env:\n    - name: A\n      valueFrom: {secretKeyRef: {name: mine, key: a}}\n",
+    );
+    s.kube_ok(&["apply", "-f", &pod]);
+    let n1 = node_kubectl(&s, dir.path(), "n1");
+    let n2 = node_kubectl(&s, dir.path(), "n2");
+    let (ok, out) = n1(&["get", "secret", "mine", "-o", "jsonpath={.data.a}"]);
+    assert!(ok && out == "MQ==", "{out}");
+    let (ok, out) = n1(&["get", "secret", "theirs"]);
+    assert!(
+        !ok && out.contains("User \"system:node:n1\" cannot get resource \"secrets\""),
+        "{out}"
+    );
+    let (ok, out) = n1(&["get", "secrets"]);
+    assert!(
+        !ok && out.contains("cannot list resource \"secrets\""),
+        "{out}"
+    );
+    let (ok, out) = n2(&["get", "secret", "mine"]);
+    assert!(!ok && out.contains("forbidden"), "{out}");
+    // Pods: a node writes the status of its own pods only; it may read pods.
+    let (ok, out) = n2(&["delete", "pod", "p"]);
+    assert!(!ok && out.contains("forbidden"), "{out}");
+    assert!(n2(&["get", "pods"]).0);
+    // Nodes: its own, not another's.
+    let node = |name: &str| {
+        format!("{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{name}\"}}}}")
+    };
+    let n1_file = crate::support::write(dir.path(), "n1.json", &node("n1"));
+    assert!(n1(&["create", "-f", &n1_file]).0);
+    let (ok, out) = n2(&["label", "node", "n1", "x=y"]);
+    assert!(!ok && out.contains("forbidden"), "{out}");
+    assert!(n1(&["label", "node", "n1", "x=y"]).0);
+}

@@ -5,9 +5,8 @@
 //! brought back in line when annotated `rbac.authorization.kubernetes.io/autoupdate: "true"`.
 //!
 //! Where krab differs: its controllers share one identity (kube runs each under its own
-//! service account), so `system:kube-controller-manager` may do anything; and without a
-//! Node authorizer yet, `system:node` is bound to the group system:nodes and is not limited
-//! to a node's own objects.
+//! service account), so `system:kube-controller-manager` may do anything; and `system:node`
+//! is bound to the group system:nodes for what the Node authorizer leaves to RBAC.
 use serde_json::{json, Value};
 
 use crate::apiserver::registry::Registry;
@@ -277,21 +276,13 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(&[""], &["pods"], &all(READ, &["create", "delete"])),
                 rule(&[""], &["pods/status"], &["patch", "update"]),
                 rule(&[""], &["pods/eviction"], &["create"]),
+                // Secrets, configmaps, claims and service accounts (and their tokens) are the
+                // Node authorizer's to grant, per pod bound to the node.
                 rule(
                     &[""],
-                    &[
-                        "configmaps",
-                        "secrets",
-                        "services",
-                        "endpoints",
-                        "namespaces",
-                        "persistentvolumeclaims",
-                        "persistentvolumes",
-                        "serviceaccounts",
-                    ],
+                    &["services", "endpoints", "namespaces", "persistentvolumes"],
                     READ,
                 ),
-                rule(&[""], &["serviceaccounts/token"], &["create"]),
                 rule(
                     &["", "events.k8s.io"],
                     &["events"],

@@ -3,6 +3,8 @@
 //! bindings are kept in memory (`PolicyCache`: listed once, then followed through a store
 //! watch), so a decision never reads the store.
 pub mod bootstrap;
+mod follow;
+mod node;
 pub mod review;
 pub mod rules;
 
@@ -14,13 +16,12 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use self::follow::Change;
 use self::rules::{rule_allows, subject_is, Attributes};
 use super::auth::User;
-use super::registry::{ListOptions, Registry};
-use super::resources::{self, Resource};
+use super::registry::Registry;
+use super::resources;
 use super::status::ApiError;
-use crate::store::types::EventKind;
-use crate::store::watch::WatchMessage;
 
 const KINDS: [&str; 4] = [
     "roles",
@@ -41,6 +42,7 @@ pub struct PolicyCache {
     policy: Arc<RwLock<Policy>>,
     loaded: watch::Receiver<usize>,
     loaded_tx: Arc<watch::Sender<usize>>,
+    nodes: node::NodeGraph,
 }
 
 impl Default for PolicyCache {
@@ -50,6 +52,7 @@ impl Default for PolicyCache {
             policy: Arc::default(),
             loaded: rx,
             loaded_tx: Arc::new(tx),
+            nodes: node::NodeGraph::default(),
         }
     }
 }
@@ -67,7 +70,8 @@ impl PolicyCache {
             let shutdown = shutdown.clone();
             async move { cache.follow(kind, registry, shutdown).await }
         });
-        futures::future::join_all(tasks).await;
+        let nodes = self.nodes.clone().run(registry, shutdown);
+        tokio::join!(futures::future::join_all(tasks), nodes);
     }
 
     async fn follow(&self, kind: &'static str, registry: Registry, shutdown: CancellationToken) {
@@ -75,83 +79,26 @@ impl PolicyCache {
             return;
         };
         let mut first = true;
-        while !shutdown.is_cancelled() {
-            match self
-                .load_and_watch(r, kind, &registry, &shutdown, &mut first)
-                .await
-            {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::debug!(kind, error = %e, "RBAC cache relisting");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Lists `kind`, then applies the store's events to it; Err when the watch ends.
-    async fn load_and_watch(
-        &self,
-        r: &'static Resource,
-        kind: &'static str,
-        registry: &Registry,
-        shutdown: &CancellationToken,
-        first: &mut bool,
-    ) -> Result<(), String> {
-        let page = registry
-            .list(r, None, &ListOptions::all())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut objects = HashMap::new();
-        for obj in page.items {
-            let ns = str_at(&obj, "/metadata/namespace");
-            let name = str_at(&obj, "/metadata/name");
-            let key = r.key((!ns.is_empty()).then_some(ns), name);
-            objects.insert(key, obj);
-        }
-        if let Ok(mut p) = self.policy.write() {
-            p.objects.insert(kind, objects);
-        }
-        if *first {
-            *first = false;
-            self.loaded_tx.send_modify(|n| *n += 1);
-        }
-        let prefix = r.prefix(None);
-        let cancel = shutdown.child_token();
-        let _stop = cancel.clone().drop_guard();
-        let mut events = registry.watch_prefix(prefix, page.revision + 1, cancel);
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                m = events.recv() => m,
+        follow::follow(r, registry, shutdown, |change| {
+            let Ok(mut p) = self.policy.write() else {
+                return;
             };
-            match msg {
-                Some(WatchMessage::Events { events, .. }) => {
-                    let Ok(mut p) = self.policy.write() else {
-                        return Err("poisoned".into());
-                    };
-                    let map = p.objects.entry(kind).or_default();
-                    for e in events {
-                        match e.kind {
-                            EventKind::Put => {
-                                if let Ok(v) = serde_json::from_slice::<Value>(&e.kv.value) {
-                                    map.insert(e.kv.key.clone(), v);
-                                }
-                            }
-                            EventKind::Delete => {
-                                map.remove(&e.kv.key);
-                            }
-                        }
-                    }
+            let map = p.objects.entry(kind).or_default();
+            match change {
+                Change::Reset(items) => *map = items.into_iter().collect(),
+                Change::Put(key, obj) => {
+                    map.insert(key, obj);
                 }
-                Some(WatchMessage::Compacted { .. }) => return Err("compacted".into()),
-                Some(WatchMessage::Failed(e)) => return Err(e),
-                None => return Err("watch ended".into()),
+                Change::Delete(key) => {
+                    map.remove(&key);
+                }
             }
-        }
+            drop(p);
+            if std::mem::take(&mut first) {
+                self.loaded_tx.send_modify(|n| *n += 1);
+            }
+        })
+        .await;
     }
 
     /// Waits (at most `limit`) until every kind has been loaded once.
@@ -230,7 +177,11 @@ impl PolicyCache {
             return Ok(());
         }
         self.wait_loaded(Duration::from_secs(10)).await;
-        if self.allows(user, attrs) {
+        let allowed = match self.nodes.authorize(user, attrs).await {
+            Some(verdict) => verdict,
+            None => self.allows(user, attrs),
+        };
+        if allowed {
             return Ok(());
         }
         let message = rules::forbidden_message(user, attrs);
