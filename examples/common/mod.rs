@@ -18,6 +18,8 @@ pub fn free_port() -> u16 {
 pub struct Server {
     pub child: Child,
     pub kubeconfig: PathBuf,
+    /// The API server's port on 127.0.0.1.
+    pub port: u16,
 }
 
 impl Drop for Server {
@@ -85,7 +87,11 @@ pub fn start(bin: &Path, dir: &Path, agent: bool, extra: &[&str]) -> anyhow::Res
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    Ok(Server { child, kubeconfig })
+    Ok(Server {
+        child,
+        kubeconfig,
+        port,
+    })
 }
 
 pub async fn client(s: &Server) -> anyhow::Result<Client> {
