@@ -9,26 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, percentile, start};
+use common::{client, make_namespace, percentile, start};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use kube::Client;
-
-async fn make_namespace(c: &Client, name: &str) -> anyhow::Result<()> {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(c.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
-    Ok(())
-}
 
 /// `total` creates from 16 clients; returns (creates/s, latencies sorted).
 async fn creates(c: &Client, total: usize) -> anyhow::Result<(f64, Vec<Duration>)> {

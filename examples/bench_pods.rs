@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::Client;
 
-use common::{client, percentile, rss_mib, start};
+use common::{client, make_namespace, percentile, rss_mib, start};
 
 const NS: &str = "bench-pods";
 const BATCH: usize = 10;
@@ -105,18 +105,7 @@ async fn prepare(c: &Client) -> anyhow::Result<()> {
         })
     })
     .await?;
-    Api::<Namespace>::all(c.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(NS.into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await?;
+    make_namespace(c, NS).await?;
     let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), NS);
     wait_until(
         "the default service account",

@@ -86,19 +86,15 @@ spec:
         assert_eq!(ns, "default");
         // The automounted token is a bound token the API server accepts.
         let token = curl(&format!("http://{ip}:8080/token")).unwrap();
-        let mut cmd = Command::new("kubectl");
-        cmd.env_remove("KUBERNETES_SERVICE_HOST")
-            .arg("--kubeconfig=/dev/null")
-            .arg(format!("--server=https://127.0.0.1:{}", s.api_port))
-            .arg("--insecure-skip-tls-verify")
-            .arg(format!("--token={token}"))
-            .args([
+        let who = s.kubectl_with_token(
+            &token,
+            &[
                 "auth",
                 "whoami",
                 "-o",
                 "jsonpath={.status.userInfo.username}",
-            ]);
-        let who = run_bounded(cmd, Duration::from_secs(20));
+            ],
+        );
         assert_eq!(
             String::from_utf8_lossy(&who.stdout),
             "system:serviceaccount:default:default",

@@ -6,16 +6,9 @@ use std::time::Duration;
 
 use crate::support::{run_bounded, wait_for, Server};
 
-/// kubectl as the holder of `token` only.
+/// kubectl as the holder of `token`: success, stdout, stderr.
 fn as_token(s: &Server, token: &str, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = Command::new("kubectl");
-    cmd.env_remove("KUBERNETES_SERVICE_HOST")
-        .arg("--kubeconfig=/dev/null")
-        .arg(format!("--server=https://127.0.0.1:{}", s.api_port))
-        .arg("--insecure-skip-tls-verify")
-        .arg(format!("--token={token}"))
-        .args(args);
-    let out = run_bounded(cmd, Duration::from_secs(30));
+    let out = s.kubectl_with_token(token, args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

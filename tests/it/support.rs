@@ -183,6 +183,23 @@ impl Server {
         run_bounded(cmd, Duration::from_secs(30))
     }
 
+    /// kubectl as the holder of `token` only (no kubeconfig, no client certificate), the
+    /// server checked against the cluster's server CA.
+    pub fn kubectl_with_token(&self, token: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new("kubectl");
+        cmd.env_remove("KUBERNETES_SERVICE_HOST")
+            .arg("--kubeconfig=/dev/null")
+            .arg(format!("--server=https://127.0.0.1:{}", self.api_port))
+            .arg(format!(
+                "--certificate-authority={}",
+                self.data_dir.join("server/tls/server-ca.crt").display()
+            ))
+            .arg(format!("--token={token}"))
+            .arg("--request-timeout=20s")
+            .args(args);
+        run_bounded(cmd, Duration::from_secs(30))
+    }
+
     /// kubectl that must succeed; returns stdout.
     pub fn kube_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);

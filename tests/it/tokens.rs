@@ -6,20 +6,9 @@ use std::time::Duration;
 
 use crate::support::{run_bounded, wait_for, write, Server};
 
-/// kubectl as the holder of `token` only (no client certificate).
+/// kubectl as the holder of `token`: success and stdout+stderr.
 fn as_token(s: &Server, token: &str, args: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new("kubectl");
-    cmd.env_remove("KUBERNETES_SERVICE_HOST")
-        .arg("--kubeconfig=/dev/null")
-        .arg(format!("--server=https://127.0.0.1:{}", s.api_port))
-        .arg(format!(
-            "--certificate-authority={}",
-            s.data_dir.join("server/tls/server-ca.crt").display()
-        ))
-        .arg(format!("--token={token}"))
-        .arg("--request-timeout=20s")
-        .args(args);
-    let out = run_bounded(cmd, Duration::from_secs(30));
+    let out = s.kubectl_with_token(token, args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -186,6 +186,25 @@ impl Action {
     }
 }
 
+/// Runs a lifecycle hook of container `c` (runtime id `id`) in sandbox `sandbox_id`.
+pub async fn run_hook(
+    cri: &Cri,
+    c: &Container,
+    hook: &LifecycleHandler,
+    id: &str,
+    sandbox_id: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let ip = cri
+        .sandbox_ips(sandbox_id)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    Action::of_hook(c, hook)?.run(cri, id, &ip, timeout).await
+}
+
 async fn http_get(
     host: &str,
     port: u16,

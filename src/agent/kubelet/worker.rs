@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 
-use super::actions::Action;
+use super::actions::run_hook;
 use super::probes::{Probes, Running};
 use super::status::{self, Observed};
 use super::volumes::{self, Prepared, Refresh, VolumeContext};
@@ -176,19 +176,7 @@ impl PodWorker {
                 .map(|h| (c, h))
         });
         if let Some((c, h)) = hook {
-            let ip = self
-                .k
-                .cri
-                .sandbox_ips(sandbox_id)
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .next()
-                .unwrap_or_default();
-            let result = match Action::of_hook(c, h) {
-                Ok(a) => a.run(&self.k.cri, id, &ip, grace).await,
-                Err(e) => Err(e),
-            };
+            let result = run_hook(&self.k.cri, c, h, id, sandbox_id, grace).await;
             if let (Err(message), Some(pod)) = (result, pod) {
                 self.k
                     .events
@@ -965,18 +953,7 @@ impl PodWorker {
                     .unwrap_or(30)
                     .max(1) as u64,
             );
-            let ip = k
-                .cri
-                .sandbox_ips(sandbox_id)
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .next()
-                .unwrap_or_default();
-            let result = match Action::of_hook(c, hook) {
-                Ok(a) => a.run(&k.cri, &id, &ip, grace).await,
-                Err(e) => Err(e),
-            };
+            let result = run_hook(&k.cri, c, hook, &id, sandbox_id, grace).await;
             if let Err(message) = result {
                 let message = format!("PostStartHook failed: {message}");
                 k.events
