@@ -155,7 +155,16 @@ fn a_pod_runs_survives_an_agent_kill_and_is_removed_with_its_sandbox() {
         ids
     };
     let tasks = ctr(&data, &["tasks", "ls", "-q"]);
-    assert_eq!(sorted(&tasks), sorted(&tasks_before), "nothing duplicated");
+    if sorted(&tasks) != sorted(&tasks_before) {
+        let events = s.kubectl(&["get", "events", "-o", "wide"]);
+        let log = s.log();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        panic!(
+            "the pod was not adopted as it ran: {tasks_before:?} became {tasks:?}\n{}\n--- server log ---\n{}",
+            String::from_utf8_lossy(&events.stdout),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
 
     s.kube_ok(&["delete", "pod", "p", "--timeout=60s"]);
     wait_for("the sandbox to go", Duration::from_secs(30), || {

@@ -31,6 +31,9 @@ struct Backoff {
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How long a sandbox may be reported not ready while its containers run before it is
+/// replaced (containerd restoring it after a restart).
+const SANDBOX_UNREADY_GRACE: Duration = Duration::from_secs(15);
 
 impl Backoff {
     fn next(prev: Option<Backoff>, from: Instant) -> Backoff {
@@ -65,6 +68,8 @@ pub struct PodWorker {
     /// once per exit).
     handled_exit: HashMap<String, String>,
     probes: Probes,
+    /// When the pod's sandbox was first seen not ready while its containers still ran.
+    sandbox_unready_since: Option<Instant>,
 }
 
 fn ns_name(pod: &Pod) -> (String, String) {
@@ -96,6 +101,7 @@ impl PodWorker {
             failed: None,
             handled_exit: HashMap::new(),
             probes: Probes::default(),
+            sandbox_unready_since: None,
         }
     }
 
@@ -342,6 +348,23 @@ impl PodWorker {
             .filter(|s| s.ready)
             .max_by_key(|s| s.created_at)
             .cloned();
+        // Right after containerd restarts it may report a sandbox not ready for a moment
+        // while restoring it; its containers still run. Give that a grace period rather than
+        // tearing the pod down and starting it again.
+        let newest = sandboxes.iter().max_by_key(|s| s.created_at);
+        let still_running = newest.is_some_and(|s| {
+            all.iter()
+                .any(|c| c.sandbox_id == s.id && c.state == State::Running)
+        });
+        if current.is_none() && still_running {
+            let since = *self.sandbox_unready_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < SANDBOX_UNREADY_GRACE {
+                tracing::debug!(pod_uid = %self.uid, "sandbox not ready while its containers run; waiting");
+                return Ok(Next::After(Duration::from_secs(1)));
+            }
+        } else {
+            self.sandbox_unready_since = None;
+        }
         let sandbox_spec;
         let sandbox_id = match current {
             Some(s) => {
@@ -370,6 +393,11 @@ impl PodWorker {
                     let _ = k.cri.stop_sandbox(&old.id).await;
                 }
                 if ran_before {
+                    let seen: Vec<(&str, bool)> =
+                        sandboxes.iter().map(|s| (s.id.as_str(), s.ready)).collect();
+                    let states: Vec<(&str, State)> =
+                        all.iter().map(|c| (c.id.as_str(), c.state)).collect();
+                    tracing::info!(pod_uid = %self.uid, sandboxes = ?seen, containers = ?states, "no ready sandbox; starting a new one");
                     k.events
                         .pod(
                             pod,
