@@ -642,3 +642,86 @@ fn static_pods_run_from_manifest_files() {
     });
     s.stop();
 }
+
+/// A container that logs a lot has its CRI log rotated past 10 MiB and keeps at most five
+/// files, and goes on logging into the reopened file (what `kubectl logs` reads).
+#[test]
+fn container_logs_rotate_past_ten_mib() {
+    let _net = PodNetwork::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    write_busybox_image(&data.join("agent/images"));
+    let mut s = Server::start_with_agent(&data, &[]);
+    let pod = write(
+        dir.path(),
+        "chatty.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: chatty}}
+spec:
+  terminationGracePeriodSeconds: 1
+  automountServiceAccountToken: false
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'line=$(printf "%0500d" 0); for i in $(seq 1 35); do yes "$line" | head -c 2000000; sleep 1; done; echo; echo finished; sleep 600']
+"#
+        ),
+    );
+    s.kube_ok(&["apply", "-f", &pod]);
+    let uid = wait_pods(&s, "the pod to run", Duration::from_secs(60), || {
+        let out = s.kube_ok(&[
+            "get",
+            "pod",
+            "chatty",
+            "-o",
+            "jsonpath={.status.phase} {.metadata.uid}",
+        ]);
+        out.strip_prefix("Running ").map(str::to_string)
+    });
+    let log_dir = std::path::PathBuf::from(format!("/var/log/pods/default_chatty_{uid}/c"));
+    let files = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&log_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    wait_pods(&s, "a rotated log", Duration::from_secs(60), || {
+        files()
+            .iter()
+            .any(|f| f.starts_with("0.log."))
+            .then_some(())
+    });
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let last = loop {
+        let out = s.kubectl(&["logs", "chatty", "--tail=1"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text == "finished\n" {
+            break text;
+        }
+        seen = format!(
+            "{:?} {}",
+            &text[..text.len().min(40)],
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer did not finish: last {seen}; files {:?}",
+            files()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let _ = seen;
+    assert_eq!(last, "finished\n");
+    let names = files();
+    assert!(names.len() <= 5, "at most five files: {names:?}");
+    assert!(names.contains(&"0.log".to_string()), "{names:?}");
+    s.kube_ok(&["delete", "pod", "chatty", "--timeout=60s"]);
+    s.stop();
+}

@@ -384,6 +384,17 @@ impl Cri {
         }
     }
 
+    /// Asks the runtime to reopen container `id`'s log file (after it was rotated away).
+    pub async fn reopen_container_log(&self, id: &str) -> Result<(), Error> {
+        self.runtime
+            .clone()
+            .reopen_container_log(pb::ReopenContainerLogRequest {
+                container_id: id.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
     pub async fn exec_sync(
         &self,
         id: &str,

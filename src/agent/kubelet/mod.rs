@@ -4,6 +4,7 @@
 mod actions;
 mod env;
 mod events;
+pub mod log_rotation;
 pub mod node;
 mod probes;
 mod pull_secrets;

@@ -164,6 +164,20 @@ impl PodWorker {
         }
     }
 
+    /// Removes the pod's log directory (`<log-root>/<ns>_<name>_<uid>`), as the kubelet
+    /// does when a pod is gone.
+    fn remove_logs(&self) {
+        let suffix = format!("_{}", self.uid);
+        let root = &self.k.sandbox.log_root;
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(&suffix) {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove the pod's logs");
+                }
+            }
+        }
+    }
+
     /// Stops one container: its preStop hook first (within the grace period), then the
     /// runtime's stop with what is left of it.
     async fn stop_one(
@@ -207,6 +221,7 @@ impl PodWorker {
         let Some(pod) = pod else {
             self.kill_all(None, Duration::from_secs(2)).await;
             volumes::remove_pod_dir(&self.pod_dir());
+            self.remove_logs();
             return Next::Done;
         };
         let (ns, name) = ns_name(&pod);
@@ -218,6 +233,7 @@ impl PodWorker {
                 .max(0) as u64;
             self.kill_all(Some(&pod), Duration::from_secs(grace)).await;
             volumes::remove_pod_dir(&self.pod_dir());
+            self.remove_logs();
             let api: Api<Pod> = Api::namespaced(self.k.client.clone(), &ns);
             let params = DeleteParams {
                 grace_period_seconds: Some(0),

@@ -206,9 +206,19 @@ impl Follow {
         }
         if !self.started {
             self.started = true;
-            let data = tokio::fs::read(&self.path).await.unwrap_or_default();
+            // The rotated files first (oldest to newest), then the current one, as the
+            // kubelet reads them; following goes on in the current file only.
+            let mut data = Vec::new();
+            for old in crate::agent::kubelet::log_rotation::rotated(&self.path) {
+                data.extend(tokio::fs::read(&old).await.unwrap_or_default());
+                if data.last().is_some_and(|b| *b != b'\n') {
+                    data.push(b'\n');
+                }
+            }
+            let current = tokio::fs::read(&self.path).await.unwrap_or_default();
+            self.offset = current.len() as u64;
+            data.extend(current);
             let (out, consumed) = initial(&data, &self.opts);
-            self.offset = data.len() as u64;
             self.carry = data[consumed..].to_vec();
             if !self.opts.follow {
                 self.done = true;
