@@ -147,6 +147,7 @@ async fn run_kubelet(
         .await
         .context("the container runtime does not answer CRI")?;
     tracing::info!(runtime = %version.name, version = %version.version, "container runtime connected");
+    containerd::recovery::wait_for_cri(&socket, &cri, Duration::from_secs(15)).await;
 
     let node_agent = kubelet::node::NodeAgent::new(
         client.clone(),

@@ -2,6 +2,7 @@
 //! with it (and restarted when it dies), and the wait until its socket answers. Containers
 //! outlive it: their shims are not its children, so stopping the agent never stops a pod.
 pub mod config;
+pub mod recovery;
 
 use std::path::Path;
 use std::process::Stdio;

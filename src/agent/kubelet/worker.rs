@@ -956,13 +956,7 @@ impl PodWorker {
         let spec = ContainerSpec::new(pod, c, attempt, &image, envs, mounts, resources, log_rel);
         let id = match k.cri.create_container(sandbox_id, sandbox, spec).await {
             Ok(id) => id,
-            Err(e) => {
-                let msg = e.to_string();
-                k.events
-                    .pod(pod, Some(&c.name), true, "Failed", &format!("Error: {msg}"))
-                    .await;
-                return Err(("CreateContainerError".into(), msg));
-            }
+            Err(e) => return Err(step_failed(&k, pod, c, "CreateContainerError", e).await),
         };
         k.events
             .pod(
@@ -974,11 +968,7 @@ impl PodWorker {
             )
             .await;
         if let Err(e) = k.cri.start_container(&id).await {
-            let msg = e.to_string();
-            k.events
-                .pod(pod, Some(&c.name), true, "Failed", &format!("Error: {msg}"))
-                .await;
-            return Err(("RunContainerError".into(), msg));
+            return Err(step_failed(&k, pod, c, "RunContainerError", e).await);
         }
         k.events
             .pod(
@@ -1011,6 +1001,22 @@ impl PodWorker {
         }
         Ok(())
     }
+}
+
+/// A container step that failed: kube's `Failed` event, and the container's waiting reason
+/// and message.
+async fn step_failed(
+    k: &Kubelet,
+    pod: &Pod,
+    c: &Container,
+    reason: &str,
+    error: impl std::fmt::Display,
+) -> (String, String) {
+    let msg = error.to_string();
+    k.events
+        .pod(pod, Some(&c.name), true, "Failed", &format!("Error: {msg}"))
+        .await;
+    (reason.to_string(), msg)
 }
 
 /// The spec of container `name` (app, init or sidecar) of `pod`.
