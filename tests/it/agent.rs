@@ -120,9 +120,6 @@ fn running_pod(s: &Server, name: &str) -> (String, String) {
 /// node's range, keeps running when the server is killed, is adopted (not duplicated) by
 /// the next start, and its sandbox goes away with it.
 #[test]
-#[ignore = "known bug, open: about 1 run in 3 the pod's sandbox and container are started twice \
-            (two Created/Started pairs within a second, no SandboxChanged event), so the adopted \
-            tasks differ; run with --ignored while fixing it"]
 fn a_pod_runs_survives_an_agent_kill_and_is_removed_with_its_sandbox() {
     let _net = crate::pods_support::PodNetwork::acquire();
     let dir = tempfile::tempdir().unwrap();

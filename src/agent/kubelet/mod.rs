@@ -162,10 +162,26 @@ pub async fn run(k: Arc<Kubelet>, shutdown: CancellationToken) -> anyhow::Result
         tokio::select! {
             _ = shutdown.cancelled() => break,
             ev = events.next() => match ev {
-                Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) | watcher::Event::Delete(pod))) => {
+                Some(Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod))) => {
                     notify(&mut workers, &mut running, &pod);
                 }
+                // A (re)list is buffered by the reflector and swapped into the store only at
+                // InitDone: a worker woken before then would find its pod missing and tear
+                // it down. So the whole list is acted on at InitDone.
+                Some(Ok(watcher::Event::InitApply(_))) => {}
                 Some(Ok(watcher::Event::InitDone)) => {
+                    let listed = store.state();
+                    let present: std::collections::HashSet<String> =
+                        listed.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+                    for pod in &listed {
+                        notify(&mut workers, &mut running, pod);
+                    }
+                    // Pods that went away while the watch was down.
+                    for (uid, h) in &workers {
+                        if !present.contains(uid) {
+                            let _ = h.wake.try_send(());
+                        }
+                    }
                     if !synced {
                         synced = true;
                         housekeeping.reset_immediately();
