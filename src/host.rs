@@ -21,6 +21,22 @@ pub fn local_ipv4s() -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// This host's main IPv4 address: the source address of its default route (found by
+/// routing a UDP socket, which sends nothing), or else its first non-loopback address.
+pub fn primary_ipv4() -> Option<String> {
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.255:9")?;
+            s.local_addr()
+        })
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .map(|ip| ip.to_string());
+    let routed = routed.filter(|ip| local_ipv4s().map(|l| l.contains(ip)).unwrap_or(false));
+    routed.or_else(|| local_ipv4s().ok().and_then(|l| l.into_iter().next()))
+}
+
 pub fn node_name(flag: &Option<String>) -> String {
     flag.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -8,7 +8,9 @@ pub mod images;
 pub mod join;
 pub mod kubelet;
 pub mod kubelet_api;
+pub mod mirror;
 pub mod process;
+pub mod service_proxy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ pub struct AgentConfig {
     pub kubelet_port: u16,
     /// The kubelet API's certificates; without them the kubelet API is not served.
     pub kubelet_tls: Option<kubelet_api::KubeletServingTls>,
+    /// The service proxy's settings; None with `--disable-kube-proxy`.
+    pub service_proxy: Option<service_proxy::ProxyConfig>,
 }
 
 impl AgentConfig {
@@ -89,6 +93,13 @@ pub fn spawn(
         }
         None => None,
     };
+    if let Some(proxy) = config.service_proxy.clone() {
+        let client = client.clone();
+        let stop = shutdown.clone();
+        sup.spawn("service-proxy", async move {
+            service_proxy::run(client, proxy, stop).await
+        });
+    }
     let conf_dir = layout.cni_conf_dir.clone();
     sup.spawn("kubelet", async move {
         run_kubelet(

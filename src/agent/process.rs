@@ -10,6 +10,20 @@ use crate::cli::args::AgentArgs;
 use crate::lifecycle::Supervisor;
 
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if args.cleanup {
+        let removed = tokio::task::spawn_blocking(super::service_proxy::cleanup)
+            .await?
+            .context("failed to remove krab's nftables rules")?;
+        println!(
+            "{}",
+            if removed {
+                "removed the nftables table ip krab"
+            } else {
+                "nothing to remove: there is no nftables table ip krab"
+            }
+        );
+        return Ok(());
+    }
     let (Some(server), Some(token)) = (&args.server, &args.token) else {
         anyhow::bail!(
             "krab agent needs --server https://<server>:6443 and --token <token> (the server's \
@@ -19,10 +33,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
     let node_name = crate::host::node_name(&args.node_name);
     let node_ip = match args.node_ip {
         Some(ip) => ip.to_string(),
-        None => crate::host::local_ipv4s()
-            .ok()
-            .and_then(|ips| ips.into_iter().next())
-            .unwrap_or_else(|| "127.0.0.1".into()),
+        None => crate::host::primary_ipv4().unwrap_or_else(|| "127.0.0.1".into()),
     };
     let joined = join::join(
         server,
@@ -33,6 +44,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
     )
     .await
     .with_context(|| format!("failed to join the cluster at {server}"))?;
+    let node_ip_for_proxy = node_ip.clone();
     let config = AgentConfig {
         data_dir: args.data_dir.clone(),
         node_name,
@@ -50,6 +62,15 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
             cert_pem: joined.credentials.serving_certificate.clone(),
             key_pem: joined.credentials.serving_key.clone(),
             client_ca_pem: joined.credentials.client_ca.clone(),
+        }),
+        service_proxy: (!args.disable_kube_proxy).then(|| {
+            super::service_proxy::ProxyConfig::new(
+                args.cluster_cidr,
+                args.service_cidr,
+                args.cluster_dns,
+                &node_ip_for_proxy,
+                args.dns_port,
+            )
         }),
     };
     let mut sup = Supervisor::new(shutdown.clone());

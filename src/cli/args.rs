@@ -167,6 +167,13 @@ pub struct ServerArgs {
     /// The cluster's DNS domain.
     #[arg(long, env = "KRAB_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Do not run the service proxy (no nftables rules for Services).
+    #[arg(long, env = "KRAB_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
+    /// The port this node's cluster DNS server listens on, at the node IP; the cluster DNS
+    /// address is forwarded there.
+    #[arg(long, env = "KRAB_DNS_PORT", default_value_t = 53)]
+    pub dns_port: u16,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -202,6 +209,22 @@ pub struct AgentArgs {
     /// The cluster's DNS domain.
     #[arg(long, env = "KRAB_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// The range pod IPs are taken from (as the server's --cluster-cidr).
+    #[arg(long, env = "KRAB_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// The range Service cluster IPs are taken from (as the server's --service-cidr).
+    #[arg(long, env = "KRAB_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: ipnet::Ipv4Net,
+    /// Do not run the service proxy (no nftables rules for Services).
+    #[arg(long, env = "KRAB_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
+    /// The port this node's cluster DNS server listens on, at the node IP; the cluster DNS
+    /// address is forwarded there.
+    #[arg(long, env = "KRAB_DNS_PORT", default_value_t = 53)]
+    pub dns_port: u16,
+    /// Remove the nftables rules krab programmed, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -78,9 +78,7 @@ fn advertised_peer(args: &ServerArgs) -> std::net::SocketAddr {
         if !listen.is_unspecified() {
             return listen;
         }
-        crate::host::local_ipv4s()
-            .ok()
-            .and_then(|ips| ips.into_iter().next())
+        crate::host::primary_ipv4()
             .and_then(|ip| ip.parse().ok())
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
     });
@@ -94,9 +92,7 @@ fn advertised_api(args: &ServerArgs) -> std::net::IpAddr {
         if !args.bind_address.is_unspecified() {
             return args.bind_address;
         }
-        crate::host::local_ipv4s()
-            .ok()
-            .and_then(|ips| ips.into_iter().next())
+        crate::host::primary_ipv4()
             .and_then(|ip| ip.parse().ok())
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
     })
@@ -256,7 +252,7 @@ fn start_agent(
     let config = crate::agent::AgentConfig {
         data_dir: args.data_dir.clone(),
         node_name: name.to_string(),
-        node_ip,
+        node_ip: node_ip.clone(),
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         cluster_dns: vec![args.cluster_dns.to_string()],
         cluster_domain: args.cluster_domain.clone(),
@@ -270,6 +266,15 @@ fn start_agent(
             cert_pem: serving.cert_pem,
             key_pem: serving.key_pem,
             client_ca_pem: certs.client_ca_pem.clone(),
+        }),
+        service_proxy: (!args.disable_kube_proxy).then(|| {
+            crate::agent::service_proxy::ProxyConfig::new(
+                args.cluster_cidr,
+                args.service_cidr,
+                args.cluster_dns,
+                &node_ip,
+                args.dns_port,
+            )
         }),
     };
     crate::agent::spawn(sup, config, client, shutdown).context("failed to start the agent")

@@ -1,0 +1,295 @@
+//! One Service and its EndpointSlices turned into the chains and map entries that carry it:
+//! `svc/<ns>/<name>` (reached from `service-ips` by cluster IP and external IPs),
+//! `ports/<ns>/<name>` (reached from `service-ports` by node port and, with a load-balancer
+//! address, service port), one chain per service port choosing an endpoint with equal
+//! probability, and one per endpoint doing the DNAT. Ports without a ready endpoint get no
+//! rule, so their traffic keeps its service address and the guard rejects it.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::rules::{proto_number, ChainDef, Rule, Stmt, MASQUERADE_MARK};
+
+/// Everything one Service contributes to the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceRules {
+    /// Keys of `service-ips` → the chain they go to.
+    pub ips: BTreeMap<Ipv4Addr, String>,
+    /// Keys of `service-ports` → the chain they go to.
+    pub ports: BTreeMap<u16, String>,
+    /// The service's own chains, in the order they must be created (targets first).
+    pub chains: Vec<ChainDef>,
+}
+
+/// One endpoint address and port for one service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Target {
+    addr: Ipv4Addr,
+    port: u16,
+}
+
+/// The endpoints of a service port by its name: ready ones, or else serving-and-terminating
+/// ones (kube-proxy's fallback so a rolling restart does not drop traffic).
+fn targets(port: &ServicePort, slices: &[&EndpointSlice], proto: &str) -> Vec<Target> {
+    let want = port.name.clone().unwrap_or_default();
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
+    for s in slices {
+        if s.address_type != "IPv4" {
+            continue;
+        }
+        let Some(p) = s.ports.iter().flatten().find(|p| {
+            p.name.clone().unwrap_or_default() == want
+                && p.protocol.as_deref().unwrap_or("TCP") == proto
+        }) else {
+            continue;
+        };
+        let Some(number) = p.port.and_then(|n| u16::try_from(n).ok()) else {
+            continue;
+        };
+        for e in &s.endpoints {
+            let c = e.conditions.clone().unwrap_or_default();
+            let is_ready = c.ready.unwrap_or(true);
+            let serving = c.serving.unwrap_or(is_ready);
+            let is_terminating = c.terminating.unwrap_or(false);
+            for a in &e.addresses {
+                let Ok(addr) = a.parse::<Ipv4Addr>() else {
+                    continue;
+                };
+                let t = Target { addr, port: number };
+                if is_ready {
+                    ready.push(t);
+                } else if serving && is_terminating {
+                    terminating.push(t);
+                }
+            }
+        }
+    }
+    let mut chosen = if ready.is_empty() { terminating } else { ready };
+    chosen.sort();
+    chosen.dedup();
+    chosen
+}
+
+fn host(addr: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(addr, 32).unwrap_or_default()
+}
+
+/// The rules of one Service, or nothing for a headless or ExternalName Service.
+pub fn compile(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    cluster_cidr: Ipv4Net,
+    skip_ip: Option<Ipv4Addr>,
+) -> ServiceRules {
+    let mut out = ServiceRules::default();
+    let Some(spec) = svc.spec.as_ref() else {
+        return out;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return out;
+    }
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let mut vips: Vec<Ipv4Addr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .chain(spec.external_ips.iter().flatten())
+        .filter_map(|a| a.parse().ok())
+        .filter(|a| Some(*a) != skip_ip)
+        .collect();
+    vips.sort();
+    vips.dedup();
+    let lb = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .is_some_and(|l| l.ingress.as_ref().is_some_and(|i| !i.is_empty()));
+    let svc_chain = format!("svc/{ns}/{name}");
+    let ports_chain = format!("ports/{ns}/{name}");
+    let mut svc_rules = vec![Rule(vec![
+        Stmt::Saddr {
+            net: cluster_cidr,
+            negate: true,
+        },
+        Stmt::SetMark(MASQUERADE_MARK),
+    ])];
+    let mut port_rules = vec![Rule(vec![Stmt::SetMark(MASQUERADE_MARK)])];
+    for p in spec.ports.iter().flatten() {
+        let Some(proto) = proto_number(p.protocol.as_deref()) else {
+            continue;
+        };
+        let proto_name = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+        let Ok(service_port) = u16::try_from(p.port) else {
+            continue;
+        };
+        let eps = targets(p, slices, &proto_name);
+        if eps.is_empty() {
+            continue;
+        }
+        let lb_chain = format!("lb/{ns}/{name}/{}/{}", proto_name.to_lowercase(), p.port);
+        let mut choose = Vec::new();
+        let n = eps.len();
+        for (i, t) in eps.iter().enumerate() {
+            let ep_chain = format!("{lb_chain}/{}:{}", t.addr, t.port);
+            out.chains.push(ChainDef {
+                name: ep_chain.clone(),
+                hook: None,
+                rules: vec![
+                    // Hairpin: a pod reaching itself through its service.
+                    Rule(vec![
+                        Stmt::Saddr {
+                            net: host(t.addr),
+                            negate: false,
+                        },
+                        Stmt::SetMark(MASQUERADE_MARK),
+                    ]),
+                    Rule(vec![
+                        Stmt::L4Proto(proto),
+                        Stmt::Dnat {
+                            addr: t.addr,
+                            port: t.port,
+                        },
+                    ]),
+                ],
+            });
+            // Endpoint i is taken with probability 1/(n-i) among those left: uniform overall.
+            let left = (n - i) as u32;
+            let mut r = Vec::new();
+            if left > 1 {
+                r.push(Stmt::NumgenZero { modulus: left });
+            }
+            r.push(Stmt::Goto(ep_chain));
+            choose.push(Rule(r));
+        }
+        out.chains.push(ChainDef {
+            name: lb_chain.clone(),
+            hook: None,
+            rules: choose,
+        });
+        svc_rules.push(Rule(vec![
+            Stmt::L4Proto(proto),
+            Stmt::Dport(service_port),
+            Stmt::Goto(lb_chain.clone()),
+        ]));
+        let node_port = p.node_port.and_then(|n| u16::try_from(n).ok());
+        if let Some(np) = node_port.filter(|n| *n > 0) {
+            port_rules.push(Rule(vec![
+                Stmt::L4Proto(proto),
+                Stmt::Dport(np),
+                Stmt::Goto(lb_chain.clone()),
+            ]));
+            out.ports.insert(np, ports_chain.clone());
+        }
+        if lb {
+            port_rules.push(Rule(vec![
+                Stmt::L4Proto(proto),
+                Stmt::Dport(service_port),
+                Stmt::Goto(lb_chain.clone()),
+            ]));
+            out.ports.insert(service_port, ports_chain.clone());
+        }
+    }
+    if !vips.is_empty() {
+        for ip in vips {
+            out.ips.insert(ip, svc_chain.clone());
+        }
+        out.chains.push(ChainDef {
+            name: svc_chain,
+            hook: None,
+            rules: svc_rules,
+        });
+    }
+    if !out.ports.is_empty() {
+        out.chains.push(ChainDef {
+            name: ports_chain,
+            hook: None,
+            rules: port_rules,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::service_proxy::rules::render;
+
+    fn service(json: serde_json::Value) -> Service {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn slice(json: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_cluster_ip_service_balances_over_ready_endpoints_by_port_name() {
+        let svc = service(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.20", "type": "NodePort", "ports": [
+                {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080},
+                {"name": "dns", "port": 53, "protocol": "UDP"}
+            ]}
+        }));
+        let s = slice(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "default"},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.42.0.7"], "conditions": {"ready": true}},
+                {"addresses": ["10.42.0.5"]},
+                {"addresses": ["10.42.0.9"], "conditions": {"ready": false}}
+            ]
+        }));
+        let r = compile(&svc, &[&s], "10.42.0.0/16".parse().unwrap(), None);
+        assert_eq!(
+            r.ips
+                .get(&"10.43.0.20".parse().unwrap())
+                .map(String::as_str),
+            Some("svc/default/web")
+        );
+        assert_eq!(
+            r.ports.get(&30080).map(String::as_str),
+            Some("ports/default/web")
+        );
+        let text = render(&r.chains);
+        assert!(
+            text.contains(
+                "chain lb/default/web/tcp/80 {\n\t\tnumgen random mod 2 0 goto \"lb/default/web/tcp/80/10.42.0.5:8080\"\n\t\tgoto \"lb/default/web/tcp/80/10.42.0.7:8080\"\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("meta l4proto tcp dnat to 10.42.0.7:8080"));
+        assert!(text.contains("ip saddr 10.42.0.5 meta mark set meta mark | 0x4000"));
+        assert!(text.contains("meta l4proto tcp th dport 30080 goto \"lb/default/web/tcp/80\""));
+        // The UDP port has no endpoint: no rule, so the guard rejects it.
+        assert!(!text.contains("udp"), "{text}");
+        assert!(!text.contains("10.42.0.9"));
+    }
+
+    #[test]
+    fn headless_and_external_name_services_have_no_rules() {
+        let headless = service(serde_json::json!({
+            "metadata": {"name": "h", "namespace": "default"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
+        }));
+        assert_eq!(
+            compile(&headless, &[], "10.42.0.0/16".parse().unwrap(), None),
+            ServiceRules::default()
+        );
+        let ext = service(serde_json::json!({
+            "metadata": {"name": "e", "namespace": "default"},
+            "spec": {"type": "ExternalName", "externalName": "example.com"}
+        }));
+        assert_eq!(
+            compile(&ext, &[], "10.42.0.0/16".parse().unwrap(), None),
+            ServiceRules::default()
+        );
+    }
+}

@@ -1,0 +1,519 @@
+//! The service proxy (kube-proxy's nftables mode, in-process): watches Services,
+//! EndpointSlices and Nodes through the API and keeps the `ip krab` table in line with them,
+//! one atomic netlink batch per change, touching only the services that changed; re-creates
+//! the table if someone deletes or flushes it. Nothing else in nftables is touched.
+pub mod compile;
+pub mod nft;
+pub mod rules;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use tokio_util::sync::CancellationToken;
+
+use self::compile::ServiceRules;
+use self::nft::{Key, Tx};
+use self::rules::{Skeleton, CLUSTER_GUARD, NAT_PREROUTING, SERVICE_IPS, SERVICE_PORTS};
+use crate::agent::mirror::{object_key, Mirror, SliceIndex};
+
+/// What the proxy is told.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    /// The cluster DNS address and where this node's DNS server answers.
+    pub cluster_dns: Option<(Ipv4Addr, Ipv4Addr, u16)>,
+}
+
+impl ProxyConfig {
+    /// The cluster DNS address is forwarded to `<node-ip>:<dns-port>` (127.0.0.1 when the
+    /// node's address is not IPv4).
+    pub fn new(
+        cluster_cidr: Ipv4Net,
+        service_cidr: Ipv4Net,
+        cluster_dns: Ipv4Addr,
+        node_ip: &str,
+        dns_port: u16,
+    ) -> ProxyConfig {
+        let local = node_ip.parse().unwrap_or(Ipv4Addr::LOCALHOST);
+        ProxyConfig {
+            cluster_cidr,
+            service_cidr,
+            cluster_dns: Some((cluster_dns, local, dns_port)),
+        }
+    }
+}
+
+/// What is in the kernel now, as far as the proxy knows.
+#[derive(Default)]
+struct Applied {
+    services: HashMap<String, ServiceRules>,
+    ip_owner: HashMap<Ipv4Addr, String>,
+    port_owner: HashMap<u16, String>,
+    guard: Vec<rules::Rule>,
+    /// False until a full sync succeeds (and again after a failure or a flush).
+    whole: bool,
+}
+
+pub struct ServiceProxy {
+    config: ProxyConfig,
+    services: Mirror<Service>,
+    slices: Mirror<EndpointSlice>,
+    nodes: Mirror<Node>,
+    index: SliceIndex,
+    applied: Applied,
+}
+
+/// How one sync went (for logs and the benchmark).
+#[derive(Debug, Clone, Copy)]
+pub struct SyncReport {
+    pub services: usize,
+    pub messages: usize,
+    pub full: bool,
+    pub elapsed: Duration,
+}
+
+impl ServiceProxy {
+    pub fn new(config: ProxyConfig) -> ServiceProxy {
+        ServiceProxy {
+            config,
+            services: Mirror::new(),
+            slices: Mirror::new(),
+            nodes: Mirror::new(),
+            index: SliceIndex::default(),
+            applied: Applied::default(),
+        }
+    }
+
+    fn skeleton(&self) -> Skeleton {
+        let mut cidrs: Vec<Ipv4Net> = self
+            .nodes
+            .now
+            .values()
+            .flat_map(|n| {
+                let spec = n.spec.clone().unwrap_or_default();
+                spec.pod_cidrs
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(spec.pod_cidr)
+                    .filter_map(|c| c.parse::<Ipv4Net>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        cidrs.sort();
+        cidrs.dedup();
+        Skeleton {
+            cluster_cidr: self.config.cluster_cidr,
+            service_cidr: self.config.service_cidr,
+            node_pod_cidrs: cidrs,
+            cluster_dns: self.config.cluster_dns,
+        }
+    }
+
+    fn desired(&self, key: &str) -> ServiceRules {
+        let Some(svc) = self.services.now.get(key) else {
+            return ServiceRules::default();
+        };
+        let slices = self.index.of(key);
+        compile::compile(
+            svc,
+            &slices,
+            self.config.cluster_cidr,
+            self.config.cluster_dns.map(|d| d.0),
+        )
+    }
+
+    /// Rebuilds the whole table in one transaction (first sync, after a failure or a flush).
+    pub fn full_sync(&mut self) -> Result<SyncReport, nft::Error> {
+        let started = Instant::now();
+        let skeleton = self.skeleton().chains();
+        let mut keys: Vec<String> = self.services.now.keys().cloned().collect();
+        keys.sort();
+        let mut next = Applied::default();
+        let mut wanted = Vec::new();
+        for k in &keys {
+            let mut r = self.desired(k);
+            claim(&mut next, k, &mut r);
+            wanted.push((k.clone(), r));
+        }
+        let mut tx = Tx::new();
+        tx.add_table();
+        tx.delete_table();
+        tx.add_table();
+        tx.add_maps(SERVICE_IPS, SERVICE_PORTS)?;
+        // Chains first (rules may jump to any of them), then rules, then map elements.
+        let service_chains = wanted.iter().flat_map(|(_, r)| r.chains.iter());
+        for c in skeleton.iter().filter(|c| c.hook.is_none()) {
+            tx.add_chain(&c.name, None)?;
+        }
+        for c in service_chains.clone() {
+            tx.add_chain(&c.name, None)?;
+        }
+        for c in service_chains {
+            for r in &c.rules {
+                tx.add_rule(&c.name, r)?;
+            }
+        }
+        let mut ips = Vec::new();
+        let mut ports = Vec::new();
+        for (_, r) in &wanted {
+            ips.extend(r.ips.iter().map(|(ip, c)| (Key::Ip(*ip), c.clone())));
+            ports.extend(r.ports.iter().map(|(p, c)| (Key::Port(*p), c.clone())));
+        }
+        tx.add_elements(SERVICE_IPS, &ips)?;
+        tx.add_elements(SERVICE_PORTS, &ports)?;
+        for c in skeleton.iter().filter(|c| c.hook.is_none()) {
+            for r in &c.rules {
+                tx.add_rule(&c.name, r)?;
+            }
+        }
+        // Hooked chains last: the table starts filtering only once it is complete.
+        for c in skeleton.iter().filter(|c| c.hook.is_some()) {
+            tx.add_chain_def(c)?;
+        }
+        let messages = tx.messages;
+        nft::send(&tx.finalize())?;
+        next.guard = skeleton
+            .iter()
+            .find(|c| c.name == CLUSTER_GUARD)
+            .map(|c| c.rules.clone())
+            .unwrap_or_default();
+        next.services = wanted.into_iter().collect();
+        next.whole = true;
+        self.applied = next;
+        Ok(SyncReport {
+            services: keys.len(),
+            messages,
+            full: true,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Brings the given services (and the guard) in line, in one transaction.
+    pub fn sync(&mut self, keys: &BTreeSet<String>) -> Result<SyncReport, nft::Error> {
+        if !self.applied.whole {
+            return self.full_sync();
+        }
+        let started = Instant::now();
+        let mut tx = Tx::new();
+        let guard = self
+            .skeleton()
+            .chains()
+            .into_iter()
+            .find(|c| c.name == CLUSTER_GUARD)
+            .map(|c| c.rules)
+            .unwrap_or_default();
+        let guard_changed = guard != self.applied.guard;
+        if guard_changed {
+            tx.flush_chain(CLUSTER_GUARD)?;
+            for r in &guard {
+                tx.add_rule(CLUSTER_GUARD, r)?;
+            }
+        }
+        let mut changes = Vec::new();
+        for k in keys {
+            let old = self.applied.services.get(k).cloned().unwrap_or_default();
+            let mut new = self.desired(k);
+            // Give up what this service held, then claim again (a lost claim stays lost).
+            release(&mut self.applied, k, &old);
+            claim(&mut self.applied, k, &mut new);
+            if new == old {
+                continue;
+            }
+            changes.push((k.clone(), old, new));
+        }
+        if changes.is_empty() && !guard_changed {
+            return Ok(SyncReport {
+                services: 0,
+                messages: 0,
+                full: false,
+                elapsed: started.elapsed(),
+            });
+        }
+        // 1. map elements that go away or change target
+        let mut del_ips = Vec::new();
+        let mut del_ports = Vec::new();
+        let mut add_ips = Vec::new();
+        let mut add_ports = Vec::new();
+        for (_, old, new) in &changes {
+            for (ip, c) in &old.ips {
+                if new.ips.get(ip) != Some(c) {
+                    del_ips.push(Key::Ip(*ip));
+                }
+            }
+            for (p, c) in &old.ports {
+                if new.ports.get(p) != Some(c) {
+                    del_ports.push(Key::Port(*p));
+                }
+            }
+            for (ip, c) in &new.ips {
+                if old.ips.get(ip) != Some(c) {
+                    add_ips.push((Key::Ip(*ip), c.clone()));
+                }
+            }
+            for (p, c) in &new.ports {
+                if old.ports.get(p) != Some(c) {
+                    add_ports.push((Key::Port(*p), c.clone()));
+                }
+            }
+        }
+        tx.delete_elements(SERVICE_IPS, &del_ips)?;
+        tx.delete_elements(SERVICE_PORTS, &del_ports)?;
+        for (_, old, new) in &changes {
+            let new_names: BTreeSet<&str> = new.chains.iter().map(|c| c.name.as_str()).collect();
+            let old_names: BTreeSet<&str> = old.chains.iter().map(|c| c.name.as_str()).collect();
+            // 2. empty what exists
+            for c in &old.chains {
+                tx.flush_chain(&c.name)?;
+            }
+            // 3. create what is new
+            for c in new
+                .chains
+                .iter()
+                .filter(|c| !old_names.contains(c.name.as_str()))
+            {
+                tx.add_chain(&c.name, None)?;
+            }
+            // 4. fill
+            for c in &new.chains {
+                for r in &c.rules {
+                    tx.add_rule(&c.name, r)?;
+                }
+            }
+            // 5. remove what is gone (emptied above, no longer referenced)
+            for c in old
+                .chains
+                .iter()
+                .filter(|c| !new_names.contains(c.name.as_str()))
+            {
+                tx.delete_chain(&c.name)?;
+            }
+        }
+        // 6. map elements that are new or changed
+        tx.add_elements(SERVICE_IPS, &add_ips)?;
+        tx.add_elements(SERVICE_PORTS, &add_ports)?;
+        let messages = tx.messages;
+        if let Err(e) = nft::send(&tx.finalize()) {
+            self.applied.whole = false;
+            return Err(e);
+        }
+        self.applied.guard = guard;
+        let n = changes.len();
+        for (k, _, new) in changes {
+            if new == ServiceRules::default() {
+                self.applied.services.remove(&k);
+            } else {
+                self.applied.services.insert(k, new);
+            }
+        }
+        Ok(SyncReport {
+            services: n,
+            messages,
+            full: false,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn on_service(&mut self, ev: watcher::Event<Service>) -> Vec<String> {
+        self.services.apply(ev, |s| object_key(&s.metadata))
+    }
+
+    fn on_slice(&mut self, ev: watcher::Event<EndpointSlice>) -> Vec<String> {
+        let keys = self.slices.apply(ev, |s| object_key(&s.metadata));
+        if keys.is_empty() {
+            return keys;
+        }
+        self.index.update(&keys, &self.slices)
+    }
+
+    fn synced(&self) -> bool {
+        self.services.synced && self.slices.synced && self.nodes.synced
+    }
+}
+
+/// Records which map keys a service holds; keys another service holds are dropped from
+/// `rules` (two services cannot share a cluster IP or a node port).
+fn claim(applied: &mut Applied, key: &str, rules: &mut ServiceRules) {
+    rules.ips.retain(|ip, _| match applied.ip_owner.get(ip) {
+        Some(owner) if owner != key => {
+            tracing::warn!(service = %key, ip = %ip, owner = %owner, "address already used by another service; skipped");
+            false
+        }
+        _ => true,
+    });
+    rules.ports.retain(|p, _| match applied.port_owner.get(p) {
+        Some(owner) if owner != key => {
+            tracing::warn!(service = %key, port = %p, owner = %owner, "port already used by another service; skipped");
+            false
+        }
+        _ => true,
+    });
+    for ip in rules.ips.keys() {
+        applied.ip_owner.insert(*ip, key.to_string());
+    }
+    for p in rules.ports.keys() {
+        applied.port_owner.insert(*p, key.to_string());
+    }
+}
+
+fn release(applied: &mut Applied, key: &str, rules: &ServiceRules) {
+    for ip in rules.ips.keys() {
+        if applied.ip_owner.get(ip).map(String::as_str) == Some(key) {
+            applied.ip_owner.remove(ip);
+        }
+    }
+    for p in rules.ports.keys() {
+        if applied.port_owner.get(p).map(String::as_str) == Some(key) {
+            applied.port_owner.remove(p);
+        }
+    }
+}
+
+/// The kernel settings service traffic needs: forwarding, and bridged pod traffic passing
+/// through nftables (so replies from a pod on the same bridge are un-NATed).
+fn ensure_sysctls() {
+    for (path, value) in [
+        ("/proc/sys/net/ipv4/ip_forward", "1"),
+        ("/proc/sys/net/bridge/bridge-nf-call-iptables", "1"),
+    ] {
+        match std::fs::read_to_string(path) {
+            Ok(v) if v.trim() == value => {}
+            Ok(_) => {
+                if let Err(e) = std::fs::write(path, value) {
+                    tracing::warn!(path, error = %e, "cannot set a kernel setting services need");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path, error = %e, "kernel setting missing (is br_netfilter loaded?); pods on one node may not reach each other through services")
+            }
+        }
+    }
+}
+
+/// Deletes everything the proxy programmed (`krab agent --cleanup`).
+pub fn cleanup() -> Result<bool, nft::Error> {
+    if nft::count_rules(NAT_PREROUTING)?.is_none() {
+        return Ok(false);
+    }
+    let mut tx = Tx::new();
+    tx.add_table();
+    tx.delete_table();
+    nft::send(&tx.finalize())?;
+    Ok(true)
+}
+
+enum Input {
+    Service(watcher::Event<Service>),
+    Slice(watcher::Event<EndpointSlice>),
+    Node(watcher::Event<Node>),
+}
+
+/// Runs the proxy until shutdown; the rules stay in place when it stops (pods keep working).
+pub async fn run(
+    client: kube::Client,
+    config: ProxyConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(ensure_sysctls).await?;
+    let mut proxy = ServiceProxy::new(config);
+    // The guard before anything else: nothing from the cluster ranges leaks out while the
+    // first lists load.
+    let mut pending = true;
+    let svc = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(Input::Service));
+    let eps = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(Input::Slice));
+    let nodes = watcher(Api::<Node>::all(client), watcher::Config::default())
+        .default_backoff()
+        .map(|e| e.map(Input::Node));
+    let mut events = futures::stream::select(futures::stream::select(svc, eps), nodes).boxed();
+    let mut check = tokio::time::interval(Duration::from_secs(5));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirty: BTreeSet<String> = BTreeSet::new();
+    let mut retry_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            ev = events.next() => {
+                let Some(ev) = ev else { return Ok(()) };
+                let mut batch = vec![ev];
+                // Everything already waiting goes into the same transaction.
+                while let Some(Some(ev)) = events.next().now_or_never() {
+                    batch.push(ev);
+                    if batch.len() >= 10_000 {
+                        break;
+                    }
+                }
+                for ev in batch {
+                    match ev {
+                        Ok(Input::Service(e)) => dirty.extend(proxy.on_service(e)),
+                        Ok(Input::Slice(e)) => dirty.extend(proxy.on_slice(e)),
+                        Ok(Input::Node(e)) => {
+                            proxy.nodes.apply(e, |n| n.metadata.name.clone().unwrap_or_default());
+                            pending = true;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),
+                    }
+                }
+                if proxy.synced() && (!dirty.is_empty() || pending) {
+                    retry_at = Some(tokio::time::Instant::now());
+                }
+            }
+            _ = check.tick() => {
+                if proxy.applied.whole {
+                    match tokio::task::spawn_blocking(|| nft::count_rules(NAT_PREROUTING)).await? {
+                        Ok(Some(n)) if n > 0 => {}
+                        Ok(_) => {
+                            tracing::warn!("the krab nftables table was deleted or flushed; programming it again");
+                            proxy.applied.whole = false;
+                            retry_at = Some(tokio::time::Instant::now());
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot read the krab table"),
+                    }
+                }
+            }
+            _ = retry => {
+                retry_at = None;
+                // Before the lists are in, only the skeleton (an empty service set).
+                let keys = std::mem::take(&mut dirty);
+                let result = tokio::task::block_in_place(|| {
+                    if proxy.synced() { proxy.sync(&keys) } else { proxy.full_sync() }
+                });
+                pending = false;
+                match result {
+                    Ok(r) => {
+                        if r.services > 0 || r.full {
+                            tracing::debug!(services = r.services, messages = r.messages, full = r.full, elapsed_us = r.elapsed.as_micros() as u64, "service rules synced");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "programming service rules failed; retrying with a full sync");
+                        proxy.applied.whole = false;
+                        retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+    }
+}
