@@ -26,7 +26,7 @@ pub fn local_ipv4s() -> std::io::Result<Vec<String>> {
 pub fn primary_ipv4() -> Option<String> {
     let routed = std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| {
-            s.connect("192.0.2.255:9")?;
+            s.connect("1.1.1.1:9")?;
             s.local_addr()
         })
         .ok()

@@ -4,6 +4,7 @@
 pub mod cni;
 pub mod containerd;
 pub mod cri;
+pub mod dns;
 pub mod images;
 pub mod join;
 pub mod kubelet;
@@ -48,9 +49,26 @@ pub struct AgentConfig {
     pub kubelet_tls: Option<kubelet_api::KubeletServingTls>,
     /// The service proxy's settings; None with `--disable-kube-proxy`.
     pub service_proxy: Option<service_proxy::ProxyConfig>,
+    /// The cluster DNS server's settings; None without the service proxy.
+    pub dns: Option<dns::DnsConfig>,
 }
 
 impl AgentConfig {
+    /// The cluster DNS server's settings for a node at `node_ip` (127.0.0.1 when it is not
+    /// an IPv4 address: the service proxy forwards the cluster DNS address there).
+    pub fn dns_for(node_ip: &str, port: u16, domain: &str) -> dns::DnsConfig {
+        let ip: std::net::IpAddr = node_ip
+            .parse::<std::net::Ipv4Addr>()
+            .map(Into::into)
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        dns::DnsConfig {
+            listen: std::net::SocketAddr::new(ip, port),
+            domain: domain.to_string(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            hosts_file: PathBuf::from("/etc/hosts"),
+        }
+    }
+
     pub fn images_dir(&self) -> PathBuf {
         self.data_dir.join("agent").join("images")
     }
@@ -93,6 +111,14 @@ pub fn spawn(
         }
         None => None,
     };
+    if let Some(dns_config) = config.dns.clone() {
+        let sockets = dns::bind(dns_config.listen)?;
+        let client = client.clone();
+        let stop = shutdown.clone();
+        sup.spawn("cluster-dns", async move {
+            dns::run(client, dns_config, sockets, stop).await
+        });
+    }
     if let Some(proxy) = config.service_proxy.clone() {
         let client = client.clone();
         let stop = shutdown.clone();

@@ -72,6 +72,8 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
                 args.dns_port,
             )
         }),
+        dns: (!args.disable_kube_proxy)
+            .then(|| AgentConfig::dns_for(&node_ip_for_proxy, args.dns_port, &args.cluster_domain)),
     };
     let mut sup = Supervisor::new(shutdown.clone());
     super::spawn(&mut sup, config, joined.client, shutdown).context("failed to start the agent")?;

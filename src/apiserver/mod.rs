@@ -152,7 +152,8 @@ impl ApiServer {
     }
 }
 
-/// Creates the system namespaces and the `kubernetes` Service, retrying until it can.
+/// Creates the system namespaces and the `kubernetes` and `kube-dns` Services, retrying until
+/// it can.
 async fn bootstrap(
     registry: registry::Registry,
     port: u16,
@@ -167,6 +168,7 @@ async fn bootstrap(
             registry.ensure_system_priority_classes().await?;
             rbac::bootstrap::ensure(&registry).await?;
             registry.ensure_kubernetes_service(port).await?;
+            registry.ensure_kube_dns_service().await?;
             match advertise {
                 Some(ip) => registry.ensure_kubernetes_endpoints(ip, port).await,
                 None => Ok(()),

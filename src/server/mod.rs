@@ -205,6 +205,7 @@ fn start_apiserver(
         services: crate::apiserver::ServiceNetwork {
             cidr: args.service_cidr,
             node_ports: args.service_node_port_range.clone(),
+            cluster_dns: Some(args.cluster_dns),
         },
         port: args.https_listen_port,
         advertise: Some(advertised_api(args)),
@@ -275,6 +276,9 @@ fn start_agent(
                 &node_ip,
                 args.dns_port,
             )
+        }),
+        dns: (!args.disable_kube_proxy).then(|| {
+            crate::agent::AgentConfig::dns_for(&node_ip, args.dns_port, &args.cluster_domain)
         }),
     };
     crate::agent::spawn(sup, config, client, shutdown).context("failed to start the agent")

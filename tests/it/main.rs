@@ -13,5 +13,6 @@ mod kubectl;
 mod pods;
 mod pods_support;
 mod rbac;
+mod services;
 mod support;
 mod tokens;

@@ -410,9 +410,9 @@ pub fn cleanup() -> Result<bool, nft::Error> {
 }
 
 enum Input {
-    Service(watcher::Event<Service>),
-    Slice(watcher::Event<EndpointSlice>),
-    Node(watcher::Event<Node>),
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+    Node(Box<watcher::Event<Node>>),
 }
 
 /// Runs the proxy until shutdown; the rules stay in place when it stops (pods keep working).
@@ -431,16 +431,16 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
-    .map(|e| e.map(Input::Service));
+    .map(|e| e.map(|e| Input::Service(Box::new(e))));
     let eps = watcher(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
-    .map(|e| e.map(Input::Slice));
+    .map(|e| e.map(|e| Input::Slice(Box::new(e))));
     let nodes = watcher(Api::<Node>::all(client), watcher::Config::default())
         .default_backoff()
-        .map(|e| e.map(Input::Node));
+        .map(|e| e.map(|e| Input::Node(Box::new(e))));
     let mut events = futures::stream::select(futures::stream::select(svc, eps), nodes).boxed();
     let mut check = tokio::time::interval(Duration::from_secs(5));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -467,10 +467,10 @@ pub async fn run(
                 }
                 for ev in batch {
                     match ev {
-                        Ok(Input::Service(e)) => dirty.extend(proxy.on_service(e)),
-                        Ok(Input::Slice(e)) => dirty.extend(proxy.on_slice(e)),
+                        Ok(Input::Service(e)) => dirty.extend(proxy.on_service(*e)),
+                        Ok(Input::Slice(e)) => dirty.extend(proxy.on_slice(*e)),
                         Ok(Input::Node(e)) => {
-                            proxy.nodes.apply(e, |n| n.metadata.name.clone().unwrap_or_default());
+                            proxy.nodes.apply(*e, |n| n.metadata.name.clone().unwrap_or_default());
                             pending = true;
                         }
                         Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),

@@ -638,13 +638,53 @@ impl Registry {
                 "sessionAffinity": "None",
             },
         });
-        match self.get(r, Some("default"), "kubernetes").await {
+        self.ensure_system_service(r, "default", "kubernetes", svc)
+            .await
+    }
+
+    /// The `kube-dns` Service in kube-system on the cluster DNS address (the agents answer
+    /// it themselves; clients that look for the Service find it), as k3s has it.
+    pub async fn ensure_kube_dns_service(&self) -> Result<(), ApiError> {
+        let (Some(r), Some(ip)) = (
+            resources::find("", "v1", "services"),
+            self.services.cluster_dns,
+        ) else {
+            return Ok(());
+        };
+        let svc = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "kube-dns",
+                "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"},
+            },
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": ip.to_string(),
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                ],
+            },
+        });
+        self.ensure_system_service(r, "kube-system", "kube-dns", svc)
+            .await
+    }
+
+    async fn ensure_system_service(
+        &self,
+        r: &'static Resource,
+        ns: &str,
+        name: &str,
+        svc: Value,
+    ) -> Result<(), ApiError> {
+        match self.get(r, Some(ns), name).await {
             Ok(_) => return Ok(()),
             Err(e) if e.code == StatusCode::NOT_FOUND => {}
             Err(e) => return Err(e),
         }
-        match self.create(r, Some("default"), svc).await {
-            Ok(_) => tracing::info!("created the kubernetes service"),
+        match self.create(r, Some(ns), svc).await {
+            Ok(_) => tracing::info!(namespace = ns, service = name, "created a system service"),
             // Another server of the cluster made it first.
             Err(e) if e.reason == "AlreadyExists" || e.reason == "Conflict" => {}
             Err(e) => return Err(e),

@@ -22,6 +22,8 @@ use crate::store::types::{prefix_end, RangeRequest};
 pub struct ServiceNetwork {
     pub cidr: Ipv4Net,
     pub node_ports: RangeInclusive<u16>,
+    /// The cluster DNS address (the `kube-dns` Service in kube-system holds it).
+    pub cluster_dns: Option<Ipv4Addr>,
 }
 
 impl Default for ServiceNetwork {
@@ -29,6 +31,7 @@ impl Default for ServiceNetwork {
         ServiceNetwork {
             cidr: Ipv4Net::new(Ipv4Addr::new(10, 43, 0, 0), 16).unwrap_or_default(),
             node_ports: 30000..=32767,
+            cluster_dns: None,
         }
     }
 }
@@ -498,6 +501,7 @@ mod tests {
         let small = ServiceNetwork {
             cidr: "10.0.0.0/30".parse().unwrap(),
             node_ports: 30000..=30001,
+            cluster_dns: None,
         };
         let used: HashSet<String> = ["10.0.0.1".to_string()].into();
         assert_eq!(pick_ip(&small, &used), Some("10.0.0.2".parse().unwrap()));
