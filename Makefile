@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATA_DIR ?= /var/lib/krab
 
-.PHONY: build release run test lint fmt bench-store bench-api bench-pods clean deps-build deps-test deps-run
+.PHONY: build release run test lint fmt bench-store bench-api bench-pods bench-net clean deps-build deps-test deps-run
 
 deps-build:
 	packaging/deps.sh build
@@ -46,6 +46,9 @@ bench-api: deps-build release
 # Pod startup p50/p99 (100 pods, 10 at a time) and server+agent/containerd RSS; needs root.
 bench-pods: deps-test release
 	$(CARGO) run --release --example bench_pods
+
+bench-net: deps-build
+	$(CARGO) run --release --example bench_net
 
 fmt:
 	$(CARGO) fmt

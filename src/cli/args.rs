@@ -151,13 +151,17 @@ pub struct ServerArgs {
     #[arg(long, env = "KRAB_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
     /// Do not run this controller (repeatable): deployment, replicaset, garbagecollector,
-    /// namespace, serviceaccount, serviceaccount-token, nodeipam, endpoints, podgc.
+    /// namespace, serviceaccount, serviceaccount-token, nodeipam, endpoints, podgc, servicelb.
     #[arg(
         long = "disable-controller",
         env = "KRAB_DISABLE_CONTROLLER",
         value_delimiter = ','
     )]
     pub disable_controller: Vec<String>,
+    /// Do not run these packaged components (repeatable, k3s's names): servicelb (the
+    /// built-in load balancer for LoadBalancer Services).
+    #[arg(long = "disable", env = "KRAB_DISABLE", value_delimiter = ',')]
+    pub disable: Vec<String>,
     /// Do not run the controller manager (none of its loops).
     #[arg(long, env = "KRAB_DISABLE_CONTROLLER_MANAGER")]
     pub disable_controller_manager: bool,

@@ -10,6 +10,7 @@ mod node_ipam;
 mod pod_gc;
 mod replicaset;
 mod serviceaccount;
+mod servicelb;
 pub mod template_hash;
 mod tokens;
 
@@ -66,6 +67,7 @@ pub const NAMES: &[&str] = &[
     "nodeipam",
     "endpoints",
     "podgc",
+    "servicelb",
 ];
 
 /// Runs the enabled controllers until `stop`.
@@ -107,6 +109,9 @@ pub async fn run(
     }
     if enabled("podgc") {
         loops.spawn(pod_gc::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("servicelb") {
+        loops.spawn(servicelb::run(ctx.clone(), stop.clone()));
     }
     if enabled("nodeipam") {
         loops.spawn(node_ipam::run(ctx.clone(), stop.clone()));

@@ -303,7 +303,12 @@ fn start_loops(
         renew: std::time::Duration::from_secs(2),
     };
     let selection = crate::controllers::Selection {
-        disabled: args.disable_controller.clone(),
+        disabled: args
+            .disable_controller
+            .iter()
+            .chain(args.disable.iter().filter(|d| d.as_str() == "servicelb"))
+            .cloned()
+            .collect(),
     };
     let cluster = crate::controllers::ClusterInfo {
         root_ca: Some(certs.server_ca_pem.clone()),

@@ -49,7 +49,8 @@ fn put_get_prefix_delete_and_revisions() {
         .is_empty());
     // Counting and limits: the service left, plus the API server's own objects: four
     // namespaces, two system PriorityClasses, the `kubernetes` Service (and the key holding
-    // its address), its Endpoints and EndpointSlice, and the default RBAC policy.
+    // its address), its Endpoints and EndpointSlice, the `kube-dns` Service (and its
+    // address key), and the default RBAC policy.
     let rbac: serde_json::Value = serde_json::from_str(&s.ok(&[
         "get",
         "/registry/clusterrole",
@@ -71,7 +72,7 @@ fn put_get_prefix_delete_and_revisions() {
         "json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["count"], 11 + rbac);
+    assert_eq!(v["count"], 13 + rbac);
     assert_eq!(v["more"], true);
     assert_eq!(v["kvs"].as_array().unwrap().len(), 2);
 }

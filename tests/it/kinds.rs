@@ -231,9 +231,9 @@ fn services_get_addresses_and_ports_that_are_theirs_alone() {
     let ip = s.kube_ok(&["get", "svc", "np", "-o", "jsonpath={.spec.clusterIP}"]);
     assert!(ip.starts_with("10.43."), "{ip}");
     // An address someone has is refused, and freed when its Service goes.
-    let mine = write(dir.path(), "dns.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  clusterIP: 10.43.0.10\n  ports: [{port: 53, protocol: UDP}]\n");
+    let mine = write(dir.path(), "dns.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  clusterIP: 10.43.0.11\n  ports: [{port: 53, protocol: UDP}]\n");
     s.kube_ok(&["create", "-f", &mine]);
-    let again = write(dir.path(), "dns2.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: dns2}\nspec:\n  clusterIP: 10.43.0.10\n  ports: [{port: 53, protocol: UDP}]\n");
+    let again = write(dir.path(), "dns2.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: dns2}\nspec:\n  clusterIP: 10.43.0.11\n  ports: [{port: 53, protocol: UDP}]\n");
     let err = s.kube_err(&["create", "-f", &again]);
     assert!(err.contains("provided IP is already allocated"), "{err}");
     let outside = write(dir.path(), "out.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: out}\nspec:\n  clusterIP: 192.168.0.10\n  ports: [{port: 53}]\n");

@@ -104,7 +104,11 @@ impl Server {
             .arg("--config")
             .arg("/dev/null")
             .args(if self.agent {
-                vec!["--kubelet-port".to_string(), free_port().to_string()]
+                let mut a = vec!["--kubelet-port".to_string(), free_port().to_string()];
+                if !extra.contains(&"--dns-port") {
+                    a.extend(["--dns-port".to_string(), free_port().to_string()]);
+                }
+                a
             } else {
                 vec!["--disable-agent".to_string()]
             })

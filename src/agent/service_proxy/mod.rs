@@ -58,6 +58,8 @@ struct Applied {
     ip_owner: HashMap<Ipv4Addr, String>,
     port_owner: HashMap<u16, String>,
     guard: Vec<rules::Rule>,
+    /// Rules of the skeleton's other chains.
+    skeleton_rules: usize,
     /// False until a full sync succeeds (and again after a failure or a flush).
     whole: bool,
 }
@@ -185,6 +187,11 @@ impl ServiceProxy {
             .find(|c| c.name == CLUSTER_GUARD)
             .map(|c| c.rules.clone())
             .unwrap_or_default();
+        next.skeleton_rules = skeleton
+            .iter()
+            .filter(|c| c.name != CLUSTER_GUARD)
+            .map(|c| c.rules.len())
+            .sum();
         next.services = wanted.into_iter().collect();
         next.whole = true;
         self.applied = next;
@@ -321,16 +328,37 @@ impl ServiceProxy {
         })
     }
 
-    fn on_service(&mut self, ev: watcher::Event<Service>) -> Vec<String> {
+    /// Takes in one Service watch event; returns the services to sync.
+    pub fn on_service(&mut self, ev: watcher::Event<Service>) -> Vec<String> {
         self.services.apply(ev, |s| object_key(&s.metadata))
     }
 
-    fn on_slice(&mut self, ev: watcher::Event<EndpointSlice>) -> Vec<String> {
+    /// Takes in one EndpointSlice watch event; returns the services to sync.
+    pub fn on_slice(&mut self, ev: watcher::Event<EndpointSlice>) -> Vec<String> {
         let keys = self.slices.apply(ev, |s| object_key(&s.metadata));
         if keys.is_empty() {
             return keys;
         }
         self.index.update(&keys, &self.slices)
+    }
+
+    /// Takes in one Node watch event (nodes' pod ranges shape the guard).
+    pub fn on_node(&mut self, ev: watcher::Event<Node>) {
+        self.nodes
+            .apply(ev, |n| n.metadata.name.clone().unwrap_or_default());
+    }
+
+    /// Rules in the table as last programmed (skeleton and services).
+    pub fn rule_count(&self) -> usize {
+        self.applied.guard.len()
+            + self.applied.skeleton_rules
+            + self
+                .applied
+                .services
+                .values()
+                .flat_map(|r| r.chains.iter())
+                .map(|c| c.rules.len())
+                .sum::<usize>()
     }
 
     fn synced(&self) -> bool {
@@ -470,7 +498,7 @@ pub async fn run(
                         Ok(Input::Service(e)) => dirty.extend(proxy.on_service(*e)),
                         Ok(Input::Slice(e)) => dirty.extend(proxy.on_slice(*e)),
                         Ok(Input::Node(e)) => {
-                            proxy.nodes.apply(*e, |n| n.metadata.name.clone().unwrap_or_default());
+                            proxy.on_node(*e);
                             pending = true;
                         }
                         Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),

@@ -561,33 +561,80 @@ impl Tx {
     }
 }
 
-/// Sends a batch and waits for every acknowledgement; the first error aborts the whole
-/// transaction in the kernel and is returned.
+/// Sends a batch as one message (one kernel transaction) and waits for its outcome: only
+/// the last message asks for an acknowledgement (nft does the same), so a batch of any size
+/// gets one ack, or the error of the message that failed.
 pub fn send(batch: &FinalizedBatch) -> Result<(), Error> {
+    let seqs = batch.sequence_numbers();
+    let Some(last) = seqs.end.checked_sub(1).filter(|l| *l >= seqs.start) else {
+        return Ok(());
+    };
+    let mut buf: Vec<u8> = batch.iter().flat_map(|p| p.iter().copied()).collect();
+    let mut at = 0usize;
+    while at + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+        let seq = u32::from_ne_bytes([buf[at + 8], buf[at + 9], buf[at + 10], buf[at + 11]]);
+        if seqs.contains(&seq) && seq != last {
+            let flags = u16::from_ne_bytes([buf[at + 6], buf[at + 7]]) & !(libc::NLM_F_ACK as u16);
+            buf[at + 6..at + 8].copy_from_slice(&flags.to_ne_bytes());
+        }
+        if len < 16 {
+            break;
+        }
+        at += (len + 3) & !3;
+    }
     let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(Error::Socket)?;
-    set_receive_timeout(&socket, Duration::from_secs(5))?;
-    let portid = socket.portid();
-    socket.send_all(batch).map_err(Error::Socket)?;
-    let mut buffer = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
-    let mut expected = batch.sequence_numbers();
-    let mut left = expected.len();
-    while left > 0 {
-        let messages = socket.recv(&mut buffer[..]).map_err(Error::Refused)?;
-        for m in messages {
-            let m = m.map_err(Error::Refused)?;
-            let seq = match message_seq(m) {
-                Some(s) => s,
-                None => continue,
+    set_receive_timeout(&socket, Duration::from_secs(30))?;
+    // The whole batch goes in one sendmsg, so the socket must take it (nft sizes it so too).
+    set_int_option(&socket, libc::SO_SNDBUFFORCE, buf.len() + 65536)
+        .or_else(|_| set_int_option(&socket, libc::SO_SNDBUF, buf.len() + 65536))?;
+    let sent = socket.send(&buf).map_err(Error::Refused)?;
+    if sent < buf.len() {
+        return Err(Error::Refused(std::io::Error::other("short send")));
+    }
+    let mut reply = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
+    loop {
+        let n = socket.recv_raw(&mut reply).map_err(Error::Refused)?;
+        let mut at = 0usize;
+        while at + 16 <= n {
+            let word = |o: usize| -> u32 {
+                u32::from_ne_bytes([reply[o], reply[o + 1], reply[o + 2], reply[o + 3]])
             };
-            // Acks come in order; skip the sequence numbers of messages without one.
-            for s in expected.by_ref() {
-                left -= 1;
-                if s == seq {
-                    break;
+            let len = word(at) as usize;
+            let ty = (word(at + 4) & 0xffff) as i32;
+            let seq = word(at + 8);
+            if ty == libc::NLMSG_ERROR && at + 20 <= n {
+                let code = word(at + 16) as i32;
+                if code != 0 {
+                    return Err(Error::Refused(std::io::Error::from_raw_os_error(-code)));
+                }
+                if seq == last {
+                    return Ok(());
                 }
             }
-            mnl::cb_run(m, seq, portid).map_err(Error::Refused)?;
+            if len < 16 {
+                break;
+            }
+            at += (len + 3) & !3;
         }
+    }
+}
+
+fn set_int_option(socket: &mnl::Socket, option: libc::c_int, value: usize) -> Result<(), Error> {
+    let v = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the fd belongs to the live socket; setsockopt copies the int.
+    let rc = unsafe {
+        let fd = mnl::mnl_sys::mnl_socket_get_fd(socket.as_raw_socket());
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            &v as *const libc::c_int as *const c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Socket(std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -652,12 +699,6 @@ pub fn count_rules(chain: &str) -> Result<Option<usize>, Error> {
             at += (mlen as usize + 3) & !3;
         }
     }
-}
-
-fn message_seq(m: &[u8]) -> Option<u32> {
-    // struct nlmsghdr { u32 len; u16 type; u16 flags; u32 seq; u32 pid }
-    let b: [u8; 4] = m.get(8..12)?.try_into().ok()?;
-    Some(u32::from_ne_bytes(b))
 }
 
 fn set_receive_timeout(socket: &mnl::Socket, t: Duration) -> Result<(), Error> {
