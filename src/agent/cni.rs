@@ -7,9 +7,18 @@ use serde_json::json;
 
 pub const CONFLIST: &str = "10-krab.conflist";
 
+/// How the bridge is set up beyond its range.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The pods' MTU (None: the bridge plugin's default).
+    pub mtu: Option<u32>,
+    /// The bridge plugin masquerades traffic leaving the node's range.
+    pub bridge_masquerade: bool,
+}
+
 /// The conflist for a pod CIDR (host-local keeps its leases under `ipam_dir`).
-pub fn conflist(pod_cidr: &str, ipam_dir: &Path) -> serde_json::Value {
-    json!({
+pub fn conflist(pod_cidr: &str, ipam_dir: &Path, options: &Options) -> serde_json::Value {
+    let mut v = json!({
         "cniVersion": "1.0.0",
         "name": "krab",
         "plugins": [
@@ -17,7 +26,7 @@ pub fn conflist(pod_cidr: &str, ipam_dir: &Path) -> serde_json::Value {
                 "type": "bridge",
                 "bridge": "cni0",
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": options.bridge_masquerade,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
@@ -29,14 +38,24 @@ pub fn conflist(pod_cidr: &str, ipam_dir: &Path) -> serde_json::Value {
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
             {"type": "bandwidth", "capabilities": {"bandwidth": true}}
         ]
-    })
+    });
+    if let Some(mtu) = options.mtu {
+        v["plugins"][0]["mtu"] = json!(mtu);
+    }
+    v
 }
 
 /// Writes the conflist when it differs; true when it was (re)written.
-pub fn write(conf_dir: &Path, pod_cidr: &str, ipam_dir: &Path) -> std::io::Result<bool> {
+pub fn write(
+    conf_dir: &Path,
+    pod_cidr: &str,
+    ipam_dir: &Path,
+    options: &Options,
+) -> std::io::Result<bool> {
     std::fs::create_dir_all(conf_dir)?;
     let path: PathBuf = conf_dir.join(CONFLIST);
-    let text = serde_json::to_string_pretty(&conflist(pod_cidr, ipam_dir)).unwrap_or_default();
+    let text =
+        serde_json::to_string_pretty(&conflist(pod_cidr, ipam_dir, options)).unwrap_or_default();
     if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
         return Ok(false);
     }
@@ -53,8 +72,12 @@ mod tests {
     #[test]
     fn the_conflist_uses_the_node_range() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(write(dir.path(), "10.42.3.0/24", Path::new("/x")).unwrap());
-        assert!(!write(dir.path(), "10.42.3.0/24", Path::new("/x")).unwrap());
+        let o = Options {
+            mtu: Some(1450),
+            bridge_masquerade: false,
+        };
+        assert!(write(dir.path(), "10.42.3.0/24", Path::new("/x"), &o).unwrap());
+        assert!(!write(dir.path(), "10.42.3.0/24", Path::new("/x"), &o).unwrap());
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFLIST)).unwrap())
                 .unwrap();
@@ -62,5 +85,7 @@ mod tests {
             v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
             "10.42.3.0/24"
         );
+        assert_eq!(v["plugins"][0]["mtu"], 1450);
+        assert_eq!(v["plugins"][0]["ipMasq"], false);
     }
 }

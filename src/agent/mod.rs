@@ -10,6 +10,7 @@ pub mod join;
 pub mod kubelet;
 pub mod kubelet_api;
 pub mod mirror;
+pub mod pod_network;
 pub mod process;
 pub mod service_proxy;
 
@@ -49,11 +50,30 @@ pub struct AgentConfig {
     pub kubelet_tls: Option<kubelet_api::KubeletServingTls>,
     /// The service proxy's settings; None with `--disable-kube-proxy`.
     pub service_proxy: Option<service_proxy::ProxyConfig>,
+    /// How pods reach other nodes' pods; None for `--pod-network-backend none`.
+    pub pod_network: Option<pod_network::PodNetworkConfig>,
     /// The cluster DNS server's settings; None without the service proxy.
     pub dns: Option<dns::DnsConfig>,
 }
 
 impl AgentConfig {
+    /// The pod network's settings for a node at `node_ip` (None for `none`, or when the
+    /// address is not IPv4).
+    pub fn pod_network_for(
+        backend: pod_network::Backend,
+        node_name: &str,
+        node_ip: &str,
+    ) -> Option<pod_network::PodNetworkConfig> {
+        if backend == pod_network::Backend::None {
+            return None;
+        }
+        Some(pod_network::PodNetworkConfig {
+            backend,
+            node_name: node_name.to_string(),
+            node_ip: node_ip.parse().ok()?,
+        })
+    }
+
     /// The cluster DNS server's settings for a node at `node_ip` (127.0.0.1 when it is not
     /// an IPv4 address: the service proxy forwards the cluster DNS address there).
     pub fn dns_for(node_ip: &str, port: u16, domain: &str) -> dns::DnsConfig {
@@ -117,6 +137,13 @@ pub fn spawn(
         let stop = shutdown.clone();
         sup.spawn("cluster-dns", async move {
             dns::run(client, dns_config, sockets, stop).await
+        });
+    }
+    if let Some(net) = config.pod_network.clone() {
+        let client = client.clone();
+        let stop = shutdown.clone();
+        sup.spawn("pod-network", async move {
+            pod_network::run(client, net, stop).await
         });
     }
     if let Some(proxy) = config.service_proxy.clone() {
@@ -229,12 +256,25 @@ async fn run_kubelet(
     ));
     k.set_allocatable(&node);
     let ipam_dir = config.data_dir.join("agent").join("cni").join("networks");
+    let cni_options = cni::Options {
+        // Under VXLAN, pods' packets carry the tunnel's 50 bytes.
+        mtu: config
+            .pod_network
+            .as_ref()
+            .filter(|n| n.backend == pod_network::Backend::Vxlan)
+            .map(|_| pod_network::VXLAN_MTU),
+        // With the service proxy, krab's table masquerades only traffic leaving the pod
+        // range (pod-to-pod across nodes keeps its source); without it, the bridge plugin
+        // masquerades everything leaving the node's range.
+        bridge_masquerade: config.service_proxy.is_none(),
+    };
     let cni = watch_pod_cidr(
         client.clone(),
         k.clone(),
         config.node_name.clone(),
         conf_dir,
         ipam_dir,
+        cni_options,
         shutdown.clone(),
     );
     let heartbeat = node_agent.heartbeat(node, shutdown.clone());
@@ -259,6 +299,7 @@ async fn watch_pod_cidr(
     name: String,
     conf_dir: PathBuf,
     ipam_dir: PathBuf,
+    cni_options: cni::Options,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client);
@@ -270,7 +311,7 @@ async fn watch_pod_cidr(
                 k.set_allocatable(&node);
                 match node.spec.as_ref().and_then(|s| s.pod_cidr.clone()) {
                     Some(cidr) => {
-                        match cni::write(&conf_dir, &cidr, &ipam_dir) {
+                        match cni::write(&conf_dir, &cidr, &ipam_dir, &cni_options) {
                             Ok(true) => {
                                 tracing::info!(node = %name, pod_cidr = %cidr, "pod network configured")
                             }

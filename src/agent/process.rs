@@ -22,6 +22,15 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
                 "nothing to remove: there is no nftables table ip krab"
             }
         );
+        if super::pod_network::cleanup()
+            .await
+            .context("failed to remove krab's VXLAN device")?
+        {
+            println!(
+                "removed the VXLAN device {}",
+                super::pod_network::VXLAN_DEVICE
+            );
+        }
         return Ok(());
     }
     let (Some(server), Some(token)) = (&args.server, &args.token) else {
@@ -45,6 +54,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
     .await
     .with_context(|| format!("failed to join the cluster at {server}"))?;
     let node_ip_for_proxy = node_ip.clone();
+    let node_name_for_net = node_name.clone();
     let config = AgentConfig {
         data_dir: args.data_dir.clone(),
         node_name,
@@ -72,6 +82,11 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
                 args.dns_port,
             )
         }),
+        pod_network: AgentConfig::pod_network_for(
+            args.pod_network_backend,
+            &node_name_for_net,
+            &node_ip_for_proxy,
+        ),
         dns: (!args.disable_kube_proxy)
             .then(|| AgentConfig::dns_for(&node_ip_for_proxy, args.dns_port, &args.cluster_domain)),
     };

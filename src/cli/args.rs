@@ -178,6 +178,15 @@ pub struct ServerArgs {
     /// address is forwarded there.
     #[arg(long, env = "KRAB_DNS_PORT", default_value_t = 53)]
     pub dns_port: u16,
+    /// How pods reach other nodes' pods: vxlan (an overlay over any network, k3s's
+    /// default), host-gw (routes via the nodes' addresses, one L2 segment) or none.
+    #[arg(
+        long,
+        env = "KRAB_POD_NETWORK_BACKEND",
+        value_enum,
+        default_value = "vxlan"
+    )]
+    pub pod_network_backend: crate::agent::pod_network::Backend,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -226,6 +235,15 @@ pub struct AgentArgs {
     /// address is forwarded there.
     #[arg(long, env = "KRAB_DNS_PORT", default_value_t = 53)]
     pub dns_port: u16,
+    /// How pods reach other nodes' pods: vxlan (an overlay over any network, k3s's
+    /// default), host-gw (routes via the nodes' addresses, one L2 segment) or none.
+    #[arg(
+        long,
+        env = "KRAB_POD_NETWORK_BACKEND",
+        value_enum,
+        default_value = "vxlan"
+    )]
+    pub pod_network_backend: crate::agent::pod_network::Backend,
     /// Remove the nftables rules krab programmed, then exit.
     #[arg(long)]
     pub cleanup: bool,

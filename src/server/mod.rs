@@ -277,6 +277,11 @@ fn start_agent(
                 args.dns_port,
             )
         }),
+        pod_network: crate::agent::AgentConfig::pod_network_for(
+            args.pod_network_backend,
+            name,
+            &node_ip,
+        ),
         dns: (!args.disable_kube_proxy).then(|| {
             crate::agent::AgentConfig::dns_for(&node_ip, args.dns_port, &args.cluster_domain)
         }),

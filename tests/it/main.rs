@@ -10,6 +10,7 @@ mod etcdctl;
 mod join;
 mod kinds;
 mod kubectl;
+mod multinode;
 mod pods;
 mod pods_support;
 mod rbac;

@@ -1,0 +1,358 @@
+//! Three machines on one: a server and two agents, each in a network namespace of its own
+//! (veth pairs on a bridge in the server's namespace), each agent with its own containerd.
+//! A pod on node A fetches, by DNS name, a Service whose only endpoint is on node B (the
+//! VXLAN overlay between them); node ports and a LoadBalancer answer on the node addresses;
+//! deleting the endpoint makes the cluster IP refuse at once.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::busybox_image::{write_busybox_image, BUSYBOX};
+use crate::pods_support::PodNetwork;
+use crate::support::{run_bounded, wait_for, write};
+
+fn ip(args: &[&str]) {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    let out = run_bounded(cmd, Duration::from_secs(10));
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// The namespaces and links of one test, removed when dropped.
+struct Machines {
+    tag: String,
+}
+
+impl Machines {
+    fn ns(&self, which: &str) -> String {
+        format!("k{}{which}", self.tag)
+    }
+
+    fn new() -> Machines {
+        let m = Machines {
+            tag: format!("{}", std::process::id() % 100000),
+        };
+        let srv = m.ns("s");
+        ip(&["netns", "add", &srv]);
+        ip(&["-n", &srv, "link", "set", "lo", "up"]);
+        ip(&["-n", &srv, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &srv, "addr", "add", "10.99.0.1/24", "dev", "br0"]);
+        ip(&["-n", &srv, "link", "set", "br0", "up"]);
+        for (which, addr) in [("a", "10.99.0.2/24"), ("b", "10.99.0.3/24")] {
+            let ns = m.ns(which);
+            let host_end = format!("kv{}{which}", m.tag);
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            ip(&["link", "set", &host_end, "netns", &srv]);
+            ip(&["-n", &srv, "link", "set", &host_end, "master", "br0", "up"]);
+            ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "route", "add", "default", "via", "10.99.0.1"]);
+        }
+        m
+    }
+
+    /// A program in one machine's network namespace. (Not `ip netns exec`: it also mounts
+    /// a fresh /sys, hiding the cgroup mounts runc needs.)
+    fn exec(&self, which: &str, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.ns(which)))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+}
+
+impl Drop for Machines {
+    fn drop(&mut self) {
+        for which in ["a", "b", "s"] {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.ns(which)])
+                .status();
+        }
+    }
+}
+
+/// A krab process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: &Path) -> Proc {
+        let file = std::fs::File::create(log).unwrap();
+        cmd.env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        Proc {
+            child: cmd.spawn().unwrap(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(40).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    m: Machines,
+    kubeconfig: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Cluster {
+    fn kubectl(&self, args: &[&str]) -> Output {
+        let mut cmd = self.m.exec("s", "kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        run_bounded(cmd, Duration::from_secs(60))
+    }
+
+    fn kube_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn logs(&self) -> String {
+        self.procs
+            .iter()
+            .map(|p| format!("--- {} ---\n{}", p.log.display(), p.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// GET / from the `client` pod (busybox nc); the body when it worked.
+    fn http_get(&self, host: &str, port: u16) -> (bool, String) {
+        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}");
+        let out = self.kubectl(&["exec", "client", "--", "sh", "-c", &script]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match text.split_once("\r\n\r\n") {
+            Some((head, body)) if out.status.success() && head.starts_with("HTTP/1.") => {
+                (true, body.to_string())
+            }
+            _ => (false, text),
+        }
+    }
+
+    /// GET / from the server's machine (outside the cluster).
+    fn curl_from_outside(&self, url: &str) -> Option<String> {
+        let mut cmd = self.m.exec("s", "curl");
+        cmd.args(["-sf", "--max-time", "5", url]);
+        let out = run_bounded(cmd, Duration::from_secs(10));
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn start(dir: &Path) -> Cluster {
+    let m = Machines::new();
+    let krab = env!("CARGO_BIN_EXE_krab");
+    let server_data = dir.join("server");
+    let kubeconfig = dir.join("admin.yaml");
+    let mut server = m.exec("s", krab);
+    server
+        .args(["server", "--config", "/dev/null", "--disable-agent"])
+        .args(["--node-name", "server", "--advertise-address", "10.99.0.1"])
+        .arg("--data-dir")
+        .arg(&server_data)
+        .arg("--write-kubeconfig")
+        .arg(&kubeconfig);
+    let mut procs = vec![Proc::spawn(server, &dir.join("server.log"))];
+    let token_file = server_data.join("server/node-token");
+    let token = wait_for("the node token", Duration::from_secs(30), || {
+        std::fs::read_to_string(&token_file)
+            .ok()
+            .map(|t| t.trim().to_string())
+    });
+    for (which, addr) in [("a", "10.99.0.2"), ("b", "10.99.0.3")] {
+        let data = dir.join(format!("node-{which}"));
+        write_busybox_image(&data.join("agent/images"));
+        let mut agent = m.exec(which, krab);
+        agent
+            .args(["agent", "--config", "/dev/null"])
+            .args(["--node-name", &format!("node-{which}"), "--node-ip", addr])
+            .args(["--server", "https://10.99.0.1:6443", "--token", &token])
+            .arg("--data-dir")
+            .arg(&data);
+        procs.push(Proc::spawn(agent, &dir.join(format!("node-{which}.log"))));
+    }
+    Cluster {
+        m,
+        kubeconfig,
+        procs,
+    }
+}
+
+#[test]
+fn a_pod_reaches_a_service_on_another_node_by_name() {
+    let _net = PodNetwork::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path());
+    wait_for("two Ready nodes", Duration::from_secs(90), || {
+        let out = c.kubectl(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.lines().filter(|l| *l == "True").count() == 2).then_some(())
+    });
+    let manifests = write(
+        dir.path(),
+        "app.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+  nodeName: node-b
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: {BUSYBOX}
+    command: [sh, -c, 'echo "hello from $(hostname)" > /var/www/index.html; exec httpd -f -p 8080 -h /var/www']
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: node-a
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: {BUSYBOX}
+    command: [sleep, '3600']
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http, nodePort: 30080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: weblb}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web}}
+  ports: [{{name: http, port: 8081, targetPort: http}}]
+"#
+        ),
+    );
+    c.kube_ok(&["apply", "-f", &manifests]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = c.kube_ok(&[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ]);
+        if out.lines().filter(|l| *l == "True").count() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pods not ready: {}\n{}",
+            c.kube_ok(&["describe", "pods"]),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // By name, from node A, to the only endpoint on node B (through the overlay).
+    let by_name = "$(nslookup web 2>/dev/null | awk '/^Address: /{print $2}' | tail -n 1)";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let (ok, out) = c.http_get(by_name, 80);
+        if ok {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service by name: {out}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(page.trim(), "hello from web");
+    // Pod to pod across nodes, by pod IP.
+    let web_ip = c.kube_ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"]);
+    let (ok, out) = c.http_get(&web_ip, 8080);
+    assert!(ok, "{out}");
+
+    // The node port on both nodes' addresses, from outside the cluster.
+    for node in ["10.99.0.2", "10.99.0.3"] {
+        let out = c.curl_from_outside(&format!("http://{node}:30080/"));
+        assert_eq!(
+            out.as_deref().map(str::trim),
+            Some("hello from web"),
+            "{node}"
+        );
+    }
+    // The load balancer: the nodes' addresses in its status, answering on its port.
+    let ingress = wait_for("load balancer addresses", Duration::from_secs(30), || {
+        let out = c.kube_ok(&[
+            "get",
+            "svc",
+            "weblb",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[*].ip}",
+        ]);
+        (out.split_whitespace().count() == 2).then_some(out)
+    });
+    assert_eq!(ingress, "10.99.0.2 10.99.0.3");
+    let out = wait_for("the load balancer port", Duration::from_secs(20), || {
+        c.curl_from_outside("http://10.99.0.2:8081/")
+    });
+    assert_eq!(out.trim(), "hello from web");
+
+    // The endpoint goes: the cluster IP refuses at once.
+    let cluster_ip = c.kube_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    c.kube_ok(&["delete", "pod", "web", "--wait=true"]);
+    let out = wait_for("a refusal", Duration::from_secs(30), || {
+        let (ok, out) = c.http_get(&cluster_ip, 80);
+        (!ok && out.contains("refused")).then_some(out)
+    });
+    assert!(out.contains("refused"), "{out}");
+}
