@@ -251,7 +251,7 @@ async fn main() -> anyhow::Result<()> {
                 "--node-name",
                 "bench-agent",
             ])
-            .arg("--disable-kube-proxy")
+            .args(["--disable-kube-proxy", "--disable-network-policy"])
             .args(["--node-ip", "127.0.0.1", "--kubelet-port"])
             .arg(common::free_port().to_string())
             .arg("--data-dir")

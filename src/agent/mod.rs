@@ -10,6 +10,7 @@ pub mod join;
 pub mod kubelet;
 pub mod kubelet_api;
 pub mod mirror;
+pub mod netpol;
 pub mod pod_network;
 pub mod process;
 pub mod service_proxy;
@@ -52,6 +53,8 @@ pub struct AgentConfig {
     pub service_proxy: Option<service_proxy::ProxyConfig>,
     /// How pods reach other nodes' pods; None for `--pod-network-backend none`.
     pub pod_network: Option<pod_network::PodNetworkConfig>,
+    /// Enforce NetworkPolicies on this node's pods (`--disable-network-policy` turns it off).
+    pub network_policy: bool,
     /// The cluster DNS server's settings; None without the service proxy.
     pub dns: Option<dns::DnsConfig>,
 }
@@ -144,6 +147,14 @@ pub fn spawn(
         let stop = shutdown.clone();
         sup.spawn("pod-network", async move {
             pod_network::run(client, net, stop).await
+        });
+    }
+    if config.network_policy {
+        let client = client.clone();
+        let stop = shutdown.clone();
+        let node = config.node_name.clone();
+        sup.spawn("network-policy", async move {
+            netpol::run(client, node, stop).await
         });
     }
     if let Some(proxy) = config.service_proxy.clone() {

@@ -22,6 +22,9 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
                 "nothing to remove: there is no nftables table ip krab"
             }
         );
+        tokio::task::spawn_blocking(super::netpol::cleanup)
+            .await?
+            .context("failed to remove krab's network policy table")?;
         if super::pod_network::cleanup()
             .await
             .context("failed to remove krab's VXLAN device")?
@@ -87,6 +90,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
             &node_name_for_net,
             &node_ip_for_proxy,
         ),
+        network_policy: !args.disable_network_policy,
         dns: (!args.disable_kube_proxy)
             .then(|| AgentConfig::dns_for(&node_ip_for_proxy, args.dns_port, &args.cluster_domain)),
     };

@@ -187,6 +187,9 @@ pub struct ServerArgs {
         default_value = "vxlan"
     )]
     pub pod_network_backend: crate::agent::pod_network::Backend,
+    /// Do not enforce NetworkPolicies.
+    #[arg(long, env = "KRAB_DISABLE_NETWORK_POLICY")]
+    pub disable_network_policy: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -244,6 +247,9 @@ pub struct AgentArgs {
         default_value = "vxlan"
     )]
     pub pod_network_backend: crate::agent::pod_network::Backend,
+    /// Do not enforce NetworkPolicies.
+    #[arg(long, env = "KRAB_DISABLE_NETWORK_POLICY")]
+    pub disable_network_policy: bool,
     /// Remove the nftables rules krab programmed, then exit.
     #[arg(long)]
     pub cleanup: bool,

@@ -282,6 +282,7 @@ fn start_agent(
             name,
             &node_ip,
         ),
+        network_policy: !args.disable_network_policy,
         dns: (!args.disable_kube_proxy).then(|| {
             crate::agent::AgentConfig::dns_for(&node_ip, args.dns_port, &args.cluster_domain)
         }),

@@ -12,7 +12,7 @@ fn agent_command(s: &Server, data: &std::path::Path, token: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_krab"));
     cmd.args(["agent", "--config", "/dev/null", "--node-name", "worker-1"])
         // The server's own agent programs this network namespace's service rules.
-        .arg("--disable-kube-proxy")
+        .args(["--disable-kube-proxy", "--disable-network-policy"])
         .args(["--node-ip", "127.0.0.1", "--kubelet-port"])
         .arg(free_port().to_string())
         .arg("--data-dir")

@@ -1,7 +1,8 @@
 //! Services on one node through the agent's own service proxy (nftables through netlink) and
-//! cluster DNS: a pod fetches an httpd Service by DNS name, the node port answers from the
-//! host, the rules are what `nft -j list table ip krab` shows, a Service without endpoints
-//! refuses at once, and `krab agent --cleanup` removes the table.
+//! cluster DNS: a pod fetches an httpd Service by DNS name, a NetworkPolicy blocks and then
+//! allows it, the node port answers from the host, the rules are what `nft -j list table ip
+//! krab` shows, a Service without endpoints refuses at once, and `krab agent --cleanup`
+//! removes the table.
 use std::process::Command;
 use std::time::Duration;
 
@@ -168,6 +169,32 @@ spec:
         }
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // NetworkPolicy: denying ingress to the web pods blocks the client; allowing its
+    // namespace restores it.
+    let deny = write(
+        dir.path(),
+        "deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-web}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+    );
+    s.kube_ok(&["apply", "-f", &deny]);
+    let blocked = wait_for("the policy to block", Duration::from_secs(30), || {
+        let (ok, out) = http_get(&s, &cluster_ip, 80);
+        (!ok).then_some(out)
+    });
+    assert!(!blocked.contains("HTTP/1."), "{blocked}");
+    s.kube_ok(&["label", "namespace", "default", "team=a"]);
+    let allow = write(
+        dir.path(),
+        "allow.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-team-a}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: a}}}]\n",
+    );
+    s.kube_ok(&["apply", "-f", &allow]);
+    wait_for("the policy to allow", Duration::from_secs(30), || {
+        let (ok, _) = http_get(&s, &cluster_ip, 80);
+        ok.then_some(())
+    });
+    s.kube_ok(&["delete", "networkpolicy", "deny-web", "allow-team-a"]);
 
     // The node port, from the host.
     let mut curl = Command::new("curl");

@@ -29,6 +29,10 @@ const NFTA_FIB_F_DADDR: u32 = 2;
 const RTN_LOCAL: u32 = 2;
 const ICMP_PORT_UNREACH: u8 = 3;
 const NF_ACCEPT: i32 = 1;
+const NF_DROP: i32 = 0;
+/// Conntrack state bits as nft's `ct state` sees them.
+const CT_ESTABLISHED: u32 = 1 << 1;
+const CT_RELATED: u32 = 1 << 2;
 /// nft's key types (`ipv4_addr`, `inet_service`).
 const KEY_IPV4: u32 = 7;
 const KEY_INET_SERVICE: u32 = 13;
@@ -97,11 +101,17 @@ fn payload(base: i32, offset: u32, len: u32) -> RawExpr {
 }
 
 fn cmp(eq: bool, data: Vec<u8>) -> RawExpr {
-    let op = if eq {
-        libc::NFT_CMP_EQ
-    } else {
-        libc::NFT_CMP_NEQ
-    };
+    cmp_op(
+        if eq {
+            libc::NFT_CMP_EQ
+        } else {
+            libc::NFT_CMP_NEQ
+        },
+        data,
+    )
+}
+
+fn cmp_op(op: i32, data: Vec<u8>) -> RawExpr {
     RawExpr {
         name: c"cmp",
         attrs: vec![
@@ -269,6 +279,26 @@ fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
         Stmt::Jump(c) => vec![verdict(libc::NFT_JUMP, Some(cstr(c)?))],
         Stmt::Return => vec![verdict(libc::NFT_RETURN, None)],
         Stmt::Accept => vec![verdict(NF_ACCEPT, None)],
+        Stmt::Drop => vec![verdict(NF_DROP, None)],
+        Stmt::DportRange(lo, hi) => vec![
+            payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2),
+            cmp_op(libc::NFT_CMP_GTE, lo.to_be_bytes().to_vec()),
+            cmp_op(libc::NFT_CMP_LTE, hi.to_be_bytes().to_vec()),
+        ],
+        Stmt::CtEstablished => vec![
+            RawExpr {
+                name: c"ct",
+                attrs: vec![
+                    Attr::U32(sys::NFTNL_EXPR_CT_KEY, libc::NFT_CT_STATE as u32),
+                    Attr::U32(sys::NFTNL_EXPR_CT_DREG, libc::NFT_REG_1 as u32),
+                ],
+            },
+            bitwise(
+                (CT_ESTABLISHED | CT_RELATED).to_ne_bytes().to_vec(),
+                vec![0; 4],
+            ),
+            cmp(false, vec![0; 4]),
+        ],
     })
 }
 
@@ -417,6 +447,15 @@ impl Tx {
             table: nftnl::Table::new(table_name(), ProtoFamily::Ipv4),
             messages: 0,
         }
+    }
+
+    /// A transaction on another table of krab's (`ip <name>`).
+    pub fn for_table(name: &str) -> Result<Tx, Error> {
+        Ok(Tx {
+            batch: Batch::new(),
+            table: nftnl::Table::new(cstr(name)?, ProtoFamily::Ipv4),
+            messages: 0,
+        })
     }
 
     /// Creates the table if it is missing (a no-op otherwise).
@@ -641,8 +680,13 @@ fn set_int_option(socket: &mnl::Socket, option: libc::c_int, value: usize) -> Re
 
 /// How many rules a chain of the table holds; None when the table or chain is missing.
 pub fn count_rules(chain: &str) -> Result<Option<usize>, Error> {
+    count_rules_in(TABLE, chain)
+}
+
+/// How many rules a chain of `ip <table>` holds; None when the table or chain is missing.
+pub fn count_rules_in(table: &str, chain: &str) -> Result<Option<usize>, Error> {
     let chain = cstr(chain)?;
-    let table = table_name();
+    let table = cstr(table)?;
     let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(Error::Socket)?;
     set_receive_timeout(&socket, Duration::from_secs(5))?;
     let mut request = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];

@@ -56,6 +56,12 @@ pub enum Stmt {
     Return,
     /// `accept`
     Accept,
+    /// `drop`
+    Drop,
+    /// `th dport <lo>-<hi>`
+    DportRange(u16, u16),
+    /// `ct state established,related`
+    CtEstablished,
 }
 
 impl fmt::Display for Stmt {
@@ -79,6 +85,9 @@ impl fmt::Display for Stmt {
             Stmt::Jump(c) => write!(f, "jump \"{c}\""),
             Stmt::Return => write!(f, "return"),
             Stmt::Accept => write!(f, "accept"),
+            Stmt::Drop => write!(f, "drop"),
+            Stmt::DportRange(lo, hi) => write!(f, "th dport {lo}-{hi}"),
+            Stmt::CtEstablished => write!(f, "ct state established,related"),
         }
     }
 }
