@@ -108,6 +108,22 @@ fn sync_bench(services: usize, changes: usize) -> SyncRow {
         times.push(t.elapsed());
     }
     times.sort();
+    // What a transaction costs that changes nothing of the services (the table's own
+    // commit work), for comparison.
+    let mut empty = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        proxy.sync(&Default::default()).expect("no-op sync");
+        let mut tx = krab::agent::service_proxy::nft::Tx::new();
+        tx.add_table();
+        krab::agent::service_proxy::nft::send(&tx.finalize()).expect("empty batch");
+        empty.push(t.elapsed());
+    }
+    empty.sort();
+    eprintln!(
+        "{services} services: an empty batch takes p50 {:.2} ms",
+        common::percentile(&empty, 0.5)
+    );
     SyncRow {
         services,
         full_ms,

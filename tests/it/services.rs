@@ -54,8 +54,12 @@ fn exec(s: &Server, pod: &str, cmd: &[&str]) -> (bool, String) {
 
 /// GET / from the `client` pod; the body when the exchange worked, else what went wrong.
 fn http_get(s: &Server, host: &str, port: u16) -> (bool, String) {
+    http_get_from(s, "client", host, port)
+}
+
+fn http_get_from(s: &Server, pod: &str, host: &str, port: u16) -> (bool, String) {
     let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}");
-    let (ok, out) = exec(s, "client", &["sh", "-c", &script]);
+    let (ok, out) = exec(s, pod, &["sh", "-c", &script]);
     match out.split_once("\r\n\r\n") {
         Some((head, body)) if ok && head.starts_with("HTTP/1.") => (true, body.to_string()),
         _ => (false, out),
@@ -169,6 +173,19 @@ spec:
         }
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
+    // Hairpin: an endpoint reaching its own service (half the time itself) always works.
+    let web_pod = s.kube_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    for _ in 0..6 {
+        let (ok, out) = http_get_from(&s, &web_pod, &cluster_ip, 80);
+        assert!(ok, "hairpin: {out}");
+    }
 
     // NetworkPolicy: denying ingress to the web pods blocks the client; allowing its
     // namespace restores it.

@@ -1,8 +1,9 @@
 //! One Service and its EndpointSlices turned into the chains and map entries that carry it:
 //! `svc/<ns>/<name>` (reached from `service-ips` by cluster IP and external IPs),
 //! `ports/<ns>/<name>` (reached from `service-ports` by node port and, with a load-balancer
-//! address, service port), one chain per service port choosing an endpoint with equal
-//! probability, and one per endpoint doing the DNAT. Ports without a ready endpoint get no
+//! address, service port), and one chain per service port choosing an endpoint with equal
+//! probability and DNATing to it; the service's endpoint addresses form a set that marks
+//! hairpin traffic for masquerade. Ports without a ready endpoint get no
 //! rule, so their traffic keeps its service address and the guard rejects it.
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -22,6 +23,8 @@ pub struct ServiceRules {
     pub ports: BTreeMap<u16, String>,
     /// The service's own chains, in the order they must be created (targets first).
     pub chains: Vec<ChainDef>,
+    /// The service's address sets (its endpoints, for hairpin masquerade).
+    pub sets: BTreeMap<String, Vec<Ipv4Addr>>,
 }
 
 /// One endpoint address and port for one service port.
@@ -74,10 +77,6 @@ fn targets(port: &ServicePort, slices: &[&EndpointSlice], proto: &str) -> Vec<Ta
     chosen
 }
 
-fn host(addr: Ipv4Addr) -> Ipv4Net {
-    Ipv4Net::new(addr, 32).unwrap_or_default()
-}
-
 /// The rules of one Service, or nothing for a headless or ExternalName Service.
 pub fn compile(
     svc: &Service,
@@ -120,6 +119,7 @@ pub fn compile(
         Stmt::SetMark(MASQUERADE_MARK),
     ])];
     let mut port_rules = vec![Rule(vec![Stmt::SetMark(MASQUERADE_MARK)])];
+    let mut endpoint_ips: Vec<Ipv4Addr> = Vec::new();
     for p in spec.ports.iter().flatten() {
         let Some(proto) = proto_number(p.protocol.as_deref()) else {
             continue;
@@ -136,36 +136,18 @@ pub fn compile(
         let mut choose = Vec::new();
         let n = eps.len();
         for (i, t) in eps.iter().enumerate() {
-            let ep_chain = format!("{lb_chain}/{}:{}", t.addr, t.port);
-            out.chains.push(ChainDef {
-                name: ep_chain.clone(),
-                hook: None,
-                rules: vec![
-                    // Hairpin: a pod reaching itself through its service.
-                    Rule(vec![
-                        Stmt::Saddr {
-                            net: host(t.addr),
-                            negate: false,
-                        },
-                        Stmt::SetMark(MASQUERADE_MARK),
-                    ]),
-                    Rule(vec![
-                        Stmt::L4Proto(proto),
-                        Stmt::Dnat {
-                            addr: t.addr,
-                            port: t.port,
-                        },
-                    ]),
-                ],
-            });
             // Endpoint i is taken with probability 1/(n-i) among those left: uniform overall.
             let left = (n - i) as u32;
             let mut r = Vec::new();
             if left > 1 {
                 r.push(Stmt::NumgenZero { modulus: left });
             }
-            r.push(Stmt::Goto(ep_chain));
+            r.push(Stmt::Dnat {
+                addr: t.addr,
+                port: t.port,
+            });
             choose.push(Rule(r));
+            endpoint_ips.push(t.addr);
         }
         out.chains.push(ChainDef {
             name: lb_chain.clone(),
@@ -194,6 +176,21 @@ pub fn compile(
             ]));
             out.ports.insert(service_port, ports_chain.clone());
         }
+    }
+    endpoint_ips.sort();
+    endpoint_ips.dedup();
+    if !endpoint_ips.is_empty() && !vips.is_empty() {
+        // Hairpin: a pod reaching its own service is masqueraded (so the reply comes back
+        // through the NAT); any endpoint as the client counts, one rule for all of them.
+        let set = format!("endpoints/{ns}/{name}");
+        svc_rules.insert(
+            1,
+            Rule(vec![
+                Stmt::SaddrInSet(set.clone()),
+                Stmt::SetMark(MASQUERADE_MARK),
+            ]),
+        );
+        out.sets.insert(set, endpoint_ips);
     }
     if !vips.is_empty() {
         for ip in vips {
@@ -261,12 +258,18 @@ mod tests {
         let text = render(&r.chains);
         assert!(
             text.contains(
-                "chain lb/default/web/tcp/80 {\n\t\tnumgen random mod 2 0 goto \"lb/default/web/tcp/80/10.42.0.5:8080\"\n\t\tgoto \"lb/default/web/tcp/80/10.42.0.7:8080\"\n"
+                "chain lb/default/web/tcp/80 {\n\t\tnumgen random mod 2 0 dnat to 10.42.0.5:8080\n\t\tdnat to 10.42.0.7:8080\n"
             ),
             "{text}"
         );
-        assert!(text.contains("meta l4proto tcp dnat to 10.42.0.7:8080"));
-        assert!(text.contains("ip saddr 10.42.0.5 meta mark set meta mark | 0x4000"));
+        assert!(text.contains("ip saddr @endpoints/default/web meta mark set meta mark | 0x4000"));
+        assert_eq!(
+            r.sets.get("endpoints/default/web"),
+            Some(&vec![
+                "10.42.0.5".parse().unwrap(),
+                "10.42.0.7".parse().unwrap()
+            ])
+        );
         assert!(text.contains("meta l4proto tcp th dport 30080 goto \"lb/default/web/tcp/80\""));
         // The UDP port has no endpoint: no rule, so the guard rejects it.
         assert!(!text.contains("udp"), "{text}");

@@ -150,7 +150,13 @@ impl ServiceProxy {
         tx.delete_table();
         tx.add_table();
         tx.add_maps(SERVICE_IPS, SERVICE_PORTS)?;
-        // Chains first (rules may jump to any of them), then rules, then map elements.
+        // Sets and chains first (rules refer to them), then rules, then map elements.
+        for (_, r) in &wanted {
+            for (set, addrs) in &r.sets {
+                tx.add_address_set(set)?;
+                tx.add_addresses(set, addrs)?;
+            }
+        }
         let service_chains = wanted.iter().flat_map(|(_, r)| r.chains.iter());
         for c in skeleton.iter().filter(|c| c.hook.is_none()) {
             tx.add_chain(&c.name, None)?;
@@ -276,9 +282,22 @@ impl ServiceProxy {
         for (_, old, new) in &changes {
             let new_names: BTreeSet<&str> = new.chains.iter().map(|c| c.name.as_str()).collect();
             let old_names: BTreeSet<&str> = old.chains.iter().map(|c| c.name.as_str()).collect();
-            // 2. empty what exists
+            // 2. empty what exists; sets get their new members
             for c in &old.chains {
                 tx.flush_chain(&c.name)?;
+            }
+            for (set, addrs) in &new.sets {
+                match old.sets.get(set) {
+                    Some(before) if before == addrs => {}
+                    Some(_) => {
+                        tx.flush_set(set)?;
+                        tx.add_addresses(set, addrs)?;
+                    }
+                    None => {
+                        tx.add_address_set(set)?;
+                        tx.add_addresses(set, addrs)?;
+                    }
+                }
             }
             // 3. create what is new
             for c in new

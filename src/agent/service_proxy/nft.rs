@@ -228,6 +228,16 @@ fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
             bitwise(bits.to_ne_bytes().to_vec(), vec![0; 4]),
             cmp(true, bits.to_ne_bytes().to_vec()),
         ],
+        Stmt::SaddrInSet(set) => vec![
+            payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 12, 4),
+            RawExpr {
+                name: c"lookup",
+                attrs: vec![
+                    Attr::U32(sys::NFTNL_EXPR_LOOKUP_SREG, libc::NFT_REG_1 as u32),
+                    Attr::Str(sys::NFTNL_EXPR_LOOKUP_SET, cstr(set)?),
+                ],
+            },
+        ],
         Stmt::DaddrVmap(map) => vec![
             payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 16, 4),
             lookup_vmap(map)?,
@@ -309,6 +319,8 @@ struct MapMsg {
     id: u32,
     key_type: u32,
     key_len: u32,
+    /// A verdict map (else a plain set of keys).
+    verdicts: bool,
 }
 
 /// Elements of a verdict map, each a key and the chain it goes to (`goto`); without chains,
@@ -337,10 +349,16 @@ unsafe impl nftnl::NlMsg for MapMsg {
             sys::nftnl_set_set_str(set, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
             sys::nftnl_set_set_str(set, sys::NFTNL_SET_NAME as u16, self.name.as_ptr());
             sys::nftnl_set_set_u32(set, sys::NFTNL_SET_ID as u16, self.id);
-            sys::nftnl_set_set_u32(set, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_MAP as u32);
             sys::nftnl_set_set_u32(set, sys::NFTNL_SET_KEY_TYPE as u16, self.key_type);
             sys::nftnl_set_set_u32(set, sys::NFTNL_SET_KEY_LEN as u16, self.key_len);
-            sys::nftnl_set_set_u32(set, sys::NFTNL_SET_DATA_TYPE as u16, libc::NFT_DATA_VERDICT);
+            if self.verdicts {
+                sys::nftnl_set_set_u32(set, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_MAP as u32);
+                sys::nftnl_set_set_u32(
+                    set,
+                    sys::NFTNL_SET_DATA_TYPE as u16,
+                    libc::NFT_DATA_VERDICT,
+                );
+            }
             let (t, flags) = match msg_type {
                 MsgType::Add => (libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE | libc::NLM_F_ACK),
                 MsgType::Del => (libc::NFT_MSG_DELSET, libc::NLM_F_ACK),
@@ -432,6 +450,8 @@ pub struct Tx {
     table: nftnl::Table,
     /// Messages added (for reports and tests).
     pub messages: usize,
+    /// Ids handed to sets made in this transaction (the two maps take 1 and 2).
+    set_ids: u32,
 }
 
 impl Default for Tx {
@@ -446,6 +466,7 @@ impl Tx {
             batch: Batch::new(),
             table: nftnl::Table::new(table_name(), ProtoFamily::Ipv4),
             messages: 0,
+            set_ids: 2,
         }
     }
 
@@ -455,6 +476,7 @@ impl Tx {
             batch: Batch::new(),
             table: nftnl::Table::new(cstr(name)?, ProtoFamily::Ipv4),
             messages: 0,
+            set_ids: 2,
         })
     }
 
@@ -480,10 +502,57 @@ impl Tx {
                 id: id as u32 + 1,
                 key_type,
                 key_len,
+                verdicts: true,
             };
             self.batch.add(&m, MsgType::Add);
             self.messages += 1;
         }
+        Ok(())
+    }
+
+    /// Creates a set of IPv4 addresses (a no-op when it exists).
+    pub fn add_address_set(&mut self, name: &str) -> Result<(), Error> {
+        self.set_ids += 1;
+        let m = MapMsg {
+            name: cstr(name)?,
+            id: self.set_ids,
+            key_type: KEY_IPV4,
+            key_len: 4,
+            verdicts: false,
+        };
+        self.batch.add(&m, MsgType::Add);
+        self.messages += 1;
+        Ok(())
+    }
+
+    pub fn delete_set(&mut self, name: &str) -> Result<(), Error> {
+        let m = MapMsg {
+            name: cstr(name)?,
+            id: 0,
+            key_type: KEY_IPV4,
+            key_len: 4,
+            verdicts: false,
+        };
+        self.batch.add(&m, MsgType::Del);
+        self.messages += 1;
+        Ok(())
+    }
+
+    /// Adds addresses to a set.
+    pub fn add_addresses(&mut self, set: &str, addrs: &[Ipv4Addr]) -> Result<(), Error> {
+        let list: Vec<(Vec<u8>, Option<CString>)> =
+            addrs.iter().map(|a| (a.octets().to_vec(), None)).collect();
+        self.elements(set, &list, MsgType::Add)
+    }
+
+    /// Removes every element of a set (or map).
+    pub fn flush_set(&mut self, name: &str) -> Result<(), Error> {
+        let m = ElemsMsg {
+            map: cstr(name)?,
+            elems: &[],
+        };
+        self.batch.add(&m, MsgType::Del);
+        self.messages += 1;
         Ok(())
     }
 

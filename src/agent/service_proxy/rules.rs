@@ -38,6 +38,8 @@ pub enum Stmt {
     SetMark(u32),
     /// `meta mark & <bits> == <bits>`
     MarkHas(u32),
+    /// `ip saddr @<set>`
+    SaddrInSet(String),
     /// `ip daddr vmap @<map>`
     DaddrVmap(String),
     /// `th dport vmap @<map>`
@@ -76,6 +78,7 @@ impl fmt::Display for Stmt {
             Stmt::NumgenZero { modulus } => write!(f, "numgen random mod {modulus} 0"),
             Stmt::SetMark(b) => write!(f, "meta mark set meta mark | {b:#x}"),
             Stmt::MarkHas(b) => write!(f, "meta mark & {b:#x} == {b:#x}"),
+            Stmt::SaddrInSet(m) => write!(f, "ip saddr @{m}"),
             Stmt::DaddrVmap(m) => write!(f, "ip daddr vmap @{m}"),
             Stmt::DportVmap(m) => write!(f, "th dport vmap @{m}"),
             Stmt::Dnat { addr, port } => write!(f, "dnat to {addr}:{port}"),
