@@ -70,6 +70,7 @@ fn config() -> ProxyConfig {
         cluster_cidr: "10.42.0.0/16".parse().expect("cidr"),
         service_cidr: "10.43.0.0/16".parse().expect("cidr"),
         cluster_dns: None,
+        node_name: None,
     }
 }
 

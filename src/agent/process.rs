@@ -83,6 +83,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
                 args.cluster_dns,
                 &node_ip_for_proxy,
                 args.dns_port,
+                &node_name_for_net,
             )
         }),
         pod_network: AgentConfig::pod_network_for(

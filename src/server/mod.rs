@@ -275,6 +275,7 @@ fn start_agent(
                 args.cluster_dns,
                 &node_ip,
                 args.dns_port,
+                name,
             )
         }),
         pod_network: crate::agent::AgentConfig::pod_network_for(

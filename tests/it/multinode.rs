@@ -271,6 +271,15 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {{name: webloc}}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http, nodePort: 30081}}]
+---
+apiVersion: v1
+kind: Service
 metadata: {{name: weblb}}
 spec:
   type: LoadBalancer
@@ -330,6 +339,11 @@ spec:
             "{node}"
         );
     }
+    // externalTrafficPolicy Local: only the node with an endpoint answers.
+    let out = c.curl_from_outside("http://10.99.0.3:30081/");
+    assert_eq!(out.as_deref().map(str::trim), Some("hello from web"));
+    assert_eq!(c.curl_from_outside("http://10.99.0.2:30081/"), None);
+
     // The load balancer: the nodes' addresses in its status, answering on its port.
     let ingress = wait_for("load balancer addresses", Duration::from_secs(30), || {
         let out = c.kube_ok(&[

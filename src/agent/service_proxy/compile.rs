@@ -32,11 +32,18 @@ pub struct ServiceRules {
 struct Target {
     addr: Ipv4Addr,
     port: u16,
+    /// On this node (externalTrafficPolicy/internalTrafficPolicy Local keep to these).
+    local: bool,
 }
 
 /// The endpoints of a service port by its name: ready ones, or else serving-and-terminating
 /// ones (kube-proxy's fallback so a rolling restart does not drop traffic).
-fn targets(port: &ServicePort, slices: &[&EndpointSlice], proto: &str) -> Vec<Target> {
+fn targets(
+    port: &ServicePort,
+    slices: &[&EndpointSlice],
+    proto: &str,
+    node: Option<&str>,
+) -> Vec<Target> {
     let want = port.name.clone().unwrap_or_default();
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
@@ -62,7 +69,11 @@ fn targets(port: &ServicePort, slices: &[&EndpointSlice], proto: &str) -> Vec<Ta
                 let Ok(addr) = a.parse::<Ipv4Addr>() else {
                     continue;
                 };
-                let t = Target { addr, port: number };
+                let t = Target {
+                    addr,
+                    port: number,
+                    local: node.is_some() && e.node_name.as_deref() == node,
+                };
                 if is_ready {
                     ready.push(t);
                 } else if serving && is_terminating {
@@ -83,6 +94,7 @@ pub fn compile(
     slices: &[&EndpointSlice],
     cluster_cidr: Ipv4Net,
     skip_ip: Option<Ipv4Addr>,
+    node: Option<&str>,
 ) -> ServiceRules {
     let mut out = ServiceRules::default();
     let Some(spec) = svc.spec.as_ref() else {
@@ -118,7 +130,16 @@ pub fn compile(
         },
         Stmt::SetMark(MASQUERADE_MARK),
     ])];
-    let mut port_rules = vec![Rule(vec![Stmt::SetMark(MASQUERADE_MARK)])];
+    let external = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    // Local policies keep to this node's endpoints; external traffic then keeps its client
+    // address (no masquerade) and is dropped where no local endpoint exists.
+    let etp_local = external && spec.external_traffic_policy.as_deref() == Some("Local");
+    let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let mut port_rules = if etp_local {
+        vec![]
+    } else {
+        vec![Rule(vec![Stmt::SetMark(MASQUERADE_MARK)])]
+    };
     let mut endpoint_ips: Vec<Ipv4Addr> = Vec::new();
     for p in spec.ports.iter().flatten() {
         let Some(proto) = proto_number(p.protocol.as_deref()) else {
@@ -128,43 +149,75 @@ pub fn compile(
         let Ok(service_port) = u16::try_from(p.port) else {
             continue;
         };
-        let eps = targets(p, slices, &proto_name);
-        if eps.is_empty() {
-            continue;
-        }
-        let lb_chain = format!("lb/{ns}/{name}/{}/{}", proto_name.to_lowercase(), p.port);
-        let mut choose = Vec::new();
-        let n = eps.len();
-        for (i, t) in eps.iter().enumerate() {
-            // Endpoint i is taken with probability 1/(n-i) among those left: uniform overall.
-            let left = (n - i) as u32;
-            let mut r = Vec::new();
-            if left > 1 {
-                r.push(Stmt::NumgenZero { modulus: left });
+        let eps = targets(p, slices, &proto_name, node);
+        let proto_lower = proto_name.to_lowercase();
+        let balance = |chain: String, eps: &[Target], out: &mut ServiceRules| -> Option<Stmt> {
+            if eps.is_empty() {
+                return None;
             }
-            r.push(Stmt::Dnat {
-                addr: t.addr,
-                port: t.port,
+            let n = eps.len();
+            let mut choose = Vec::new();
+            for (i, t) in eps.iter().enumerate() {
+                // Endpoint i is taken with probability 1/(n-i) among those left: uniform.
+                let left = (n - i) as u32;
+                let mut r = Vec::new();
+                if left > 1 {
+                    r.push(Stmt::NumgenZero { modulus: left });
+                }
+                r.push(Stmt::Dnat {
+                    addr: t.addr,
+                    port: t.port,
+                });
+                choose.push(Rule(r));
+            }
+            out.chains.push(ChainDef {
+                name: chain.clone(),
+                hook: None,
+                rules: choose,
             });
-            choose.push(Rule(r));
-            endpoint_ips.push(t.addr);
+            Some(Stmt::Goto(chain))
+        };
+        endpoint_ips.extend(eps.iter().map(|t| t.addr));
+        let all = balance(
+            format!("lb/{ns}/{name}/{proto_lower}/{}", p.port),
+            &eps,
+            &mut out,
+        );
+        let local: Vec<Target> = eps.iter().filter(|t| t.local).cloned().collect();
+        let local_target = if etp_local || itp_local {
+            Some(
+                balance(
+                    format!("lb-local/{ns}/{name}/{proto_lower}/{}", p.port),
+                    &local,
+                    &mut out,
+                )
+                .unwrap_or(Stmt::Drop),
+            )
+        } else {
+            None
+        };
+        let internal = if itp_local {
+            local_target.clone()
+        } else {
+            all.clone()
+        };
+        let external_target = if etp_local { local_target } else { all };
+        if let Some(to) = internal {
+            svc_rules.push(Rule(vec![
+                Stmt::L4Proto(proto),
+                Stmt::Dport(service_port),
+                to,
+            ]));
         }
-        out.chains.push(ChainDef {
-            name: lb_chain.clone(),
-            hook: None,
-            rules: choose,
-        });
-        svc_rules.push(Rule(vec![
-            Stmt::L4Proto(proto),
-            Stmt::Dport(service_port),
-            Stmt::Goto(lb_chain.clone()),
-        ]));
+        let Some(to) = external_target else {
+            continue;
+        };
         let node_port = p.node_port.and_then(|n| u16::try_from(n).ok());
         if let Some(np) = node_port.filter(|n| *n > 0) {
             port_rules.push(Rule(vec![
                 Stmt::L4Proto(proto),
                 Stmt::Dport(np),
-                Stmt::Goto(lb_chain.clone()),
+                to.clone(),
             ]));
             out.ports.insert(np, ports_chain.clone());
         }
@@ -172,7 +225,7 @@ pub fn compile(
             port_rules.push(Rule(vec![
                 Stmt::L4Proto(proto),
                 Stmt::Dport(service_port),
-                Stmt::Goto(lb_chain.clone()),
+                to,
             ]));
             out.ports.insert(service_port, ports_chain.clone());
         }
@@ -244,7 +297,13 @@ mod tests {
                 {"addresses": ["10.42.0.9"], "conditions": {"ready": false}}
             ]
         }));
-        let r = compile(&svc, &[&s], "10.42.0.0/16".parse().unwrap(), None);
+        let r = compile(
+            &svc,
+            &[&s],
+            "10.42.0.0/16".parse().unwrap(),
+            None,
+            Some("n1"),
+        );
         assert_eq!(
             r.ips
                 .get(&"10.43.0.20".parse().unwrap())
@@ -277,13 +336,50 @@ mod tests {
     }
 
     #[test]
+    fn local_traffic_policies_keep_to_this_nodes_endpoints() {
+        let svc = service(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.20", "type": "NodePort", "externalTrafficPolicy": "Local",
+                "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}
+        }));
+        let s = slice(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "default"},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.42.0.7"], "nodeName": "n1"},
+                {"addresses": ["10.42.1.5"], "nodeName": "n2"}
+            ]
+        }));
+        let cidr = "10.42.0.0/16".parse().unwrap();
+        let text = render(&compile(&svc, &[&s], cidr, None, Some("n1")).chains);
+        // The node port: this node's endpoint only, without masquerade.
+        assert!(
+            text.contains("chain lb-local/default/web/tcp/80 {\n\t\tdnat to 10.42.0.7:8080\n"),
+            "{text}"
+        );
+        assert!(text.contains("chain ports/default/web {\n\t\tmeta l4proto tcp th dport 30080 goto \"lb-local/default/web/tcp/80\"\n"), "{text}");
+        // The cluster IP still balances over all.
+        assert!(
+            text.contains("th dport 80 goto \"lb/default/web/tcp/80\""),
+            "{text}"
+        );
+        // A node without local endpoints drops node-port traffic.
+        let text = render(&compile(&svc, &[&s], cidr, None, Some("n3")).chains);
+        assert!(
+            text.contains("meta l4proto tcp th dport 30080 drop"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn headless_and_external_name_services_have_no_rules() {
         let headless = service(serde_json::json!({
             "metadata": {"name": "h", "namespace": "default"},
             "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
         }));
         assert_eq!(
-            compile(&headless, &[], "10.42.0.0/16".parse().unwrap(), None),
+            compile(&headless, &[], "10.42.0.0/16".parse().unwrap(), None, None),
             ServiceRules::default()
         );
         let ext = service(serde_json::json!({
@@ -291,7 +387,7 @@ mod tests {
             "spec": {"type": "ExternalName", "externalName": "example.com"}
         }));
         assert_eq!(
-            compile(&ext, &[], "10.42.0.0/16".parse().unwrap(), None),
+            compile(&ext, &[], "10.42.0.0/16".parse().unwrap(), None, None),
             ServiceRules::default()
         );
     }

@@ -30,6 +30,8 @@ pub struct ProxyConfig {
     pub service_cidr: Ipv4Net,
     /// The cluster DNS address and where this node's DNS server answers.
     pub cluster_dns: Option<(Ipv4Addr, Ipv4Addr, u16)>,
+    /// This node's name (endpoints on it are the local ones).
+    pub node_name: Option<String>,
 }
 
 impl ProxyConfig {
@@ -41,12 +43,14 @@ impl ProxyConfig {
         cluster_dns: Ipv4Addr,
         node_ip: &str,
         dns_port: u16,
+        node_name: &str,
     ) -> ProxyConfig {
         let local = node_ip.parse().unwrap_or(Ipv4Addr::LOCALHOST);
         ProxyConfig {
             cluster_cidr,
             service_cidr,
             cluster_dns: Some((cluster_dns, local, dns_port)),
+            node_name: Some(node_name.to_string()),
         }
     }
 }
@@ -129,6 +133,7 @@ impl ServiceProxy {
             &slices,
             self.config.cluster_cidr,
             self.config.cluster_dns.map(|d| d.0),
+            self.config.node_name.as_deref(),
         )
     }
 
