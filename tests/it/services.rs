@@ -109,6 +109,14 @@ spec:
   ports: [{{name: http, port: 80, targetPort: http, nodePort: {node_port}}}]
 ---
 apiVersion: v1
+kind: Service
+metadata: {{name: sticky}}
+spec:
+  selector: {{app: web}}
+  sessionAffinity: ClientIP
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
 kind: Pod
 metadata: {{name: client}}
 spec:
@@ -173,6 +181,15 @@ spec:
         }
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
+    // sessionAffinity ClientIP: one client keeps its endpoint.
+    let sticky_ip = s.kube_ok(&["get", "svc", "sticky", "-o", "jsonpath={.spec.clusterIP}"]);
+    let mut pages = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let (ok, out) = http_get(&s, &sticky_ip, 80);
+        assert!(ok, "{out}");
+        pages.insert(out.trim().to_string());
+    }
+    assert_eq!(pages.len(), 1, "{pages:?}");
     // Hairpin: an endpoint reaching its own service (half the time itself) always works.
     let web_pod = s.kube_ok(&[
         "get",

@@ -25,6 +25,9 @@ pub struct ServiceRules {
     pub chains: Vec<ChainDef>,
     /// The service's address sets (its endpoints, for hairpin masquerade).
     pub sets: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// sessionAffinity ClientIP: per endpoint, the clients it was chosen for, expiring
+    /// after the timeout (milliseconds); kept across updates.
+    pub affinity_sets: BTreeMap<String, u64>,
 }
 
 /// One endpoint address and port for one service port.
@@ -141,6 +144,17 @@ pub fn compile(
         vec![Rule(vec![Stmt::SetMark(MASQUERADE_MARK)])]
     };
     let mut endpoint_ips: Vec<Ipv4Addr> = Vec::new();
+    // sessionAffinity ClientIP: kube's default timeout is 3 hours.
+    let affinity: Option<u64> = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        let secs = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .unwrap_or(10800)
+            .clamp(1, 86400);
+        secs as u64 * 1000
+    });
     for p in spec.ports.iter().flatten() {
         let Some(proto) = proto_number(p.protocol.as_deref()) else {
             continue;
@@ -157,12 +171,31 @@ pub fn compile(
             }
             let n = eps.len();
             let mut choose = Vec::new();
+            let affinity_set = |t: &Target| format!("{chain}/{}:{}", t.addr, t.port);
+            if let Some(timeout) = affinity {
+                // A client seen lately goes back to its endpoint (and is remembered longer).
+                for t in eps {
+                    let set = affinity_set(t);
+                    choose.push(Rule(vec![
+                        Stmt::SaddrInSet(set.clone()),
+                        Stmt::UpdateSaddr(set.clone()),
+                        Stmt::Dnat {
+                            addr: t.addr,
+                            port: t.port,
+                        },
+                    ]));
+                    out.affinity_sets.insert(set, timeout);
+                }
+            }
             for (i, t) in eps.iter().enumerate() {
                 // Endpoint i is taken with probability 1/(n-i) among those left: uniform.
                 let left = (n - i) as u32;
                 let mut r = Vec::new();
                 if left > 1 {
                     r.push(Stmt::NumgenZero { modulus: left });
+                }
+                if affinity.is_some() {
+                    r.push(Stmt::UpdateSaddr(affinity_set(t)));
                 }
                 r.push(Stmt::Dnat {
                     addr: t.addr,
@@ -368,6 +401,38 @@ mod tests {
         let text = render(&compile(&svc, &[&s], cidr, None, Some("n3")).chains);
         assert!(
             text.contains("meta l4proto tcp th dport 30080 drop"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn client_ip_affinity_sends_a_known_client_back_to_its_endpoint() {
+        let svc = service(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.20", "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                "ports": [{"name": "http", "port": 80}]}
+        }));
+        let s = slice(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "default"},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.42.0.7"]}, {"addresses": ["10.42.0.8"]}]
+        }));
+        let r = compile(&svc, &[&s], "10.42.0.0/16".parse().unwrap(), None, None);
+        let set = "lb/default/web/tcp/80/10.42.0.7:8080";
+        assert_eq!(r.affinity_sets.get(set), Some(&60_000));
+        let text = render(&r.chains);
+        assert!(
+            text.contains(&format!(
+                "ip saddr @{set} update @{set} {{ ip saddr }} dnat to 10.42.0.7:8080"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "numgen random mod 2 0 update @{set} {{ ip saddr }} dnat to 10.42.0.7:8080"
+            )),
             "{text}"
         );
     }

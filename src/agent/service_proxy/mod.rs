@@ -161,6 +161,9 @@ impl ServiceProxy {
                 tx.add_address_set(set)?;
                 tx.add_addresses(set, addrs)?;
             }
+            for (set, timeout) in &r.affinity_sets {
+                tx.add_affinity_set(set, *timeout)?;
+            }
         }
         let service_chains = wanted.iter().flat_map(|(_, r)| r.chains.iter());
         for c in skeleton.iter().filter(|c| c.hook.is_none()) {
@@ -290,6 +293,15 @@ impl ServiceProxy {
             // 2. empty what exists; sets get their new members
             for c in &old.chains {
                 tx.flush_chain(&c.name)?;
+            }
+            for (set, timeout) in &new.affinity_sets {
+                if old.affinity_sets.get(set) != Some(timeout) {
+                    if old.affinity_sets.contains_key(set) {
+                        // A new timeout: the set is made again (its clients forgotten).
+                        tx.delete_set(set)?;
+                    }
+                    tx.add_affinity_set(set, *timeout)?;
+                }
             }
             for (set, addrs) in &new.sets {
                 match old.sets.get(set) {

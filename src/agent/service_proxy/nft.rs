@@ -238,6 +238,17 @@ fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
                 ],
             },
         ],
+        Stmt::UpdateSaddr(set) => vec![
+            payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 12, 4),
+            RawExpr {
+                name: c"dynset",
+                attrs: vec![
+                    Attr::U32(sys::NFTNL_EXPR_DYNSET_SREG_KEY, libc::NFT_REG_1 as u32),
+                    Attr::U32(sys::NFTNL_EXPR_DYNSET_OP, libc::NFT_DYNSET_OP_UPDATE as u32),
+                    Attr::Str(sys::NFTNL_EXPR_DYNSET_SET_NAME, cstr(set)?),
+                ],
+            },
+        ],
         Stmt::DaddrVmap(map) => vec![
             payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 16, 4),
             lookup_vmap(map)?,
@@ -321,6 +332,8 @@ struct MapMsg {
     key_len: u32,
     /// A verdict map (else a plain set of keys).
     verdicts: bool,
+    /// Elements expire after this long (a set rules add to; milliseconds).
+    timeout_ms: Option<u64>,
 }
 
 /// Elements of a verdict map, each a key and the chain it goes to (`goto`); without chains,
@@ -351,6 +364,14 @@ unsafe impl nftnl::NlMsg for MapMsg {
             sys::nftnl_set_set_u32(set, sys::NFTNL_SET_ID as u16, self.id);
             sys::nftnl_set_set_u32(set, sys::NFTNL_SET_KEY_TYPE as u16, self.key_type);
             sys::nftnl_set_set_u32(set, sys::NFTNL_SET_KEY_LEN as u16, self.key_len);
+            if let Some(t) = self.timeout_ms {
+                sys::nftnl_set_set_u32(
+                    set,
+                    sys::NFTNL_SET_FLAGS as u16,
+                    (libc::NFT_SET_TIMEOUT | libc::NFT_SET_EVAL) as u32,
+                );
+                sys::nftnl_set_set_u64(set, sys::NFTNL_SET_TIMEOUT as u16, t);
+            }
             if self.verdicts {
                 sys::nftnl_set_set_u32(set, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_MAP as u32);
                 sys::nftnl_set_set_u32(
@@ -503,6 +524,7 @@ impl Tx {
                 key_type,
                 key_len,
                 verdicts: true,
+                timeout_ms: None,
             };
             self.batch.add(&m, MsgType::Add);
             self.messages += 1;
@@ -519,6 +541,24 @@ impl Tx {
             key_type: KEY_IPV4,
             key_len: 4,
             verdicts: false,
+            timeout_ms: None,
+        };
+        self.batch.add(&m, MsgType::Add);
+        self.messages += 1;
+        Ok(())
+    }
+
+    /// Creates a set of client addresses that expire after `timeout_ms` unless refreshed
+    /// (a no-op when it exists, so what it holds survives).
+    pub fn add_affinity_set(&mut self, name: &str, timeout_ms: u64) -> Result<(), Error> {
+        self.set_ids += 1;
+        let m = MapMsg {
+            name: cstr(name)?,
+            id: self.set_ids,
+            key_type: KEY_IPV4,
+            key_len: 4,
+            verdicts: false,
+            timeout_ms: Some(timeout_ms),
         };
         self.batch.add(&m, MsgType::Add);
         self.messages += 1;
@@ -532,6 +572,7 @@ impl Tx {
             key_type: KEY_IPV4,
             key_len: 4,
             verdicts: false,
+            timeout_ms: None,
         };
         self.batch.add(&m, MsgType::Del);
         self.messages += 1;

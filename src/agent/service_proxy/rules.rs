@@ -40,6 +40,8 @@ pub enum Stmt {
     MarkHas(u32),
     /// `ip saddr @<set>`
     SaddrInSet(String),
+    /// `update @<set> { ip saddr }` (adds the client, or refreshes its timeout)
+    UpdateSaddr(String),
     /// `ip daddr vmap @<map>`
     DaddrVmap(String),
     /// `th dport vmap @<map>`
@@ -79,6 +81,7 @@ impl fmt::Display for Stmt {
             Stmt::SetMark(b) => write!(f, "meta mark set meta mark | {b:#x}"),
             Stmt::MarkHas(b) => write!(f, "meta mark & {b:#x} == {b:#x}"),
             Stmt::SaddrInSet(m) => write!(f, "ip saddr @{m}"),
+            Stmt::UpdateSaddr(m) => write!(f, "update @{m} {{ ip saddr }}"),
             Stmt::DaddrVmap(m) => write!(f, "ip daddr vmap @{m}"),
             Stmt::DportVmap(m) => write!(f, "th dport vmap @{m}"),
             Stmt::Dnat { addr, port } => write!(f, "dnat to {addr}:{port}"),
