@@ -120,9 +120,10 @@ impl Drop for Proc {
 }
 
 struct Cluster {
+    // Fields drop in order: the processes stop before their namespaces go.
+    procs: Vec<Proc>,
     m: Machines,
     kubeconfig: PathBuf,
-    procs: Vec<Proc>,
 }
 
 impl Cluster {
@@ -179,7 +180,7 @@ impl Cluster {
     }
 }
 
-fn start(dir: &Path) -> Cluster {
+fn start(dir: &Path, backend: &str) -> Cluster {
     let m = Machines::new();
     let krab = env!("CARGO_BIN_EXE_krab");
     let server_data = dir.join("server");
@@ -207,14 +208,15 @@ fn start(dir: &Path) -> Cluster {
             .args(["agent", "--config", "/dev/null"])
             .args(["--node-name", &format!("node-{which}"), "--node-ip", addr])
             .args(["--server", "https://10.99.0.1:6443", "--token", &token])
+            .args(["--pod-network-backend", backend])
             .arg("--data-dir")
             .arg(&data);
         procs.push(Proc::spawn(agent, &dir.join(format!("node-{which}.log"))));
     }
     Cluster {
+        procs,
         m,
         kubeconfig,
-        procs,
     }
 }
 
@@ -222,7 +224,22 @@ fn start(dir: &Path) -> Cluster {
 fn a_pod_reaches_a_service_on_another_node_by_name() {
     let _net = PodNetwork::acquire();
     let dir = tempfile::tempdir().unwrap();
-    let c = start(dir.path());
+    let c = start(dir.path(), "vxlan");
+    wait_ready_nodes(&c);
+    run_scenario(&c, dir.path());
+}
+
+/// The same machines with routes instead of an overlay (they share one L2 segment).
+#[test]
+fn pods_reach_each_other_across_nodes_with_host_gw_routes() {
+    let _net = PodNetwork::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), "host-gw");
+    wait_ready_nodes(&c);
+    run_scenario(&c, dir.path());
+}
+
+fn wait_ready_nodes(c: &Cluster) {
     wait_for("two Ready nodes", Duration::from_secs(90), || {
         let out = c.kubectl(&[
             "get",
@@ -233,8 +250,11 @@ fn a_pod_reaches_a_service_on_another_node_by_name() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (text.lines().filter(|l| *l == "True").count() == 2).then_some(())
     });
+}
+
+fn run_scenario(c: &Cluster, dir: &Path) {
     let manifests = write(
-        dir.path(),
+        dir,
         "app.yaml",
         &format!(
             r#"apiVersion: v1

@@ -204,6 +204,15 @@ spec:
         assert!(ok, "hairpin: {out}");
     }
 
+    // Someone flushes krab's table: it is programmed again.
+    let mut flush = Command::new("nft");
+    flush.args(["flush", "table", "ip", "krab"]);
+    assert!(run_bounded(flush, Duration::from_secs(10)).status.success());
+    wait_for("the rules to come back", Duration::from_secs(30), || {
+        let (ok, _) = http_get(&s, &cluster_ip, 80);
+        ok.then_some(())
+    });
+
     // NetworkPolicy: denying ingress to the web pods blocks the client; allowing its
     // namespace restores it.
     let deny = write(
