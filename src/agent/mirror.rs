@@ -6,6 +6,30 @@ use std::sync::Arc;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 
+/// Waits until `api` may be listed (the API server is up and its default RBAC policy is in):
+/// watches started earlier would fail their first lists and log it. False on shutdown.
+pub async fn wait_until_listable<K>(
+    api: &kube::Api<K>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = kube::api::ListParams::default().limit(1);
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match api.list_metadata(&params).await {
+            Ok(_) => return true,
+            Err(e) => tracing::debug!(error = %e, "not listable yet"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+    }
+}
+
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Objects of one kind by key, with kube's list-then-watch semantics: a re-list replaces the

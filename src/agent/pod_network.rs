@@ -320,6 +320,10 @@ pub async fn run(
         vxlan: None,
     };
     let nodes_api: Api<Node> = Api::all(client);
+    if !crate::agent::mirror::wait_until_listable(&nodes_api, &shutdown).await {
+        conn.abort();
+        return Ok(());
+    }
     let mut events = watcher(nodes_api.clone(), watcher::Config::default())
         .default_backoff()
         .boxed();

@@ -248,6 +248,11 @@ async fn follow(
     hosts_file: PathBuf,
     shutdown: CancellationToken,
 ) {
+    if !crate::agent::mirror::wait_until_listable(&Api::<Service>::all(client.clone()), &shutdown)
+        .await
+    {
+        return;
+    }
     let svc = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),

@@ -84,6 +84,14 @@ pub async fn run(
     node: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if !crate::agent::mirror::wait_until_listable(
+        &Api::<NetworkPolicy>::all(client.clone()),
+        &shutdown,
+    )
+    .await
+    {
+        return Ok(());
+    }
     let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .map(|e| e.map(|e| Input::Pod(Box::new(e))));

@@ -488,8 +488,16 @@ pub async fn run(
     tokio::task::spawn_blocking(ensure_sysctls).await?;
     let mut proxy = ServiceProxy::new(config);
     // The guard before anything else: nothing from the cluster ranges leaks out while the
-    // first lists load.
+    // first lists load (or while the API server cannot be reached).
+    if let Err(e) = tokio::task::block_in_place(|| proxy.full_sync()) {
+        tracing::warn!(error = %e, "cannot program the service rules' skeleton yet");
+    }
     let mut pending = true;
+    if !crate::agent::mirror::wait_until_listable(&Api::<Service>::all(client.clone()), &shutdown)
+        .await
+    {
+        return Ok(());
+    }
     let svc = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
