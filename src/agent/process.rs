@@ -76,24 +76,29 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
             key_pem: joined.credentials.serving_key.clone(),
             client_ca_pem: joined.credentials.client_ca.clone(),
         }),
-        service_proxy: (!args.disable_kube_proxy).then(|| {
+        service_proxy: (!args.network.disable_kube_proxy).then(|| {
             super::service_proxy::ProxyConfig::new(
                 args.cluster_cidr,
                 args.service_cidr,
                 args.cluster_dns,
                 &node_ip_for_proxy,
-                args.dns_port,
+                args.network.dns_port,
                 &node_name_for_net,
             )
         }),
         pod_network: AgentConfig::pod_network_for(
-            args.pod_network_backend,
+            args.network.pod_network_backend,
             &node_name_for_net,
             &node_ip_for_proxy,
         ),
-        network_policy: !args.disable_network_policy,
-        dns: (!args.disable_kube_proxy)
-            .then(|| AgentConfig::dns_for(&node_ip_for_proxy, args.dns_port, &args.cluster_domain)),
+        network_policy: !args.network.disable_network_policy,
+        dns: (!args.network.disable_kube_proxy).then(|| {
+            AgentConfig::dns_for(
+                &node_ip_for_proxy,
+                args.network.dns_port,
+                &args.cluster_domain,
+            )
+        }),
     };
     let mut sup = Supervisor::new(shutdown.clone());
     super::spawn(&mut sup, config, joined.client, shutdown).context("failed to start the agent")?;

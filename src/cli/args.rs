@@ -171,25 +171,8 @@ pub struct ServerArgs {
     /// The cluster's DNS domain.
     #[arg(long, env = "KRAB_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// Do not run the service proxy (no nftables rules for Services).
-    #[arg(long, env = "KRAB_DISABLE_KUBE_PROXY")]
-    pub disable_kube_proxy: bool,
-    /// The port this node's cluster DNS server listens on, at the node IP; the cluster DNS
-    /// address is forwarded there.
-    #[arg(long, env = "KRAB_DNS_PORT", default_value_t = 53)]
-    pub dns_port: u16,
-    /// How pods reach other nodes' pods: vxlan (an overlay over any network, k3s's
-    /// default), host-gw (routes via the nodes' addresses, one L2 segment) or none.
-    #[arg(
-        long,
-        env = "KRAB_POD_NETWORK_BACKEND",
-        value_enum,
-        default_value = "vxlan"
-    )]
-    pub pod_network_backend: crate::agent::pod_network::Backend,
-    /// Do not enforce NetworkPolicies.
-    #[arg(long, env = "KRAB_DISABLE_NETWORK_POLICY")]
-    pub disable_network_policy: bool,
+    #[command(flatten)]
+    pub network: NodeNetworkArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -231,6 +214,16 @@ pub struct AgentArgs {
     /// The range Service cluster IPs are taken from (as the server's --service-cidr).
     #[arg(long, env = "KRAB_SERVICE_CIDR", default_value = "10.43.0.0/16")]
     pub service_cidr: ipnet::Ipv4Net,
+    #[command(flatten)]
+    pub network: NodeNetworkArgs,
+    /// Remove the nftables rules krab programmed, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+/// How a node's networking runs (the same flags on `krab server` and `krab agent`).
+#[derive(Args, Debug, Clone)]
+pub struct NodeNetworkArgs {
     /// Do not run the service proxy (no nftables rules for Services).
     #[arg(long, env = "KRAB_DISABLE_KUBE_PROXY")]
     pub disable_kube_proxy: bool,
@@ -250,9 +243,6 @@ pub struct AgentArgs {
     /// Do not enforce NetworkPolicies.
     #[arg(long, env = "KRAB_DISABLE_NETWORK_POLICY")]
     pub disable_network_policy: bool,
-    /// Remove the nftables rules krab programmed, then exit.
-    #[arg(long)]
-    pub cleanup: bool,
 }
 
 #[derive(Args, Debug, Clone)]

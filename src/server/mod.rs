@@ -268,24 +268,28 @@ fn start_agent(
             key_pem: serving.key_pem,
             client_ca_pem: certs.client_ca_pem.clone(),
         }),
-        service_proxy: (!args.disable_kube_proxy).then(|| {
+        service_proxy: (!args.network.disable_kube_proxy).then(|| {
             crate::agent::service_proxy::ProxyConfig::new(
                 args.cluster_cidr,
                 args.service_cidr,
                 args.cluster_dns,
                 &node_ip,
-                args.dns_port,
+                args.network.dns_port,
                 name,
             )
         }),
         pod_network: crate::agent::AgentConfig::pod_network_for(
-            args.pod_network_backend,
+            args.network.pod_network_backend,
             name,
             &node_ip,
         ),
-        network_policy: !args.disable_network_policy,
-        dns: (!args.disable_kube_proxy).then(|| {
-            crate::agent::AgentConfig::dns_for(&node_ip, args.dns_port, &args.cluster_domain)
+        network_policy: !args.network.disable_network_policy,
+        dns: (!args.network.disable_kube_proxy).then(|| {
+            crate::agent::AgentConfig::dns_for(
+                &node_ip,
+                args.network.dns_port,
+                &args.cluster_domain,
+            )
         }),
     };
     crate::agent::spawn(sup, config, client, shutdown).context("failed to start the agent")
