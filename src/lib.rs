@@ -2,6 +2,7 @@
 //! module lives here so integration tests can reach them. See ARCHITECTURE.md for the map.
 pub mod agent;
 pub mod apiserver;
+pub mod cidrs;
 pub mod cli;
 pub mod client;
 pub mod config;

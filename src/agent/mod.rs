@@ -33,7 +33,12 @@ use crate::lifecycle::Supervisor;
 pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub node_name: String,
+    /// The primary internal address (the first of `--node-ip`).
     pub node_ip: String,
+    /// The other family's internal address on a dual-stack node.
+    pub secondary_node_ips: Vec<String>,
+    /// `--node-external-ip`.
+    pub external_ips: Vec<String>,
     /// `--container-runtime-endpoint`: use this containerd instead of starting one.
     pub runtime_endpoint: Option<String>,
     pub cluster_dns: Vec<String>,
@@ -66,6 +71,7 @@ impl AgentConfig {
         backend: pod_network::Backend,
         node_name: &str,
         node_ip: &str,
+        iface: Option<&str>,
     ) -> Option<pod_network::PodNetworkConfig> {
         if backend == pod_network::Backend::None {
             return None;
@@ -74,6 +80,7 @@ impl AgentConfig {
             backend,
             node_name: node_name.to_string(),
             node_ip: node_ip.parse().ok()?,
+            iface: iface.map(str::to_string),
         })
     }
 
@@ -231,6 +238,8 @@ async fn run_kubelet(
             name: config.node_name.clone(),
             control_plane: config.control_plane,
             node_ip: config.node_ip.clone(),
+            secondary_node_ips: config.secondary_node_ips.clone(),
+            external_ips: config.external_ips.clone(),
             data_dir: config.data_dir.clone(),
             kubelet_version: config.kubelet_version.clone(),
             extra_labels: config.node_labels.clone(),

@@ -45,6 +45,8 @@ pub struct PodNetworkConfig {
     pub backend: Backend,
     pub node_name: String,
     pub node_ip: Ipv4Addr,
+    /// `--pod-network-iface`: the VXLAN device's underlay link.
+    pub iface: Option<String>,
 }
 
 /// Another node as the data path needs it.
@@ -125,25 +127,24 @@ impl Programmer {
     }
 
     /// The VXLAN device with this node's VTEP address, created if missing.
-    async fn ensure_vxlan(&mut self, own: Ipv4Net) -> Result<(u32, Vec<u8>), rtnetlink::Error> {
+    async fn ensure_vxlan(&mut self, own: Ipv4Net) -> anyhow::Result<(u32, Vec<u8>)> {
         if self.link_index(VXLAN_DEVICE).await?.is_none() {
-            self.handle
-                .link()
-                .add(
-                    LinkVxlan::new(VXLAN_DEVICE, VNI)
-                        .local(self.config.node_ip)
-                        .port(VXLAN_PORT)
-                        .learning(false)
-                        .mtu(VXLAN_MTU)
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await?;
+            let mut vxlan = LinkVxlan::new(VXLAN_DEVICE, VNI)
+                .local(self.config.node_ip)
+                .port(VXLAN_PORT)
+                .learning(false)
+                .mtu(VXLAN_MTU);
+            if let Some(iface) = self.config.iface.clone() {
+                let Some((underlay, _)) = self.link_index(&iface).await? else {
+                    anyhow::bail!("--pod-network-iface {iface}: no such interface");
+                };
+                vxlan = vxlan.dev(underlay);
+            }
+            self.handle.link().add(vxlan.up().build()).execute().await?;
             tracing::info!(device = VXLAN_DEVICE, local = %self.config.node_ip, "created the VXLAN device");
         }
         let Some((index, mac)) = self.link_index(VXLAN_DEVICE).await? else {
-            return Err(rtnetlink::Error::RequestFailed);
+            anyhow::bail!("the VXLAN device {VXLAN_DEVICE} vanished after it was created");
         };
         self.handle
             .address()
@@ -292,6 +293,7 @@ pub async fn cleanup() -> anyhow::Result<bool> {
             backend: Backend::None,
             node_name: String::new(),
             node_ip: Ipv4Addr::UNSPECIFIED,
+            iface: None,
         },
         peers: BTreeMap::new(),
         vxlan: None,

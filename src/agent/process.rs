@@ -43,15 +43,23 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         );
     };
     let node_name = crate::host::node_name(&args.node_name);
-    let node_ip = match args.node_ip {
-        Some(ip) => ip.to_string(),
-        None => crate::host::primary_ipv4().unwrap_or_else(|| "127.0.0.1".into()),
-    };
+    let addresses = crate::host::node_addresses(
+        &args.network.node_ip,
+        args.network.pod_network_iface.as_deref(),
+        None,
+    )?;
+    let node_ip = addresses
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "127.0.0.1".into());
     let joined = join::join(
         server,
         token,
         &node_name,
-        std::slice::from_ref(&node_ip),
+        &addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         &args.data_dir,
     )
     .await
@@ -62,6 +70,13 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         data_dir: args.data_dir.clone(),
         node_name,
         node_ip,
+        secondary_node_ips: addresses.iter().skip(1).map(ToString::to_string).collect(),
+        external_ips: args
+            .network
+            .node_external_ip
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         cluster_dns: vec![args.cluster_dns.to_string()],
         cluster_domain: args.cluster_domain.clone(),
@@ -78,8 +93,8 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         }),
         service_proxy: (!args.network.disable_kube_proxy).then(|| {
             super::service_proxy::ProxyConfig::new(
-                args.cluster_cidr,
-                args.service_cidr,
+                args.cluster_cidr.ipv4(),
+                args.service_cidr.ipv4(),
                 args.cluster_dns,
                 &node_ip_for_proxy,
                 args.network.dns_port,
@@ -90,6 +105,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
             args.network.pod_network_backend,
             &node_name_for_net,
             &node_ip_for_proxy,
+            args.network.pod_network_iface.as_deref(),
         ),
         network_policy: !args.network.disable_network_policy,
         dns: (!args.network.disable_kube_proxy).then(|| {

@@ -36,7 +36,7 @@ use crate::tls::service_account::ServiceAccountKey;
 pub use self::discovery::{kube_version, KUBE_MAJOR, KUBE_MINOR};
 pub use self::kubelet_proxy::KubeletClientTls;
 pub use self::node_join::NodeJoin;
-pub use self::strategy::service::ServiceNetwork;
+pub use self::strategy::service_alloc::ServiceNetwork;
 
 /// What the API server needs to know about the cluster it serves.
 #[derive(Debug, Clone, Default)]

@@ -138,12 +138,14 @@ pub struct ServerArgs {
     /// Memory the datastore may use to cache values, in MiB.
     #[arg(long, env = "KRAB_ETCD_CACHE_MB", default_value_t = 32)]
     pub etcd_cache_mb: u64,
-    /// The range pod IPs are taken from (a /24 per node).
+    /// The range pod IPs are taken from (a /24 per node; with an IPv6 range after a comma,
+    /// dual-stack, a /64 per node).
     #[arg(long, env = "KRAB_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
-    pub cluster_cidr: ipnet::Ipv4Net,
-    /// The range Service cluster IPs are taken from.
+    pub cluster_cidr: crate::cidrs::Cidrs,
+    /// The range Service cluster IPs are taken from (an IPv6 range after a comma makes
+    /// dual-stack Services possible).
     #[arg(long, env = "KRAB_SERVICE_CIDR", default_value = "10.43.0.0/16")]
-    pub service_cidr: ipnet::Ipv4Net,
+    pub service_cidr: crate::cidrs::Cidrs,
     /// The port range NodePort Services are given ports from.
     #[arg(long, env = "KRAB_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767", value_parser = parse_port_range)]
     pub service_node_port_range: std::ops::RangeInclusive<u16>,
@@ -196,9 +198,6 @@ pub struct AgentArgs {
     /// Use an existing containerd socket instead of starting one.
     #[arg(long, env = "KRAB_CONTAINER_RUNTIME_ENDPOINT")]
     pub container_runtime_endpoint: Option<String>,
-    /// The address this node is reached at (defaults to the first address of the host).
-    #[arg(long, env = "KRAB_NODE_IP")]
-    pub node_ip: Option<std::net::IpAddr>,
     /// The port the kubelet API (logs, exec, port-forward) listens on.
     #[arg(long, env = "KRAB_KUBELET_PORT", default_value_t = 10250)]
     pub kubelet_port: u16,
@@ -210,10 +209,10 @@ pub struct AgentArgs {
     pub cluster_domain: String,
     /// The range pod IPs are taken from (as the server's --cluster-cidr).
     #[arg(long, env = "KRAB_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
-    pub cluster_cidr: ipnet::Ipv4Net,
+    pub cluster_cidr: crate::cidrs::Cidrs,
     /// The range Service cluster IPs are taken from (as the server's --service-cidr).
     #[arg(long, env = "KRAB_SERVICE_CIDR", default_value = "10.43.0.0/16")]
-    pub service_cidr: ipnet::Ipv4Net,
+    pub service_cidr: crate::cidrs::Cidrs,
     #[command(flatten)]
     pub network: NodeNetworkArgs,
     /// Remove the nftables rules krab programmed, then exit.
@@ -224,6 +223,17 @@ pub struct AgentArgs {
 /// How a node's networking runs (the same flags on `krab server` and `krab agent`).
 #[derive(Args, Debug, Clone)]
 pub struct NodeNetworkArgs {
+    /// The node's addresses (comma-separated, at most one per IP family; defaults to the
+    /// address of --pod-network-iface, else the default route's source address).
+    #[arg(long, env = "KRAB_NODE_IP", value_delimiter = ',')]
+    pub node_ip: Vec<std::net::IpAddr>,
+    /// The node's external addresses (comma-separated); load balancers answer on them.
+    #[arg(long, env = "KRAB_NODE_EXTERNAL_IP", value_delimiter = ',')]
+    pub node_external_ip: Vec<std::net::IpAddr>,
+    /// The interface that carries pod traffic between nodes (the VXLAN underlay); its
+    /// address is the node's unless --node-ip says otherwise.
+    #[arg(long, env = "KRAB_POD_NETWORK_IFACE", alias = "flannel-iface")]
+    pub pod_network_iface: Option<String>,
     /// Do not run the service proxy (no nftables rules for Services).
     #[arg(long, env = "KRAB_DISABLE_KUBE_PROXY")]
     pub disable_kube_proxy: bool,
@@ -236,6 +246,7 @@ pub struct NodeNetworkArgs {
     #[arg(
         long,
         env = "KRAB_POD_NETWORK_BACKEND",
+        alias = "flannel-backend",
         value_enum,
         default_value = "vxlan"
     )]

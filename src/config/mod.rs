@@ -97,11 +97,18 @@ pub fn layer_file(
                 })
             }
         };
-        let arg = sub
-            .get_arguments()
-            .chain(command.get_arguments())
-            .find(|a| a.get_long() == Some(key.as_str()));
-        let Some(arg) = arg else {
+        let named = |a: &&clap::Arg| {
+            a.get_long() == Some(key.as_str())
+                || a.get_all_aliases()
+                    .is_some_and(|al| al.contains(&key.as_str()))
+        };
+        // A flag of the subcommand is asked about in its matches, a global one in the
+        // top-level matches (clap panics when asked about an argument it does not hold).
+        let arg = match sub.get_arguments().find(named) {
+            Some(a) => Some((a, leaf_matches)),
+            None => command.get_arguments().find(named).map(|a| (a, matches)),
+        };
+        let Some((arg, arg_matches)) = arg else {
             return Err(Error::UnknownKey {
                 path: path.to_path_buf(),
                 key,
@@ -109,9 +116,7 @@ pub fn layer_file(
             });
         };
         let id = arg.get_id().as_str();
-        let source = leaf_matches
-            .value_source(id)
-            .or_else(|| matches.value_source(id));
+        let source = arg_matches.value_source(id);
         if matches!(
             source,
             Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)

@@ -83,3 +83,21 @@ fn an_explicit_missing_file_is_an_error_and_the_default_one_is_optional() {
         argv
     );
 }
+
+#[test]
+fn k3s_flannel_keys_and_address_lists_come_from_the_file() {
+    let cli = parse(
+        &["krab", "server"],
+        "flannel-iface: eth1\nflannel-backend: host-gw\nnode-ip: [10.0.0.2, 'fd00::2']\nnode-external-ip: 203.0.113.7\n",
+    )
+    .unwrap();
+    let net = server(cli).network;
+    assert_eq!(net.pod_network_iface.as_deref(), Some("eth1"));
+    assert_eq!(
+        net.pod_network_backend,
+        crate::agent::pod_network::Backend::HostGw
+    );
+    let ips: Vec<String> = net.node_ip.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["10.0.0.2", "fd00::2"]);
+    assert_eq!(net.node_external_ip.len(), 1);
+}

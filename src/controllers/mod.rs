@@ -34,7 +34,7 @@ pub struct Context {
     /// The cluster CA (PEM) published to every namespace as `kube-root-ca.crt`.
     pub root_ca: Option<String>,
     /// `--cluster-cidr`, which node IPAM hands pod CIDRs out of.
-    pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    pub cluster_cidr: Option<crate::cidrs::Cidrs>,
     /// Signs legacy service-account token secrets.
     pub service_account_key: Option<crate::tls::service_account::ServiceAccountKey>,
     /// Held while node IPAM allocates, so two nodes never get the same range.
@@ -45,7 +45,7 @@ pub struct Context {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterInfo {
     pub root_ca: Option<String>,
-    pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    pub cluster_cidr: Option<crate::cidrs::Cidrs>,
     /// Signs legacy service-account token secrets.
     pub service_account_key: Option<crate::tls::service_account::ServiceAccountKey>,
 }

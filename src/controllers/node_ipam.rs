@@ -1,10 +1,12 @@
-//! Node IPAM: every node gets a pod CIDR of its own, a /24 (kube's default node mask) out of
-//! `--cluster-cidr`, recorded in `spec.podCIDR`/`spec.podCIDRs` and never changed after.
+//! Node IPAM: every node gets a pod CIDR of its own per family, a /24 (kube's default node
+//! mask) out of `--cluster-cidr`'s IPv4 range and, on a dual-stack cluster, a /64 out of its
+//! IPv6 range, recorded in `spec.podCIDR`/`spec.podCIDRs` (IPv4 first) and never changed
+//! after.
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -14,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{retry_after, Context, Error};
 
-/// kube-controller-manager's --node-cidr-mask-size for IPv4.
-const NODE_MASK: u8 = 24;
+/// kube-controller-manager's --node-cidr-mask-size-ipv4 and -ipv6.
+const NODE_MASK_V4: u8 = 24;
+const NODE_MASK_V6: u8 = 64;
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     Controller::new(
@@ -36,7 +39,7 @@ fn error_policy(node: Arc<Node>, e: &Error, _: Arc<Context>) -> Action {
 /// The first subnet of `cluster` not in `used`.
 pub fn next_free(cluster: Ipv4Net, used: &[Ipv4Net]) -> Option<Ipv4Net> {
     cluster
-        .subnets(NODE_MASK.max(cluster.prefix_len()))
+        .subnets(NODE_MASK_V4.max(cluster.prefix_len()))
         .ok()?
         .find(|s| {
             !used
@@ -45,38 +48,95 @@ pub fn next_free(cluster: Ipv4Net, used: &[Ipv4Net]) -> Option<Ipv4Net> {
         })
 }
 
+/// The first IPv6 subnet of `cluster` not in `used`: a /64, or 8 bits longer than a range
+/// too small for /64s (at most /120).
+pub fn next_free_v6(cluster: Ipv6Net, used: &[Ipv6Net]) -> Option<Ipv6Net> {
+    let mask = if cluster.prefix_len() < NODE_MASK_V6 {
+        NODE_MASK_V6
+    } else {
+        (cluster.prefix_len() + 8).min(120)
+    };
+    cluster.subnets(mask).ok()?.take(1 << 16).find(|s| {
+        !used
+            .iter()
+            .any(|u| u.contains(&s.network()) || s.contains(&u.network()))
+    })
+}
+
 async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let has = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_cidr.as_deref())
-        .is_some_and(|c| !c.is_empty());
-    if has || node.metadata.deletion_timestamp.is_some() {
+    if node.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let Some(cluster) = ctx.cluster_cidr else {
         return Ok(Action::await_change());
     };
+    let held = node_cidrs(&node);
+    let wants_v6 = cluster.ipv6().is_some() && !held.iter().any(|c| matches!(c, IpNet::V6(_)));
+    if !held.is_empty() && !wants_v6 {
+        return Ok(Action::await_change());
+    }
     // One allocation at a time, against the nodes as they are now.
     let _one = ctx.allocating.lock().await;
     let api: Api<Node> = Api::all(ctx.client.clone());
     let nodes = api.list(&ListParams::default()).await?;
-    let used: Vec<Ipv4Net> = nodes
-        .items
-        .iter()
-        .filter_map(|n| n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok())
-        .collect();
+    let used: Vec<IpNet> = nodes.items.iter().flat_map(node_cidrs).collect();
     let name = node.name_any();
-    let Some(cidr) = next_free(cluster, &used) else {
-        tracing::warn!(node = %name, %cluster, "the cluster CIDR has no free pod CIDR left");
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    };
-    let patch =
-        serde_json::json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}});
+    let mut cidrs: Vec<IpNet> = held.clone();
+    if !held.iter().any(|c| matches!(c, IpNet::V4(_))) {
+        let used_v4: Vec<Ipv4Net> = used
+            .iter()
+            .filter_map(|c| match c {
+                IpNet::V4(n) => Some(*n),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let Some(v4) = next_free(cluster.ipv4(), &used_v4) else {
+            tracing::warn!(node = %name, cluster = %cluster, "the cluster CIDR has no free pod CIDR left");
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        };
+        cidrs.insert(0, IpNet::V4(v4));
+    }
+    if let (Some(range), true) = (cluster.ipv6(), wants_v6) {
+        let used_v6: Vec<Ipv6Net> = used
+            .iter()
+            .filter_map(|c| match c {
+                IpNet::V6(n) => Some(*n),
+                IpNet::V4(_) => None,
+            })
+            .collect();
+        let Some(v6) = next_free_v6(range, &used_v6) else {
+            tracing::warn!(node = %name, cluster = %cluster, "the cluster's IPv6 range has no free pod CIDR left");
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        };
+        cidrs.push(IpNet::V6(v6));
+    }
+    let shown: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+    let patch = serde_json::json!({"spec": {"podCIDR": shown[0], "podCIDRs": shown}});
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
-    tracing::info!(node = %name, pod_cidr = %cidr, "allocated a pod CIDR");
+    tracing::info!(node = %name, pod_cidrs = %shown.join(","), "allocated pod CIDRs");
     Ok(Action::await_change())
+}
+
+/// The pod CIDRs a node holds (`podCIDRs`, or the older single `podCIDR`).
+fn node_cidrs(node: &Node) -> Vec<IpNet> {
+    let Some(spec) = node.spec.as_ref() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpNet> = spec
+        .pod_cidrs
+        .iter()
+        .flatten()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    if out.is_empty() {
+        out.extend(
+            spec.pod_cidr
+                .as_deref()
+                .and_then(|c| c.parse::<IpNet>().ok()),
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -97,5 +157,17 @@ mod tests {
         );
         let tiny: Ipv4Net = "10.0.0.0/24".parse().unwrap();
         assert!(next_free(tiny, &[tiny]).is_none());
+        let v6: Ipv6Net = "fd00:42::/56".parse().unwrap();
+        let first = next_free_v6(v6, &[]).unwrap();
+        assert_eq!(first.to_string(), "fd00:42::/64");
+        assert_eq!(
+            next_free_v6(v6, &[first]).unwrap().to_string(),
+            "fd00:42:0:1::/64"
+        );
+        let small: Ipv6Net = "fd00:42::/112".parse().unwrap();
+        assert_eq!(
+            next_free_v6(small, &[]).unwrap().to_string(),
+            "fd00:42::/120"
+        );
     }
 }

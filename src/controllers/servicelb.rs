@@ -50,8 +50,9 @@ fn is_ours(svc: &Service) -> bool {
     })
 }
 
-/// The addresses a load balancer answers on: every Ready, schedulable node's InternalIP.
-fn addresses(nodes: &[Node]) -> Vec<String> {
+/// The addresses a load balancer answers on: every Ready, schedulable node's ExternalIPs,
+/// or its InternalIPs when it has none (as k3s's ServiceLB), of the Service's IP families.
+fn addresses(nodes: &[Node], families: &[String]) -> Vec<String> {
     let mut ips: Vec<String> = nodes
         .iter()
         .filter(|n| {
@@ -66,13 +67,32 @@ fn addresses(nodes: &[Node]) -> Vec<String> {
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
-        .filter_map(|n| {
-            n.status
-                .as_ref()?
-                .addresses
-                .as_ref()?
-                .iter()
-                .find_map(|a| (a.type_ == "InternalIP").then(|| a.address.clone()))
+        .flat_map(|n| {
+            let all = n
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.clone())
+                .unwrap_or_default();
+            let of = |t: &str| -> Vec<String> {
+                all.iter()
+                    .filter(|a| a.type_ == t)
+                    .filter(|a| {
+                        let family = if a.address.contains(':') {
+                            "IPv6"
+                        } else {
+                            "IPv4"
+                        };
+                        families.iter().any(|f| f == family)
+                    })
+                    .map(|a| a.address.clone())
+                    .collect()
+            };
+            let external = of("ExternalIP");
+            if external.is_empty() {
+                of("InternalIP")
+            } else {
+                external
+            }
         })
         .collect();
     ips.sort();
@@ -88,7 +108,12 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
     let nodes = Api::<Node>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await?;
-    let ips = addresses(&nodes.items);
+    let families = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ip_families.clone())
+        .unwrap_or_else(|| vec!["IPv4".into()]);
+    let ips = addresses(&nodes.items, &families);
     let ingress: Vec<serde_json::Value> = ips
         .iter()
         .map(|ip| json!({"ip": ip, "ipMode": "VIP"}))
@@ -117,4 +142,49 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
 fn error_policy(svc: Arc<Service>, e: &Error, _: Arc<Context>) -> Action {
     tracing::warn!(service = %svc.name_any(), namespace = ?svc.namespace(), error = %e, "servicelb reconcile failed");
     Action::requeue(retry_after(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ready: bool, addrs: &[(&str, &str)]) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                "addresses": addrs.iter().map(|(t, a)| json!({"type": t, "address": a})).collect::<Vec<_>>(),
+            }
+        }))
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn external_ips_win_over_internal_ones_per_node_and_family() {
+        let nodes = [
+            node(
+                "a",
+                true,
+                &[
+                    ("InternalIP", "10.0.0.2"),
+                    ("InternalIP", "fd00::2"),
+                    ("Hostname", "a"),
+                ],
+            ),
+            node(
+                "b",
+                true,
+                &[("InternalIP", "10.0.0.3"), ("ExternalIP", "203.0.113.3")],
+            ),
+            node("c", false, &[("InternalIP", "10.0.0.4")]),
+        ];
+        assert_eq!(
+            addresses(&nodes, &["IPv4".into()]),
+            ["10.0.0.2", "203.0.113.3"]
+        );
+        assert_eq!(
+            addresses(&nodes, &["IPv4".into(), "IPv6".into()]),
+            ["10.0.0.2", "203.0.113.3", "fd00::2"]
+        );
+    }
 }

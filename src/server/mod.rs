@@ -89,13 +89,25 @@ fn advertised_peer(args: &ServerArgs) -> std::net::SocketAddr {
 /// address when it is specific, or this host's first non-loopback address.
 fn advertised_api(args: &ServerArgs) -> std::net::IpAddr {
     args.advertise_address.unwrap_or_else(|| {
-        if !args.bind_address.is_unspecified() {
-            return args.bind_address;
-        }
-        crate::host::primary_ipv4()
-            .and_then(|ip| ip.parse().ok())
+        node_addresses(args)
+            .ok()
+            .and_then(|a| a.first().copied())
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
     })
+}
+
+/// The local node's internal addresses: `--node-ip`, else `--pod-network-iface`'s, else
+/// `--advertise-address`, else the bind address when it is one, else the default route's
+/// source.
+fn node_addresses(args: &ServerArgs) -> Result<Vec<std::net::IpAddr>, crate::host::AddressError> {
+    let bind = args
+        .advertise_address
+        .or((!args.bind_address.is_unspecified()).then_some(args.bind_address));
+    crate::host::node_addresses(
+        &args.network.node_ip,
+        args.network.pod_network_iface.as_deref(),
+        bind,
+    )
 }
 
 /// A member that knows of other members keeps serving its peer port after restarts.
@@ -203,9 +215,9 @@ fn start_apiserver(
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving the Kubernetes API");
     let config = crate::apiserver::ApiConfig {
         services: crate::apiserver::ServiceNetwork {
-            cidr: args.service_cidr,
+            cidrs: args.service_cidr.all(),
             node_ports: args.service_node_port_range.clone(),
-            cluster_dns: Some(args.cluster_dns),
+            cluster_dns: Some(args.cluster_dns.into()),
         },
         port: args.https_listen_port,
         advertise: Some(advertised_api(args)),
@@ -241,7 +253,10 @@ fn start_agent(
     certs: &crate::tls::cluster::ClusterTls,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let node_ip = advertised_api(args).to_string();
+    let addresses = node_addresses(args)?;
+    let node_ip = addresses
+        .first()
+        .map_or_else(|| advertised_api(args).to_string(), ToString::to_string);
     let mut sans = host_sans(name);
     if !sans.contains(&node_ip) {
         sans.push(node_ip.clone());
@@ -254,6 +269,13 @@ fn start_agent(
         data_dir: args.data_dir.clone(),
         node_name: name.to_string(),
         node_ip: node_ip.clone(),
+        secondary_node_ips: addresses.iter().skip(1).map(ToString::to_string).collect(),
+        external_ips: args
+            .network
+            .node_external_ip
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         cluster_dns: vec![args.cluster_dns.to_string()],
         cluster_domain: args.cluster_domain.clone(),
@@ -270,8 +292,8 @@ fn start_agent(
         }),
         service_proxy: (!args.network.disable_kube_proxy).then(|| {
             crate::agent::service_proxy::ProxyConfig::new(
-                args.cluster_cidr,
-                args.service_cidr,
+                args.cluster_cidr.ipv4(),
+                args.service_cidr.ipv4(),
                 args.cluster_dns,
                 &node_ip,
                 args.network.dns_port,
@@ -282,6 +304,7 @@ fn start_agent(
             args.network.pod_network_backend,
             name,
             &node_ip,
+            args.network.pod_network_iface.as_deref(),
         ),
         network_policy: !args.network.disable_network_policy,
         dns: (!args.network.disable_kube_proxy).then(|| {

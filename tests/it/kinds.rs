@@ -2,7 +2,9 @@
 //! OpenAPI, field validation, strategic merge patch by merge key), typed `kubectl create`
 //! commands (protobuf bodies), Service address allocation, pods' binding and graceful
 //! deletion, finalizers, scale, field selectors and kube-shaped validation errors.
-use crate::support::{write, Server};
+use std::time::Duration;
+
+use crate::support::{wait_for, write, Server};
 
 const DEPLOY: &str = "apiVersion: apps/v1
 kind: Deployment
@@ -103,6 +105,21 @@ fn typed_create_commands_send_protobuf_and_work() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("d"), &[]);
     s.kube_ok(&["create", "namespace", "demo"]);
+    // kube-apiserver labels every namespace with its name, and keeps the label so.
+    let label = "jsonpath={.metadata.labels.kubernetes\\.io/metadata\\.name}";
+    assert_eq!(s.kube_ok(&["get", "ns", "demo", "-o", label]), "demo");
+    s.kube_ok(&[
+        "label",
+        "ns",
+        "demo",
+        "kubernetes.io/metadata.name=other",
+        "--overwrite",
+    ]);
+    assert_eq!(s.kube_ok(&["get", "ns", "demo", "-o", label]), "demo");
+    assert_eq!(
+        s.kube_ok(&["get", "ns", "kube-system", "-o", label]),
+        "kube-system"
+    );
     s.kube_ok(&[
         "-n",
         "demo",
@@ -248,6 +265,75 @@ fn services_get_addresses_and_ports_that_are_theirs_alone() {
     assert!(err.contains("range is full"), "{err}");
     let table = s.kube_ok(&["get", "svc", "np"]);
     assert!(table.contains(&format!("80:{port}/TCP")), "{table}");
+    // This cluster has one family: dual-stack can be preferred, not required.
+    let prefer = write(dir.path(), "prefer.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: prefer}\nspec:\n  ipFamilyPolicy: PreferDualStack\n  ports: [{port: 80}]\n");
+    s.kube_ok(&["create", "-f", &prefer]);
+    let fams = s.kube_ok(&["get", "svc", "prefer", "-o", "jsonpath={.spec.ipFamilies}"]);
+    assert_eq!(fams, r#"["IPv4"]"#);
+    let require = write(dir.path(), "require.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: require}\nspec:\n  ipFamilyPolicy: RequireDualStack\n  ports: [{port: 80}]\n");
+    let err = s.kube_err(&["create", "-f", &require]);
+    assert!(
+        err.contains("this cluster is not configured for dual-stack services"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dual_stack_services_and_nodes_get_an_address_range_per_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("d"),
+        &[
+            "--service-cidr",
+            "10.43.0.0/16,fd00:43::/112",
+            "--cluster-cidr",
+            "10.42.0.0/16,fd00:42::/56",
+        ],
+    );
+    let ips = |name: &str| s.kube_ok(&["get", "svc", name, "-o", "jsonpath={.spec.clusterIPs}"]);
+    let both = write(dir.path(), "both.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: both}\nspec:\n  ipFamilyPolicy: RequireDualStack\n  selector: {app: x}\n  ports: [{port: 80}]\n");
+    s.kube_ok(&["create", "-f", &both]);
+    let got: Vec<String> = serde_json::from_str(&ips("both")).unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].starts_with("10.43.") && got[1].starts_with("fd00:43::"),
+        "{got:?}"
+    );
+    let fams = s.kube_ok(&["get", "svc", "both", "-o", "jsonpath={.spec.ipFamilies}"]);
+    assert_eq!(fams, r#"["IPv4","IPv6"]"#);
+    // IPv6 first when asked.
+    let six = write(dir.path(), "six.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: six}\nspec:\n  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv6]\n  ports: [{port: 80}]\n");
+    s.kube_ok(&["create", "-f", &six]);
+    let got6: Vec<String> = serde_json::from_str(&ips("six")).unwrap();
+    assert!(
+        got6[0].starts_with("fd00:43::") && got6[1].starts_with("10.43."),
+        "{got6:?}"
+    );
+    // Going single-stack releases the secondary address: someone else may take it.
+    s.kube_ok(&[
+        "patch",
+        "svc",
+        "both",
+        "-p",
+        r#"{"spec":{"ipFamilyPolicy":"SingleStack"}}"#,
+    ]);
+    assert_eq!(ips("both"), format!(r#"["{}"]"#, got[0]));
+    let taker = write(dir.path(), "taker.yaml", &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: taker}}\nspec:\n  clusterIP: {}\n  ports: [{{port: 80}}]\n", got[1]));
+    s.kube_ok(&["create", "-f", &taker]);
+    let fams = s.kube_ok(&["get", "svc", "taker", "-o", "jsonpath={.spec.ipFamilies}"]);
+    assert_eq!(fams, r#"["IPv6"]"#);
+    // A node gets a pod range of each family.
+    let node = write(
+        dir.path(),
+        "n1.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+    );
+    s.kube_ok(&["create", "-f", &node]);
+    let cidrs = wait_for("pod CIDRs", Duration::from_secs(30), || {
+        let out = s.kube_ok(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDRs}"]);
+        (!out.is_empty()).then_some(out)
+    });
+    assert_eq!(cidrs, r#"["10.42.0.0/24","fd00:42::/64"]"#);
 }
 
 #[test]

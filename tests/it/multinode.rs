@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::busybox_image::{write_busybox_image, BUSYBOX};
-use crate::pods_support::PodNetwork;
+use crate::pods_support::{http_body, nc_get_script, PodNetwork};
 use crate::support::{run_bounded, wait_for, write};
 
 fn ip(args: &[&str]) {
@@ -49,6 +49,10 @@ impl Machines {
             ip(&["link", "set", &host_end, "netns", &srv]);
             ip(&["-n", &srv, "link", "set", &host_end, "master", "br0", "up"]);
             ip(&["-n", &ns, "addr", "add", addr, "dev", "eth0"]);
+            if which == "b" {
+                // Node B's external address (--node-external-ip).
+                ip(&["-n", &ns, "addr", "add", "10.99.0.13/24", "dev", "eth0"]);
+            }
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "route", "add", "default", "via", "10.99.0.1"]);
         }
@@ -154,19 +158,21 @@ impl Cluster {
 
     /// GET / from the `client` pod (busybox nc); the body when it worked.
     fn http_get(&self, host: &str, port: u16) -> (bool, String) {
-        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}");
-        let out = self.kubectl(&["exec", "client", "--", "sh", "-c", &script]);
+        let (ok, text) = self.exec_client(&["sh", "-c", &nc_get_script(host, port)]);
+        http_body(ok, text)
+    }
+
+    /// A command in the `client` pod: whether it succeeded, and all it said.
+    fn exec_client(&self, cmd: &[&str]) -> (bool, String) {
+        let mut args = vec!["exec", "client", "--"];
+        args.extend_from_slice(cmd);
+        let out = self.kubectl(&args);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        match text.split_once("\r\n\r\n") {
-            Some((head, body)) if out.status.success() && head.starts_with("HTTP/1.") => {
-                (true, body.to_string())
-            }
-            _ => (false, text),
-        }
+        (out.status.success(), text)
     }
 
     /// GET / from the server's machine (outside the cluster).
@@ -200,13 +206,23 @@ fn start(dir: &Path, backend: &str) -> Cluster {
             .ok()
             .map(|t| t.trim().to_string())
     });
-    for (which, addr) in [("a", "10.99.0.2"), ("b", "10.99.0.3")] {
+    // Node A finds its address on the interface it is told to use; node B is told its
+    // addresses.
+    let addressing: [(&str, &[&str]); 2] = [
+        ("a", &["--pod-network-iface", "eth0"]),
+        (
+            "b",
+            &["--node-ip", "10.99.0.3", "--node-external-ip", "10.99.0.13"],
+        ),
+    ];
+    for (which, flags) in addressing {
         let data = dir.join(format!("node-{which}"));
         write_busybox_image(&data.join("agent/images"));
         let mut agent = m.exec(which, krab);
         agent
             .args(["agent", "--config", "/dev/null"])
-            .args(["--node-name", &format!("node-{which}"), "--node-ip", addr])
+            .args(["--node-name", &format!("node-{which}")])
+            .args(flags)
             .args(["--server", "https://10.99.0.1:6443", "--token", &token])
             .args(["--pod-network-backend", backend])
             .arg("--data-dir")
@@ -345,6 +361,50 @@ spec:
         std::thread::sleep(Duration::from_secs(1));
     };
     assert_eq!(page.trim(), "hello from web");
+    let cluster_ip = c.kube_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    // The other records: SRV for the named port, PTR for the cluster IP, a name from the
+    // host's /etc/hosts (forwarded), an unknown service (NXDOMAIN).
+    let (ok, out) = c.exec_client(&[
+        "nslookup",
+        "-type=srv",
+        "_http._tcp.web.default.svc.cluster.local",
+    ]);
+    assert!(
+        ok && out.contains("80 web.default.svc.cluster.local"),
+        "{out}"
+    );
+    let (ok, out) = c.exec_client(&["nslookup", &cluster_ip]);
+    assert!(ok && out.contains("web.default.svc.cluster.local"), "{out}");
+    let (ok, out) = c.exec_client(&["nslookup", "localhost."]);
+    assert!(ok && out.contains("127.0.0.1"), "{out}");
+    let (ok, out) = c.exec_client(&["nslookup", "nope.default.svc.cluster.local"]);
+    assert!(!ok && out.contains("NXDOMAIN"), "{out}");
+
+    // NetworkPolicy, enforced on node B for traffic from node A: denying ingress to the
+    // web pod blocks the client; allowing the client's namespace restores it.
+    let deny = write(
+        dir,
+        "deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-web}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+    );
+    c.kube_ok(&["apply", "-f", &deny]);
+    let blocked = wait_for("the policy to block", Duration::from_secs(30), || {
+        let (ok, out) = c.http_get(&cluster_ip, 80);
+        (!ok).then_some(out)
+    });
+    assert!(!blocked.contains("HTTP/1."), "{blocked}");
+    let allow = write(
+        dir,
+        "allow.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-default}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: default}}}]\n",
+    );
+    c.kube_ok(&["apply", "-f", &allow]);
+    wait_for("the policy to allow", Duration::from_secs(30), || {
+        let (ok, _) = c.http_get(&cluster_ip, 80);
+        ok.then_some(())
+    });
+    c.kube_ok(&["delete", "networkpolicy", "deny-web", "allow-default"]);
+
     // Pod to pod across nodes, by pod IP.
     let web_ip = c.kube_ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"]);
     let (ok, out) = c.http_get(&web_ip, 8080);
@@ -375,14 +435,16 @@ spec:
         ]);
         (out.split_whitespace().count() == 2).then_some(out)
     });
-    assert_eq!(ingress, "10.99.0.2 10.99.0.3");
-    let out = wait_for("the load balancer port", Duration::from_secs(20), || {
-        c.curl_from_outside("http://10.99.0.2:8081/")
-    });
-    assert_eq!(out.trim(), "hello from web");
+    // Node B is reached at its external address.
+    assert_eq!(ingress, "10.99.0.13 10.99.0.2");
+    for node in ["10.99.0.2", "10.99.0.13"] {
+        let out = wait_for("the load balancer port", Duration::from_secs(20), || {
+            c.curl_from_outside(&format!("http://{node}:8081/"))
+        });
+        assert_eq!(out.trim(), "hello from web", "{node}");
+    }
 
     // The endpoint goes: the cluster IP refuses at once.
-    let cluster_ip = c.kube_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     c.kube_ok(&["delete", "pod", "web", "--wait=true"]);
     let out = wait_for("a refusal", Duration::from_secs(30), || {
         let (ok, out) = c.http_get(&cluster_ip, 80);

@@ -148,3 +148,17 @@ impl Drop for PodNetwork {
         }
     }
 }
+
+/// The shell line a busybox pod GETs / with: nc speaks the HTTP (busybox-static's wget
+/// crashes in a container: static glibc without NSS files).
+pub fn nc_get_script(host: &str, port: u16) -> String {
+    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}")
+}
+
+/// An HTTP/1 exchange's outcome: the body when it worked, else everything that was said.
+pub fn http_body(ok: bool, out: String) -> (bool, String) {
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if ok && head.starts_with("HTTP/1.") => (true, body.to_string()),
+        _ => (false, out),
+    }
+}

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::busybox_image::{write_busybox_image, BUSYBOX};
-use crate::pods_support::PodNetwork;
+use crate::pods_support::{http_body, nc_get_script, PodNetwork};
 use crate::support::{free_port, run_bounded, wait_for, write, Server};
 
 /// This host's address on its default route (pods reach the node's DNS server there).
@@ -58,12 +58,8 @@ fn http_get(s: &Server, host: &str, port: u16) -> (bool, String) {
 }
 
 fn http_get_from(s: &Server, pod: &str, host: &str, port: u16) -> (bool, String) {
-    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}");
-    let (ok, out) = exec(s, pod, &["sh", "-c", &script]);
-    match out.split_once("\r\n\r\n") {
-        Some((head, body)) if ok && head.starts_with("HTTP/1.") => (true, body.to_string()),
-        _ => (false, out),
-    }
+    let (ok, out) = exec(s, pod, &["sh", "-c", &nc_get_script(host, port)]);
+    http_body(ok, out)
 }
 
 #[test]

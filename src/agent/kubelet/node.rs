@@ -25,6 +25,10 @@ pub struct NodeConfig {
     pub name: String,
     pub control_plane: bool,
     pub node_ip: String,
+    /// The other family's internal address on a dual-stack node.
+    pub secondary_node_ips: Vec<String>,
+    /// `--node-external-ip`.
+    pub external_ips: Vec<String>,
     pub data_dir: PathBuf,
     pub kubelet_version: String,
     pub extra_labels: BTreeMap<String, String>,
@@ -151,6 +155,21 @@ pub struct NodeAgent {
 }
 
 impl NodeAgent {
+    /// InternalIPs (primary first), ExternalIPs, then the Hostname, as the kubelet lists them.
+    fn addresses(&self) -> Vec<NodeAddress> {
+        let c = &self.config;
+        let internal = std::iter::once(&c.node_ip).chain(&c.secondary_node_ips);
+        internal
+            .map(|ip| ("InternalIP", ip))
+            .chain(c.external_ips.iter().map(|ip| ("ExternalIP", ip)))
+            .chain(std::iter::once(("Hostname", &c.name)))
+            .map(|(t, a)| NodeAddress {
+                type_: t.into(),
+                address: a.clone(),
+            })
+            .collect()
+    }
+
     pub fn new(client: kube::Client, cri: Cri, config: NodeConfig) -> NodeAgent {
         NodeAgent {
             client,
@@ -269,16 +288,7 @@ impl NodeAgent {
         NodeStatus {
             capacity: Some(capacity),
             allocatable: Some(allocatable),
-            addresses: Some(vec![
-                NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: self.config.node_ip.clone(),
-                },
-                NodeAddress {
-                    type_: "Hostname".into(),
-                    address: self.config.name.clone(),
-                },
-            ]),
+            addresses: Some(self.addresses()),
             conditions: Some(conditions),
             daemon_endpoints: Some(k8s_openapi::api::core::v1::NodeDaemonEndpoints {
                 kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint {

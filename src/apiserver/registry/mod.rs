@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use super::objects;
 use super::resources::{self, Resource};
 use super::status::ApiError;
-use super::strategy::{self, service, service::ServiceNetwork, Write};
+use super::strategy::service_alloc::{self as service, ServiceNetwork};
+use super::strategy::{self, Write};
 use crate::store::datastore::Datastore;
 use crate::store::types::*;
 
@@ -244,7 +245,7 @@ impl Registry {
                 .and_then(Value::as_str)
                 .is_some_and(|s| !s.is_empty());
             let reserved = if is_service {
-                service::allocate(&self.ds, &self.services, &mut obj).await?;
+                service::allocate(&self.ds, &self.services, &mut obj, None).await?;
                 service::reserved_keys(&self.services, &obj)
             } else {
                 Vec::new()
@@ -346,7 +347,7 @@ impl Registry {
         strategy::prepare_update(r, write, &stored, &mut obj)?;
         let is_service = r.group.is_empty() && r.plural == "services";
         if is_service {
-            service::allocate_node_ports(&self.ds, &self.services, &mut obj, Some(&stored)).await?;
+            service::allocate(&self.ds, &self.services, &mut obj, Some(&stored)).await?;
         }
         strip_resource_version(&mut obj);
         if obj == stored {
@@ -633,7 +634,7 @@ impl Registry {
             },
             "spec": {
                 "type": "ClusterIP",
-                "clusterIP": self.services.first_ip().to_string(),
+                "clusterIP": self.services.first_ip().map(|ip| ip.to_string()),
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
                 "sessionAffinity": "None",
             },

@@ -14,11 +14,27 @@ pub fn default(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
                 obj["spec"] = json!({"finalizers": ["kubernetes"]});
             }
             obj["status"] = json!({"phase": "Active"});
+            label_namespace_name(obj);
         }
         "secrets" => normalize_secret(obj)?,
         _ => {}
     }
     Ok(())
+}
+
+/// Every namespace carries `kubernetes.io/metadata.name: <name>`, set on each write (as
+/// kube-apiserver does), so policies can select namespaces by name.
+pub fn label_namespace_name(obj: &mut Value) {
+    let Some(name) = obj.pointer("/metadata/name").cloned() else {
+        return;
+    };
+    if !obj
+        .pointer("/metadata/labels")
+        .is_some_and(Value::is_object)
+    {
+        obj["metadata"]["labels"] = json!({});
+    }
+    obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
 }
 
 /// On every write of a Secret: `stringData` folds into base64 `data`, values must be

@@ -5,6 +5,7 @@
 mod core;
 mod pod;
 pub mod service;
+pub mod service_alloc;
 mod workload;
 
 use serde_json::{json, Value};
@@ -131,6 +132,7 @@ pub fn prepare_update(
                 if let Some(s) = old.get("status") {
                     new["status"] = s.clone();
                 }
+                core::label_namespace_name(new);
             }
             _ => {}
         }
