@@ -67,8 +67,8 @@ fn slice(i: usize, generation: usize) -> EndpointSlice {
 
 fn config() -> ProxyConfig {
     ProxyConfig {
-        cluster_cidr: "10.42.0.0/16".parse().expect("cidr"),
-        service_cidr: "10.43.0.0/16".parse().expect("cidr"),
+        cluster_cidrs: vec!["10.42.0.0/16".parse().expect("cidr")],
+        service_cidrs: vec!["10.43.0.0/16".parse().expect("cidr")],
         cluster_dns: None,
         node_name: None,
     }
@@ -115,7 +115,8 @@ fn sync_bench(services: usize, changes: usize) -> SyncRow {
     for _ in 0..20 {
         let t = Instant::now();
         proxy.sync(&Default::default()).expect("no-op sync");
-        let mut tx = krab::agent::service_proxy::nft::Tx::new();
+        let mut tx =
+            krab::agent::service_proxy::nft::Tx::new(krab::agent::service_proxy::rules::Family::V4);
         tx.add_table();
         krab::agent::service_proxy::nft::send(&tx.finalize()).expect("empty batch");
         empty.push(t.elapsed());

@@ -1,6 +1,7 @@
 //! The pod network on one node: a CNI conflist for containerd (bridge `cni0` over the node's
-//! podCIDR with host-local IPAM, portmap for hostPorts, bandwidth), written once the node
-//! has a podCIDR. containerd's CRI picks the file up by itself.
+//! podCIDRs with host-local IPAM, an address of each family on a dual-stack node, portmap
+//! for hostPorts, bandwidth), written once the node has a podCIDR. containerd's CRI picks
+//! the file up by itself.
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -16,8 +17,13 @@ pub struct Options {
     pub bridge_masquerade: bool,
 }
 
-/// The conflist for a pod CIDR (host-local keeps its leases under `ipam_dir`).
-pub fn conflist(pod_cidr: &str, ipam_dir: &Path, options: &Options) -> serde_json::Value {
+/// The conflist for the node's pod CIDRs (host-local keeps its leases under `ipam_dir`).
+pub fn conflist(pod_cidrs: &[String], ipam_dir: &Path, options: &Options) -> serde_json::Value {
+    let ranges: Vec<serde_json::Value> = pod_cidrs.iter().map(|c| json!([{"subnet": c}])).collect();
+    let routes: Vec<serde_json::Value> = pod_cidrs
+        .iter()
+        .map(|c| json!({"dst": if c.contains(':') { "::/0" } else { "0.0.0.0/0" }}))
+        .collect();
     let mut v = json!({
         "cniVersion": "1.0.0",
         "name": "krab",
@@ -30,8 +36,8 @@ pub fn conflist(pod_cidr: &str, ipam_dir: &Path, options: &Options) -> serde_jso
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": pod_cidr}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "ranges": ranges,
+                    "routes": routes,
                     "dataDir": ipam_dir.display().to_string(),
                 }
             },
@@ -48,14 +54,14 @@ pub fn conflist(pod_cidr: &str, ipam_dir: &Path, options: &Options) -> serde_jso
 /// Writes the conflist when it differs; true when it was (re)written.
 pub fn write(
     conf_dir: &Path,
-    pod_cidr: &str,
+    pod_cidrs: &[String],
     ipam_dir: &Path,
     options: &Options,
 ) -> std::io::Result<bool> {
     std::fs::create_dir_all(conf_dir)?;
     let path: PathBuf = conf_dir.join(CONFLIST);
     let text =
-        serde_json::to_string_pretty(&conflist(pod_cidr, ipam_dir, options)).unwrap_or_default();
+        serde_json::to_string_pretty(&conflist(pod_cidrs, ipam_dir, options)).unwrap_or_default();
     if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
         return Ok(false);
     }
@@ -76,8 +82,9 @@ mod tests {
             mtu: Some(1450),
             bridge_masquerade: false,
         };
-        assert!(write(dir.path(), "10.42.3.0/24", Path::new("/x"), &o).unwrap());
-        assert!(!write(dir.path(), "10.42.3.0/24", Path::new("/x"), &o).unwrap());
+        let one = ["10.42.3.0/24".to_string()];
+        assert!(write(dir.path(), &one, Path::new("/x"), &o).unwrap());
+        assert!(!write(dir.path(), &one, Path::new("/x"), &o).unwrap());
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFLIST)).unwrap())
                 .unwrap();
@@ -87,5 +94,13 @@ mod tests {
         );
         assert_eq!(v["plugins"][0]["mtu"], 1450);
         assert_eq!(v["plugins"][0]["ipMasq"], false);
+        // Dual-stack: a range and a default route per family.
+        let two = ["10.42.3.0/24".to_string(), "fd00:42:0:3::/64".to_string()];
+        let v = conflist(&two, Path::new("/x"), &o);
+        assert_eq!(
+            v["plugins"][0]["ipam"]["ranges"][1][0]["subnet"],
+            "fd00:42:0:3::/64"
+        );
+        assert_eq!(v["plugins"][0]["ipam"]["routes"][1]["dst"], "::/0");
     }
 }

@@ -329,11 +329,23 @@ async fn watch_pod_cidr(
         match nodes.get_opt(&name).await {
             Ok(Some(node)) => {
                 k.set_allocatable(&node);
-                match node.spec.as_ref().and_then(|s| s.pod_cidr.clone()) {
-                    Some(cidr) => {
-                        match cni::write(&conf_dir, &cidr, &ipam_dir, &cni_options) {
+                let cidrs = node
+                    .spec
+                    .as_ref()
+                    .map(|s| {
+                        let listed = s.pod_cidrs.clone().unwrap_or_default();
+                        if listed.is_empty() {
+                            s.pod_cidr.iter().cloned().collect()
+                        } else {
+                            listed
+                        }
+                    })
+                    .filter(|c: &Vec<String>| !c.is_empty());
+                match cidrs {
+                    Some(cidrs) => {
+                        match cni::write(&conf_dir, &cidrs, &ipam_dir, &cni_options) {
                             Ok(true) => {
-                                tracing::info!(node = %name, pod_cidr = %cidr, "pod network configured")
+                                tracing::info!(node = %name, pod_cidrs = %cidrs.join(","), "pod network configured")
                             }
                             Ok(false) => {}
                             Err(e) => {

@@ -3,13 +3,15 @@
 //! default, as k3s's flannel), a VXLAN device `krab.1` (VNI 1, UDP 8472) whose address is the
 //! first address of this node's range, its MAC published on the Node, and for every other
 //! node a forwarding entry (its VTEP MAC → its address), a neighbour entry and a route to its
-//! pod range through the tunnel. Routes follow nodes as they join and leave.
+//! pod range through the tunnel. On a dual-stack cluster the IPv6 pod ranges get the same
+//! treatment over the same device (VXLAN carries either family inside), or a route via the
+//! node's IPv6 address with host-gw. Routes follow nodes as they join and leave.
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -55,6 +57,9 @@ struct Peer {
     pod_cidr: Ipv4Net,
     address: Ipv4Addr,
     vtep_mac: Option<Vec<u8>>,
+    /// Its IPv6 pod range (dual-stack) and, for host-gw, its IPv6 address.
+    pod_cidr6: Option<Ipv6Net>,
+    address6: Option<Ipv6Addr>,
 }
 
 fn pod_cidr(n: &Node) -> Option<Ipv4Net> {
@@ -64,6 +69,28 @@ fn pod_cidr(n: &Node) -> Option<Ipv4Net> {
         .flatten()
         .chain(spec.pod_cidr.iter())
         .find_map(|c| c.parse().ok())
+}
+
+fn pod_cidr6(n: &Node) -> Option<Ipv6Net> {
+    n.spec
+        .as_ref()?
+        .pod_cidrs
+        .iter()
+        .flatten()
+        .find_map(|c| match c.parse::<IpNet>() {
+            Ok(IpNet::V6(v6)) => Some(v6),
+            _ => None,
+        })
+}
+
+fn internal_ip6(n: &Node) -> Option<Ipv6Addr> {
+    n.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
 }
 
 fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
@@ -127,7 +154,11 @@ impl Programmer {
     }
 
     /// The VXLAN device with this node's VTEP address, created if missing.
-    async fn ensure_vxlan(&mut self, own: Ipv4Net) -> anyhow::Result<(u32, Vec<u8>)> {
+    async fn ensure_vxlan(
+        &mut self,
+        own: Ipv4Net,
+        own6: Option<Ipv6Net>,
+    ) -> anyhow::Result<(u32, Vec<u8>)> {
         if self.link_index(VXLAN_DEVICE).await?.is_none() {
             let mut vxlan = LinkVxlan::new(VXLAN_DEVICE, VNI)
                 .local(self.config.node_ip)
@@ -152,6 +183,14 @@ impl Programmer {
             .replace()
             .execute()
             .await?;
+        if let Some(own6) = own6 {
+            self.handle
+                .address()
+                .add(index, IpAddr::V6(own6.network()), 128)
+                .replace()
+                .execute()
+                .await?;
+        }
         self.handle
             .link()
             .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
@@ -173,18 +212,38 @@ impl Programmer {
         }
     }
 
+    /// The IPv6 route to a peer's IPv6 pod range (None without one, or under host-gw
+    /// when the peer has no IPv6 address).
+    fn route6(&self, peer: &Peer) -> Option<netlink_packet_route::route::RouteMessage> {
+        let cidr = peer.pod_cidr6?;
+        let b = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(cidr.network(), cidr.prefix_len());
+        Some(match (self.config.backend, &self.vxlan) {
+            (Backend::Vxlan, Some((index, _))) => b
+                .gateway(cidr.network())
+                .output_interface(*index)
+                .onlink()
+                .build(),
+            _ => b.gateway(peer.address6?).build(),
+        })
+    }
+
     async fn add_peer(&self, peer: &Peer) -> Result<(), rtnetlink::Error> {
         if let (Backend::Vxlan, Some((index, _))) = (self.config.backend, &self.vxlan) {
             let Some(mac) = &peer.vtep_mac else {
                 return Ok(());
             };
-            self.handle
-                .neighbours()
-                .add(*index, IpAddr::V4(peer.pod_cidr.network()))
-                .link_layer_address(mac)
-                .replace()
-                .execute()
-                .await?;
+            let gateways = std::iter::once(IpAddr::V4(peer.pod_cidr.network()))
+                .chain(peer.pod_cidr6.map(|c| IpAddr::V6(c.network())));
+            for gateway in gateways {
+                self.handle
+                    .neighbours()
+                    .add(*index, gateway)
+                    .link_layer_address(mac)
+                    .replace()
+                    .execute()
+                    .await?;
+            }
             self.handle
                 .neighbours()
                 .add_bridge(*index, mac)
@@ -193,6 +252,9 @@ impl Programmer {
                 .replace()
                 .execute()
                 .await?;
+        }
+        if let Some(route) = self.route6(peer) {
+            self.handle.route().add(route).replace().execute().await?;
         }
         self.handle
             .route()
@@ -205,6 +267,11 @@ impl Programmer {
     async fn remove_peer(&self, peer: &Peer) {
         if let Err(e) = self.handle.route().del(self.route(peer)).execute().await {
             tracing::debug!(pod_cidr = %peer.pod_cidr, error = %e, "removing a pod route failed");
+        }
+        if let Some(route) = self.route6(peer) {
+            if let Err(e) = self.handle.route().del(route).execute().await {
+                tracing::debug!(pod_cidr = ?peer.pod_cidr6, error = %e, "removing a pod route failed");
+            }
         }
     }
 
@@ -222,7 +289,7 @@ impl Programmer {
         };
         let mut publish = None;
         if self.config.backend == Backend::Vxlan {
-            let (index, mac) = self.ensure_vxlan(own_cidr).await?;
+            let (index, mac) = self.ensure_vxlan(own_cidr, pod_cidr6(own)).await?;
             let shown = show_mac(&mac);
             let published = own
                 .metadata
@@ -254,6 +321,8 @@ impl Programmer {
                     pod_cidr: cidr,
                     address,
                     vtep_mac,
+                    pod_cidr6: pod_cidr6(n),
+                    address6: internal_ip6(n),
                 },
             );
         }

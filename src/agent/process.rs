@@ -14,14 +14,12 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         let removed = tokio::task::spawn_blocking(super::service_proxy::cleanup)
             .await?
             .context("failed to remove krab's nftables rules")?;
-        println!(
-            "{}",
-            if removed {
-                "removed the nftables table ip krab"
-            } else {
-                "nothing to remove: there is no nftables table ip krab"
-            }
-        );
+        if removed.is_empty() {
+            println!("nothing to remove: there is no nftables table ip krab or ip6 krab");
+        }
+        for family in removed {
+            println!("removed the nftables table {} krab", family.keyword());
+        }
         tokio::task::spawn_blocking(super::netpol::cleanup)
             .await?
             .context("failed to remove krab's network policy table")?;
@@ -93,9 +91,9 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         }),
         service_proxy: (!args.network.disable_kube_proxy).then(|| {
             super::service_proxy::ProxyConfig::new(
-                args.cluster_cidr.ipv4(),
-                args.service_cidr.ipv4(),
-                args.cluster_dns,
+                &args.cluster_cidr,
+                &args.service_cidr,
+                args.cluster_dns.into(),
                 &node_ip_for_proxy,
                 args.network.dns_port,
                 &node_name_for_net,

@@ -108,15 +108,21 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
     let ports = spec.ports.clone().unwrap_or_default();
     // Endpoints: pods grouped by the resolved port set, ready and not ready apart.
     let mut subsets: BTreeMap<PortSet, Addresses> = BTreeMap::new();
-    let mut slice_endpoints = Vec::new();
+    // A slice per IP family of the Service; Endpoints carry the primary family only.
+    let families = spec
+        .ip_families
+        .clone()
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| vec!["IPv4".into()]);
+    let mut slice_endpoints: BTreeMap<String, Vec<Endpoint>> =
+        families.iter().map(|f| (f.clone(), Vec::new())).collect();
     let mut slice_ports: BTreeMap<(String, String), i32> = BTreeMap::new();
     for pod in &pods.items {
-        let Some(ip) = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .filter(|i| !i.is_empty())
-        else {
+        let ips = pod_ips(pod);
+        if ips.is_empty() {
+            continue;
+        }
+        let Some(ip) = ip_of_family(&ips, &families[0]) else {
             continue;
         };
         let terminating = pod.metadata.deletion_timestamp.is_some();
@@ -152,17 +158,22 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
         } else if !terminating {
             entry.1.push(address.clone());
         }
-        slice_endpoints.push(Endpoint {
-            addresses: vec![ip],
-            conditions: Some(EndpointConditions {
-                ready: Some(ready),
-                serving: Some(pod_ready(pod) || publish_all),
-                terminating: Some(terminating),
-            }),
-            node_name: address.node_name.clone(),
-            target_ref: address.target_ref.clone(),
-            ..Default::default()
-        });
+        for (family, endpoints) in slice_endpoints.iter_mut() {
+            let Some(ip) = ip_of_family(&ips, family) else {
+                continue;
+            };
+            endpoints.push(Endpoint {
+                addresses: vec![ip],
+                conditions: Some(EndpointConditions {
+                    ready: Some(ready),
+                    serving: Some(pod_ready(pod) || publish_all),
+                    terminating: Some(terminating),
+                }),
+                node_name: address.node_name.clone(),
+                target_ref: address.target_ref.clone(),
+                ..Default::default()
+            });
+        }
     }
     let subsets: Vec<EndpointSubset> = subsets
         .into_iter()
@@ -218,56 +229,103 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
         }
         Some(_) => {}
     }
-    // EndpointSlice.
-    let slice_name = format!(
-        "{name}-{}",
-        super::template_hash::compute(&serde_json::json!(owner.uid), None)
-    );
+    // EndpointSlices, one per family; a family the Service no longer has loses its slice.
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    slice_endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
     let mut slice_labels = labels;
     slice_labels.insert("kubernetes.io/service-name".into(), name.clone());
     slice_labels.insert(
         "endpointslice.kubernetes.io/managed-by".into(),
         MANAGED_BY.into(),
     );
-    let desired = EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(slice_name.clone()),
-            labels: Some(slice_labels),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: slice_endpoints,
-        ports: Some(
-            slice_ports
-                .into_iter()
-                .map(|((name, protocol), port)| SlicePort {
-                    name: Some(name),
-                    port: Some(port),
-                    protocol: Some(protocol),
-                    app_protocol: None,
-                })
-                .collect(),
-        ),
-    };
-    match slices.get_opt(&slice_name).await? {
-        None => {
-            ignore_exists(slices.create(&PostParams::default(), &desired).await)?;
+    let ports: Vec<SlicePort> = slice_ports
+        .into_iter()
+        .map(|((name, protocol), port)| SlicePort {
+            name: Some(name),
+            port: Some(port),
+            protocol: Some(protocol),
+            app_protocol: None,
+        })
+        .collect();
+    for family in ["IPv4", "IPv6"] {
+        let slice_name = slice_name(&name, &owner.uid, family);
+        let Some(mut endpoints) = slice_endpoints.remove(family) else {
+            if slices.get_opt(&slice_name).await?.is_some() {
+                ignore_missing(slices.delete(&slice_name, &Default::default()).await)?;
+            }
+            continue;
+        };
+        endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+        let desired = EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(slice_name.clone()),
+                labels: Some(slice_labels.clone()),
+                owner_references: Some(vec![owner.clone()]),
+                ..Default::default()
+            },
+            address_type: family.into(),
+            endpoints,
+            ports: Some(ports.clone()),
+        };
+        match slices.get_opt(&slice_name).await? {
+            None => {
+                ignore_exists(slices.create(&PostParams::default(), &desired).await)?;
+            }
+            Some(mut current)
+                if current.endpoints != desired.endpoints || current.ports != desired.ports =>
+            {
+                current.endpoints = desired.endpoints;
+                current.ports = desired.ports;
+                slices
+                    .replace(&slice_name, &PostParams::default(), &current)
+                    .await?;
+            }
+            Some(_) => {}
         }
-        Some(mut current)
-            if current.endpoints != desired.endpoints || current.ports != desired.ports =>
-        {
-            current.endpoints = desired.endpoints;
-            current.ports = desired.ports;
-            slices
-                .replace(&slice_name, &PostParams::default(), &current)
-                .await?;
-        }
-        Some(_) => {}
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// The slice of one family: `<service>-<hash of its uid>` for IPv4 (the name it always
+/// had), the family in the hash for IPv6.
+fn slice_name(service: &str, uid: &str, family: &str) -> String {
+    let seed = if family == "IPv4" {
+        serde_json::json!(uid)
+    } else {
+        serde_json::json!(format!("{uid}/{family}"))
+    };
+    format!("{service}-{}", super::template_hash::compute(&seed, None))
+}
+
+/// A pod's IPs (`podIPs`, or the older single `podIP`).
+fn pod_ips(pod: &Pod) -> Vec<String> {
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    let mut ips: Vec<String> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.clone())
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(status.pod_ip.clone().filter(|ip| !ip.is_empty()));
+    }
+    ips
+}
+
+fn ip_of_family(ips: &[String], family: &str) -> Option<String> {
+    ips.iter()
+        .find(|ip| ip.contains(':') == (family == "IPv6"))
+        .cloned()
+}
+
+fn ignore_missing<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn ignore_exists<T>(r: Result<T, kube::Error>) -> Result<(), Error> {

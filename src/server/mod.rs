@@ -292,9 +292,9 @@ fn start_agent(
         }),
         service_proxy: (!args.network.disable_kube_proxy).then(|| {
             crate::agent::service_proxy::ProxyConfig::new(
-                args.cluster_cidr.ipv4(),
-                args.service_cidr.ipv4(),
-                args.cluster_dns,
+                &args.cluster_cidr,
+                &args.service_cidr,
+                args.cluster_dns.into(),
                 &node_ip,
                 args.network.dns_port,
                 name,

@@ -409,6 +409,14 @@ spec:
     let web_ip = c.kube_ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"]);
     let (ok, out) = c.http_get(&web_ip, 8080);
     assert!(ok, "{out}");
+    // Beyond the cluster: the server's machine has no route back to pods, so this works
+    // only because the pod's traffic leaves node A with the node's address.
+    let (ok, out) = c.exec_client(&[
+        "sh",
+        "-c",
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 10.99.0.1 6443",
+    ]);
+    assert!(ok, "a pod reaching outside the cluster: {out}");
 
     // The node port on both nodes' addresses, from outside the cluster.
     for node in ["10.99.0.2", "10.99.0.3"] {

@@ -124,8 +124,9 @@ impl PodNetwork {
         sweep();
         let table = uplink().map(|dev| {
             let name = format!("krab_test_guard_{}", std::process::id());
+            // The dual-stack tests' IPv6 ranges are guarded the same way.
             let rule = format!(
-                "oifname \"{dev}\" ip daddr {{ 10.42.0.0/16, 10.43.0.0/16 }} counter drop;"
+                "oifname \"{dev}\" ip daddr {{ 10.42.0.0/16, 10.43.0.0/16 }} counter drop; oifname \"{dev}\" ip6 daddr {{ fd00:42::/48, fd00:43::/48 }} counter drop;"
             );
             let script = format!(
                 "table inet {name} {{\n chain guard_out {{ type filter hook output priority -10; policy accept; {rule} }}\n chain guard_fwd {{ type filter hook forward priority -10; policy accept; {rule} }}\n}}\n"

@@ -86,6 +86,19 @@ fn reverse_v4(labels: &[String]) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(o[0], o[1], o[2], o[3]))
 }
 
+/// `<32 nibbles>.ip6.arpa` → the address.
+fn reverse_v6(labels: &[String]) -> Option<Ipv6Addr> {
+    if labels.len() != 34 || labels[32] != "ip6" || labels[33] != "arpa" {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for l in labels[..32].iter().rev() {
+        let nibble = u8::from_str_radix(l, 16).ok().filter(|_| l.len() == 1)?;
+        value = (value << 4) | u128::from(nibble);
+    }
+    Some(Ipv6Addr::from(value))
+}
+
 impl Zone {
     pub fn new(domain: &str) -> Zone {
         Zone {
@@ -169,6 +182,9 @@ impl Zone {
         let labels: Vec<String> = full.split('.').map(str::to_string).collect();
         if let Some(ip) = reverse_v4(&labels) {
             return self.reverse(qname, IpAddr::V4(ip), qtype);
+        }
+        if let Some(ip) = reverse_v6(&labels) {
+            return self.reverse(qname, IpAddr::V6(ip), qtype);
         }
         let suffix = format!(".{}", self.domain);
         let Some(inner) = full.strip_suffix(&suffix) else {
@@ -388,6 +404,11 @@ mod tests {
                 serde_json::json!({"metadata": {"name": "ext", "namespace": "app"},
                 "spec": {"type": "ExternalName", "externalName": "example.com"}}),
             ),
+            svc(
+                serde_json::json!({"metadata": {"name": "dual", "namespace": "app"},
+                "spec": {"clusterIP": "10.43.0.30", "clusterIPs": ["10.43.0.30", "fd00:43::1e"],
+                    "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 80}]}}),
+            ),
         ] {
             z.services.apply(Event::Apply(s), |s| {
                 crate::agent::mirror::object_key(&s.metadata)
@@ -416,6 +437,35 @@ mod tests {
             Answer::Records(r) => r.iter().map(|r| r.data.to_string()).collect(),
             other => vec![format!("{other:?}")],
         }
+    }
+
+    #[test]
+    fn dual_stack_services_answer_a_and_aaaa_and_both_reverse_zones() {
+        let z = zone();
+        assert_eq!(
+            ask(&z, "dual.app.svc.cluster.local.", RecordType::A),
+            ["10.43.0.30"]
+        );
+        assert_eq!(
+            ask(&z, "dual.app.svc.cluster.local.", RecordType::AAAA),
+            ["fd00:43::1e"]
+        );
+        let nibbles: String = format!(
+            "{:032x}",
+            u128::from("fd00:43::1e".parse::<Ipv6Addr>().unwrap())
+        )
+        .chars()
+        .rev()
+        .map(|c| format!("{c}."))
+        .collect();
+        assert_eq!(
+            ask(&z, &format!("{nibbles}ip6.arpa."), RecordType::PTR),
+            ["dual.app.svc.cluster.local."]
+        );
+        assert_eq!(
+            ask(&z, "30.0.43.10.in-addr.arpa.", RecordType::PTR),
+            ["dual.app.svc.cluster.local."]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -66,9 +66,15 @@ fn peer_matches<'p>(
 ) -> Vec<(Vec<Stmt>, Option<&'p PodInfo>)> {
     let field = |net: Ipv4Net, negate: bool| {
         if ingress {
-            Stmt::Saddr { net, negate }
+            Stmt::Saddr {
+                net: IpNet::V4(net),
+                negate,
+            }
         } else {
-            Stmt::Daddr { net, negate }
+            Stmt::Daddr {
+                net: IpNet::V4(net),
+                negate,
+            }
         }
     };
     if let Some(block) = &peer.ip_block {
@@ -231,12 +237,12 @@ pub fn compile(
             dispatch.push(Rule(vec![
                 if ingress {
                     Stmt::Daddr {
-                        net: host(pod.ip),
+                        net: IpNet::V4(host(pod.ip)),
                         negate: false,
                     }
                 } else {
                     Stmt::Saddr {
-                        net: host(pod.ip),
+                        net: IpNet::V4(host(pod.ip)),
                         negate: false,
                     }
                 },
@@ -264,7 +270,7 @@ pub fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::service_proxy::rules::render;
+    use crate::agent::service_proxy::rules::{render, Family};
 
     fn pod(ns: &str, name: &str, ip: &str, labels: &[(&str, &str)], node: &str) -> PodInfo {
         PodInfo {
@@ -308,7 +314,7 @@ mod tests {
             }
         }))
         .unwrap();
-        let text = render(&compile(&[&policy], &pods, &namespaces, "n1"));
+        let text = render(&compile(&[&policy], &pods, &namespaces, "n1"), Family::V4);
         assert!(
             text.contains("ip daddr 10.42.0.5 jump \"ingress/app/web\""),
             "{text}"

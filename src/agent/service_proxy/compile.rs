@@ -6,25 +6,25 @@
 //! hairpin traffic for masquerade. Ports without a ready endpoint get no
 //! rule, so their traffic keeps its service address and the guard rejects it.
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::rules::{proto_number, ChainDef, Rule, Stmt, MASQUERADE_MARK};
+use super::rules::{proto_number, ChainDef, Family, Rule, Stmt, MASQUERADE_MARK};
 
 /// Everything one Service contributes to the table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceRules {
     /// Keys of `service-ips` → the chain they go to.
-    pub ips: BTreeMap<Ipv4Addr, String>,
+    pub ips: BTreeMap<IpAddr, String>,
     /// Keys of `service-ports` → the chain they go to.
     pub ports: BTreeMap<u16, String>,
     /// The service's own chains, in the order they must be created (targets first).
     pub chains: Vec<ChainDef>,
     /// The service's address sets (its endpoints, for hairpin masquerade).
-    pub sets: BTreeMap<String, Vec<Ipv4Addr>>,
+    pub sets: BTreeMap<String, Vec<IpAddr>>,
     /// sessionAffinity ClientIP: per endpoint, the clients it was chosen for, expiring
     /// after the timeout (milliseconds); kept across updates.
     pub affinity_sets: BTreeMap<String, u64>,
@@ -33,7 +33,7 @@ pub struct ServiceRules {
 /// One endpoint address and port for one service port.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Target {
-    addr: Ipv4Addr,
+    addr: IpAddr,
     port: u16,
     /// On this node (externalTrafficPolicy/internalTrafficPolicy Local keep to these).
     local: bool,
@@ -44,6 +44,7 @@ struct Target {
 fn targets(
     port: &ServicePort,
     slices: &[&EndpointSlice],
+    family: Family,
     proto: &str,
     node: Option<&str>,
 ) -> Vec<Target> {
@@ -51,7 +52,7 @@ fn targets(
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
     for s in slices {
-        if s.address_type != "IPv4" {
+        if s.address_type != family.api_name() {
             continue;
         }
         let Some(p) = s.ports.iter().flatten().find(|p| {
@@ -69,7 +70,8 @@ fn targets(
             let serving = c.serving.unwrap_or(is_ready);
             let is_terminating = c.terminating.unwrap_or(false);
             for a in &e.addresses {
-                let Ok(addr) = a.parse::<Ipv4Addr>() else {
+                let Some(addr) = a.parse::<IpAddr>().ok().filter(|a| Family::of(a) == family)
+                else {
                     continue;
                 };
                 let t = Target {
@@ -91,14 +93,16 @@ fn targets(
     chosen
 }
 
-/// The rules of one Service, or nothing for a headless or ExternalName Service.
+/// The rules of one Service in the table of `cluster_cidr`'s family (its addresses and
+/// endpoints of that family), or nothing for a headless or ExternalName Service.
 pub fn compile(
     svc: &Service,
     slices: &[&EndpointSlice],
-    cluster_cidr: Ipv4Net,
-    skip_ip: Option<Ipv4Addr>,
+    cluster_cidr: IpNet,
+    skip_ip: Option<IpAddr>,
     node: Option<&str>,
 ) -> ServiceRules {
+    let family = Family::of(&cluster_cidr.addr());
     let mut out = ServiceRules::default();
     let Some(spec) = svc.spec.as_ref() else {
         return out;
@@ -108,22 +112,30 @@ pub fn compile(
     }
     let ns = svc.metadata.namespace.clone().unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
-    let mut vips: Vec<Ipv4Addr> = spec
+    let mut vips: Vec<IpAddr> = spec
         .cluster_ips
         .iter()
         .flatten()
         .chain(spec.cluster_ip.iter())
         .chain(spec.external_ips.iter().flatten())
-        .filter_map(|a| a.parse().ok())
-        .filter(|a| Some(*a) != skip_ip)
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .filter(|a| Family::of(a) == family && Some(*a) != skip_ip)
         .collect();
     vips.sort();
     vips.dedup();
+    // A load balancer of this family (its ingress addresses are node addresses).
     let lb = svc
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
-        .is_some_and(|l| l.ingress.as_ref().is_some_and(|i| !i.is_empty()));
+        .and_then(|l| l.ingress.as_ref())
+        .is_some_and(|ingress| {
+            ingress.iter().any(|i| {
+                i.ip.as_deref()
+                    .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    .is_some_and(|ip| Family::of(&ip) == family)
+            })
+        });
     let svc_chain = format!("svc/{ns}/{name}");
     let ports_chain = format!("ports/{ns}/{name}");
     let mut svc_rules = vec![Rule(vec![
@@ -143,7 +155,7 @@ pub fn compile(
     } else {
         vec![Rule(vec![Stmt::SetMark(MASQUERADE_MARK)])]
     };
-    let mut endpoint_ips: Vec<Ipv4Addr> = Vec::new();
+    let mut endpoint_ips: Vec<IpAddr> = Vec::new();
     // sessionAffinity ClientIP: kube's default timeout is 3 hours.
     let affinity: Option<u64> = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         let secs = spec
@@ -163,7 +175,7 @@ pub fn compile(
         let Ok(service_port) = u16::try_from(p.port) else {
             continue;
         };
-        let eps = targets(p, slices, &proto_name, node);
+        let eps = targets(p, slices, family, &proto_name, node);
         let proto_lower = proto_name.to_lowercase();
         let balance = |chain: String, eps: &[Target], out: &mut ServiceRules| -> Option<Stmt> {
             if eps.is_empty() {
@@ -177,8 +189,8 @@ pub fn compile(
                 for t in eps {
                     let set = affinity_set(t);
                     choose.push(Rule(vec![
-                        Stmt::SaddrInSet(set.clone()),
-                        Stmt::UpdateSaddr(set.clone()),
+                        Stmt::SaddrInSet(set.clone(), family),
+                        Stmt::UpdateSaddr(set.clone(), family),
                         Stmt::Dnat {
                             addr: t.addr,
                             port: t.port,
@@ -195,7 +207,7 @@ pub fn compile(
                     r.push(Stmt::NumgenZero { modulus: left });
                 }
                 if affinity.is_some() {
-                    r.push(Stmt::UpdateSaddr(affinity_set(t)));
+                    r.push(Stmt::UpdateSaddr(affinity_set(t), family));
                 }
                 r.push(Stmt::Dnat {
                     addr: t.addr,
@@ -272,7 +284,7 @@ pub fn compile(
         svc_rules.insert(
             1,
             Rule(vec![
-                Stmt::SaddrInSet(set.clone()),
+                Stmt::SaddrInSet(set.clone(), family),
                 Stmt::SetMark(MASQUERADE_MARK),
             ]),
         );
@@ -347,7 +359,7 @@ mod tests {
             r.ports.get(&30080).map(String::as_str),
             Some("ports/default/web")
         );
-        let text = render(&r.chains);
+        let text = render(&r.chains, Family::V4);
         assert!(
             text.contains(
                 "chain lb/default/web/tcp/80 {\n\t\tnumgen random mod 2 0 dnat to 10.42.0.5:8080\n\t\tdnat to 10.42.0.7:8080\n"
@@ -385,7 +397,10 @@ mod tests {
             ]
         }));
         let cidr = "10.42.0.0/16".parse().unwrap();
-        let text = render(&compile(&svc, &[&s], cidr, None, Some("n1")).chains);
+        let text = render(
+            &compile(&svc, &[&s], cidr, None, Some("n1")).chains,
+            Family::V4,
+        );
         // The node port: this node's endpoint only, without masquerade.
         assert!(
             text.contains("chain lb-local/default/web/tcp/80 {\n\t\tdnat to 10.42.0.7:8080\n"),
@@ -398,7 +413,10 @@ mod tests {
             "{text}"
         );
         // A node without local endpoints drops node-port traffic.
-        let text = render(&compile(&svc, &[&s], cidr, None, Some("n3")).chains);
+        let text = render(
+            &compile(&svc, &[&s], cidr, None, Some("n3")).chains,
+            Family::V4,
+        );
         assert!(
             text.contains("meta l4proto tcp th dport 30080 drop"),
             "{text}"
@@ -422,7 +440,7 @@ mod tests {
         let r = compile(&svc, &[&s], "10.42.0.0/16".parse().unwrap(), None, None);
         let set = "lb/default/web/tcp/80/10.42.0.7:8080";
         assert_eq!(r.affinity_sets.get(set), Some(&60_000));
-        let text = render(&r.chains);
+        let text = render(&r.chains, Family::V4);
         assert!(
             text.contains(&format!(
                 "ip saddr @{set} update @{set} {{ ip saddr }} dnat to 10.42.0.7:8080"

@@ -1,17 +1,18 @@
 //! The service proxy (kube-proxy's nftables mode, in-process): watches Services,
-//! EndpointSlices and Nodes through the API and keeps the `ip krab` table in line with them,
-//! one atomic netlink batch per change, touching only the services that changed; re-creates
-//! the table if someone deletes or flushes it. Nothing else in nftables is touched.
+//! EndpointSlices and Nodes through the API and keeps the `ip krab` table (and, on a
+//! dual-stack cluster, `ip6 krab`) in line with them, one atomic netlink batch per table and
+//! change, touching only the services that changed; re-creates a table if someone deletes or
+//! flushes it. Nothing else in nftables is touched.
 pub mod compile;
 pub mod nft;
 pub mod rules;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -20,38 +21,67 @@ use tokio_util::sync::CancellationToken;
 
 use self::compile::ServiceRules;
 use self::nft::{Key, Tx};
-use self::rules::{Skeleton, CLUSTER_GUARD, NAT_PREROUTING, SERVICE_IPS, SERVICE_PORTS};
+use self::rules::{Family, Skeleton, CLUSTER_GUARD, NAT_PREROUTING, SERVICE_IPS, SERVICE_PORTS};
 use crate::agent::mirror::{object_key, Mirror, SliceIndex};
 
 /// What the proxy is told.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    pub cluster_cidr: Ipv4Net,
-    pub service_cidr: Ipv4Net,
+    /// The pod ranges, one per IP family.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// The service ranges, one per IP family: each family with both ranges gets a table.
+    pub service_cidrs: Vec<IpNet>,
     /// The cluster DNS address and where this node's DNS server answers.
-    pub cluster_dns: Option<(Ipv4Addr, Ipv4Addr, u16)>,
+    pub cluster_dns: Option<(IpAddr, IpAddr, u16)>,
     /// This node's name (endpoints on it are the local ones).
     pub node_name: Option<String>,
 }
 
 impl ProxyConfig {
     /// The cluster DNS address is forwarded to `<node-ip>:<dns-port>` (127.0.0.1 when the
-    /// node's address is not IPv4).
+    /// node's address is not of the DNS address's family).
     pub fn new(
-        cluster_cidr: Ipv4Net,
-        service_cidr: Ipv4Net,
-        cluster_dns: Ipv4Addr,
+        cluster: &crate::cidrs::Cidrs,
+        service: &crate::cidrs::Cidrs,
+        cluster_dns: IpAddr,
         node_ip: &str,
         dns_port: u16,
         node_name: &str,
     ) -> ProxyConfig {
-        let local = node_ip.parse().unwrap_or(Ipv4Addr::LOCALHOST);
+        let local = node_ip
+            .parse::<IpAddr>()
+            .ok()
+            .filter(|ip| ip.is_ipv4() == cluster_dns.is_ipv4())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
         ProxyConfig {
-            cluster_cidr,
-            service_cidr,
+            cluster_cidrs: cluster.all(),
+            service_cidrs: service.all(),
             cluster_dns: Some((cluster_dns, local, dns_port)),
             node_name: Some(node_name.to_string()),
         }
+    }
+
+    /// The table of each family the cluster has.
+    fn tables(&self) -> Vec<Table> {
+        [Family::V4, Family::V6]
+            .into_iter()
+            .filter_map(|family| {
+                let of = |list: &[IpNet]| {
+                    list.iter()
+                        .find(|n| Family::of(&n.addr()) == family)
+                        .copied()
+                };
+                Some(Table {
+                    family,
+                    cluster_cidr: of(&self.cluster_cidrs)?,
+                    service_cidr: of(&self.service_cidrs)?,
+                    cluster_dns: self
+                        .cluster_dns
+                        .filter(|(ip, _, _)| Family::of(ip) == family),
+                    applied: Applied::default(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -59,7 +89,7 @@ impl ProxyConfig {
 #[derive(Default)]
 struct Applied {
     services: HashMap<String, ServiceRules>,
-    ip_owner: HashMap<Ipv4Addr, String>,
+    ip_owner: HashMap<IpAddr, String>,
     port_owner: HashMap<u16, String>,
     guard: Vec<rules::Rule>,
     /// Rules of the skeleton's other chains.
@@ -68,13 +98,22 @@ struct Applied {
     whole: bool,
 }
 
+/// One family's table: its ranges and what it holds.
+struct Table {
+    family: Family,
+    cluster_cidr: IpNet,
+    service_cidr: IpNet,
+    cluster_dns: Option<(IpAddr, IpAddr, u16)>,
+    applied: Applied,
+}
+
 pub struct ServiceProxy {
     config: ProxyConfig,
     services: Mirror<Service>,
     slices: Mirror<EndpointSlice>,
     nodes: Mirror<Node>,
     index: SliceIndex,
-    applied: Applied,
+    tables: Vec<Table>,
 }
 
 /// How one sync went (for logs and the benchmark).
@@ -89,17 +128,17 @@ pub struct SyncReport {
 impl ServiceProxy {
     pub fn new(config: ProxyConfig) -> ServiceProxy {
         ServiceProxy {
+            tables: config.tables(),
             config,
             services: Mirror::new(),
             slices: Mirror::new(),
             nodes: Mirror::new(),
             index: SliceIndex::default(),
-            applied: Applied::default(),
         }
     }
 
-    fn skeleton(&self) -> Skeleton {
-        let mut cidrs: Vec<Ipv4Net> = self
+    fn skeleton(&self, t: &Table) -> Skeleton {
+        let mut cidrs: Vec<IpNet> = self
             .nodes
             .now
             .values()
@@ -109,21 +148,23 @@ impl ServiceProxy {
                     .unwrap_or_default()
                     .into_iter()
                     .chain(spec.pod_cidr)
-                    .filter_map(|c| c.parse::<Ipv4Net>().ok())
+                    .filter_map(|c| c.parse::<IpNet>().ok())
+                    .filter(|c| Family::of(&c.addr()) == t.family)
                     .collect::<Vec<_>>()
             })
             .collect();
         cidrs.sort();
         cidrs.dedup();
         Skeleton {
-            cluster_cidr: self.config.cluster_cidr,
-            service_cidr: self.config.service_cidr,
+            family: t.family,
+            cluster_cidr: t.cluster_cidr,
+            service_cidr: t.service_cidr,
             node_pod_cidrs: cidrs,
-            cluster_dns: self.config.cluster_dns,
+            cluster_dns: t.cluster_dns,
         }
     }
 
-    fn desired(&self, key: &str) -> ServiceRules {
+    fn desired(&self, t: &Table, key: &str) -> ServiceRules {
         let Some(svc) = self.services.now.get(key) else {
             return ServiceRules::default();
         };
@@ -131,26 +172,78 @@ impl ServiceProxy {
         compile::compile(
             svc,
             &slices,
-            self.config.cluster_cidr,
-            self.config.cluster_dns.map(|d| d.0),
+            t.cluster_cidr,
+            t.cluster_dns.map(|d| d.0),
             self.config.node_name.as_deref(),
         )
     }
 
-    /// Rebuilds the whole table in one transaction (first sync, after a failure or a flush).
+    /// Rebuilds every table, each in one transaction (first sync, after a failure or a
+    /// flush).
     pub fn full_sync(&mut self) -> Result<SyncReport, nft::Error> {
+        self.each_table(|proxy, t| proxy.full_sync_table(t))
+    }
+
+    /// Brings the given services (and the guard) in line, one transaction per table.
+    pub fn sync(&mut self, keys: &BTreeSet<String>) -> Result<SyncReport, nft::Error> {
+        self.each_table(|proxy, t| {
+            if t.applied.whole {
+                proxy.sync_table(t, keys)
+            } else {
+                proxy.full_sync_table(t)
+            }
+        })
+    }
+
+    /// Runs `f` on every table; every table is tried, the first error is returned.
+    fn each_table(
+        &mut self,
+        mut f: impl FnMut(&Self, &mut Table) -> Result<SyncReport, nft::Error>,
+    ) -> Result<SyncReport, nft::Error> {
         let started = Instant::now();
-        let skeleton = self.skeleton().chains();
+        let mut tables = std::mem::take(&mut self.tables);
+        let mut report = SyncReport {
+            services: 0,
+            messages: 0,
+            full: false,
+            elapsed: Duration::ZERO,
+        };
+        let mut first_error = None;
+        for t in &mut tables {
+            match f(self, t) {
+                Ok(r) => {
+                    report.services = report.services.max(r.services);
+                    report.messages += r.messages;
+                    report.full |= r.full;
+                }
+                Err(e) => {
+                    t.applied.whole = false;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.tables = tables;
+        report.elapsed = started.elapsed();
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Rebuilds one table in one transaction.
+    fn full_sync_table(&self, t: &mut Table) -> Result<SyncReport, nft::Error> {
+        let started = Instant::now();
+        let skeleton = self.skeleton(t).chains();
         let mut keys: Vec<String> = self.services.now.keys().cloned().collect();
         keys.sort();
         let mut next = Applied::default();
         let mut wanted = Vec::new();
         for k in &keys {
-            let mut r = self.desired(k);
+            let mut r = self.desired(t, k);
             claim(&mut next, k, &mut r);
             wanted.push((k.clone(), r));
         }
-        let mut tx = Tx::new();
+        let mut tx = Tx::new(t.family);
         tx.add_table();
         tx.delete_table();
         tx.add_table();
@@ -208,7 +301,7 @@ impl ServiceProxy {
             .sum();
         next.services = wanted.into_iter().collect();
         next.whole = true;
-        self.applied = next;
+        t.applied = next;
         Ok(SyncReport {
             services: keys.len(),
             messages,
@@ -217,21 +310,18 @@ impl ServiceProxy {
         })
     }
 
-    /// Brings the given services (and the guard) in line, in one transaction.
-    pub fn sync(&mut self, keys: &BTreeSet<String>) -> Result<SyncReport, nft::Error> {
-        if !self.applied.whole {
-            return self.full_sync();
-        }
+    /// Brings the given services (and the guard) of one table in line, in one transaction.
+    fn sync_table(&self, t: &mut Table, keys: &BTreeSet<String>) -> Result<SyncReport, nft::Error> {
         let started = Instant::now();
-        let mut tx = Tx::new();
+        let mut tx = Tx::new(t.family);
         let guard = self
-            .skeleton()
+            .skeleton(t)
             .chains()
             .into_iter()
             .find(|c| c.name == CLUSTER_GUARD)
             .map(|c| c.rules)
             .unwrap_or_default();
-        let guard_changed = guard != self.applied.guard;
+        let guard_changed = guard != t.applied.guard;
         if guard_changed {
             tx.flush_chain(CLUSTER_GUARD)?;
             for r in &guard {
@@ -240,11 +330,11 @@ impl ServiceProxy {
         }
         let mut changes = Vec::new();
         for k in keys {
-            let old = self.applied.services.get(k).cloned().unwrap_or_default();
-            let mut new = self.desired(k);
+            let old = t.applied.services.get(k).cloned().unwrap_or_default();
+            let mut new = self.desired(t, k);
             // Give up what this service held, then claim again (a lost claim stays lost).
-            release(&mut self.applied, k, &old);
-            claim(&mut self.applied, k, &mut new);
+            release(&mut t.applied, k, &old);
+            claim(&mut t.applied, k, &mut new);
             if new == old {
                 continue;
             }
@@ -344,16 +434,16 @@ impl ServiceProxy {
         tx.add_elements(SERVICE_PORTS, &add_ports)?;
         let messages = tx.messages;
         if let Err(e) = nft::send(&tx.finalize()) {
-            self.applied.whole = false;
+            t.applied.whole = false;
             return Err(e);
         }
-        self.applied.guard = guard;
+        t.applied.guard = guard;
         let n = changes.len();
         for (k, _, new) in changes {
             if new == ServiceRules::default() {
-                self.applied.services.remove(&k);
+                t.applied.services.remove(&k);
             } else {
-                self.applied.services.insert(k, new);
+                t.applied.services.insert(k, new);
             }
         }
         Ok(SyncReport {
@@ -384,17 +474,21 @@ impl ServiceProxy {
             .apply(ev, |n| n.metadata.name.clone().unwrap_or_default());
     }
 
-    /// Rules in the table as last programmed (skeleton and services).
+    /// Rules in the tables as last programmed (skeleton and services).
     pub fn rule_count(&self) -> usize {
-        self.applied.guard.len()
-            + self.applied.skeleton_rules
-            + self
-                .applied
-                .services
-                .values()
-                .flat_map(|r| r.chains.iter())
-                .map(|c| c.rules.len())
-                .sum::<usize>()
+        self.tables
+            .iter()
+            .map(|t| {
+                t.applied.guard.len()
+                    + t.applied.skeleton_rules
+                    + t.applied
+                        .services
+                        .values()
+                        .flat_map(|r| r.chains.iter())
+                        .map(|c| c.rules.len())
+                        .sum::<usize>()
+            })
+            .sum()
     }
 
     fn synced(&self) -> bool {
@@ -442,11 +536,16 @@ fn release(applied: &mut Applied, key: &str, rules: &ServiceRules) {
 
 /// The kernel settings service traffic needs: forwarding, and bridged pod traffic passing
 /// through nftables (so replies from a pod on the same bridge are un-NATed).
-fn ensure_sysctls() {
-    for (path, value) in [
+fn ensure_sysctls(ipv6: bool) {
+    let mut settings = vec![
         ("/proc/sys/net/ipv4/ip_forward", "1"),
         ("/proc/sys/net/bridge/bridge-nf-call-iptables", "1"),
-    ] {
+    ];
+    if ipv6 {
+        settings.push(("/proc/sys/net/ipv6/conf/all/forwarding", "1"));
+        settings.push(("/proc/sys/net/bridge/bridge-nf-call-ip6tables", "1"));
+    }
+    for (path, value) in settings {
         match std::fs::read_to_string(path) {
             Ok(v) if v.trim() == value => {}
             Ok(_) => {
@@ -461,16 +560,21 @@ fn ensure_sysctls() {
     }
 }
 
-/// Deletes everything the proxy programmed (`krab agent --cleanup`).
-pub fn cleanup() -> Result<bool, nft::Error> {
-    if nft::count_rules(NAT_PREROUTING)?.is_none() {
-        return Ok(false);
+/// Deletes everything the proxy programmed (`krab agent --cleanup`): the families whose
+/// table was there.
+pub fn cleanup() -> Result<Vec<Family>, nft::Error> {
+    let mut removed = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        if nft::count_rules(family, NAT_PREROUTING)?.is_none() {
+            continue;
+        }
+        let mut tx = Tx::new(family);
+        tx.add_table();
+        tx.delete_table();
+        nft::send(&tx.finalize())?;
+        removed.push(family);
     }
-    let mut tx = Tx::new();
-    tx.add_table();
-    tx.delete_table();
-    nft::send(&tx.finalize())?;
-    Ok(true)
+    Ok(removed)
 }
 
 enum Input {
@@ -485,8 +589,9 @@ pub async fn run(
     config: ProxyConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(ensure_sysctls).await?;
     let mut proxy = ServiceProxy::new(config);
+    let ipv6 = proxy.tables.iter().any(|t| t.family == Family::V6);
+    tokio::task::spawn_blocking(move || ensure_sysctls(ipv6)).await?;
     // The guard before anything else: nothing from the cluster ranges leaks out while the
     // first lists load (or while the API server cannot be reached).
     if let Err(e) = tokio::task::block_in_place(|| proxy.full_sync()) {
@@ -553,12 +658,13 @@ pub async fn run(
                 }
             }
             _ = check.tick() => {
-                if proxy.applied.whole {
-                    match tokio::task::spawn_blocking(|| nft::count_rules(NAT_PREROUTING)).await? {
+                for t in proxy.tables.iter_mut().filter(|t| t.applied.whole) {
+                    let family = t.family;
+                    match tokio::task::spawn_blocking(move || nft::count_rules(family, NAT_PREROUTING)).await? {
                         Ok(Some(n)) if n > 0 => {}
                         Ok(_) => {
-                            tracing::warn!("the krab nftables table was deleted or flushed; programming it again");
-                            proxy.applied.whole = false;
+                            tracing::warn!(table = %format!("{} krab", family.keyword()), "the nftables table was deleted or flushed; programming it again");
+                            t.applied.whole = false;
                             retry_at = Some(tokio::time::Instant::now());
                         }
                         Err(e) => tracing::debug!(error = %e, "cannot read the krab table"),
@@ -581,7 +687,6 @@ pub async fn run(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "programming service rules failed; retrying with a full sync");
-                        proxy.applied.whole = false;
                         retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                     }
                 }

@@ -2,7 +2,7 @@
 //! and verdict-map elements gathered into one batch (one kernel transaction, all or
 //! nothing), sent on a netfilter netlink socket and acknowledged message by message.
 use std::ffi::{c_void, CString};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::raw::c_char;
 use std::ptr;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use nftnl::expr::Expression;
 use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, FinalizedBatch, MsgType, ProtoFamily};
 
-use super::rules::{BaseHook, ChainDef, Hook, Rule, Stmt, TABLE};
+use super::rules::{BaseHook, ChainDef, Family, Hook, Rule, Stmt, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,17 +24,20 @@ pub enum Error {
 }
 
 const NFPROTO_IPV4: u32 = 2;
+const NFPROTO_IPV6: u32 = 10;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
 const NFTA_FIB_F_DADDR: u32 = 2;
 const RTN_LOCAL: u32 = 2;
 const ICMP_PORT_UNREACH: u8 = 3;
+const ICMPV6_PORT_UNREACH: u8 = 4;
 const NF_ACCEPT: i32 = 1;
 const NF_DROP: i32 = 0;
 /// Conntrack state bits as nft's `ct state` sees them.
 const CT_ESTABLISHED: u32 = 1 << 1;
 const CT_RELATED: u32 = 1 << 2;
-/// nft's key types (`ipv4_addr`, `inet_service`).
+/// nft's key types (`ipv4_addr`, `ipv6_addr`, `inet_service`).
 const KEY_IPV4: u32 = 7;
+const KEY_IPV6: u32 = 8;
 const KEY_INET_SERVICE: u32 = 13;
 /// At most this many map elements per netlink message (a message stays under 64 KiB).
 const ELEMS_PER_MESSAGE: usize = 200;
@@ -170,20 +173,56 @@ fn lookup_vmap(map: &str) -> Result<RawExpr, Error> {
     })
 }
 
-fn addr_match(offset: u32, net: &ipnet::Ipv4Net, negate: bool) -> Vec<RawExpr> {
-    let mut v = vec![payload(libc::NFT_PAYLOAD_NETWORK_HEADER, offset, 4)];
-    if net.prefix_len() < 32 {
-        v.push(bitwise(net.netmask().octets().to_vec(), vec![0; 4]));
+fn octets(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
     }
-    v.push(cmp(!negate, net.network().octets().to_vec()));
+}
+
+fn nfproto(family: Family) -> u32 {
+    match family {
+        Family::V4 => NFPROTO_IPV4,
+        Family::V6 => NFPROTO_IPV6,
+    }
+}
+
+fn addr_key_type(family: Family) -> u32 {
+    match family {
+        Family::V4 => KEY_IPV4,
+        Family::V6 => KEY_IPV6,
+    }
+}
+
+fn addr_match(source: bool, net: &ipnet::IpNet, negate: bool) -> Vec<RawExpr> {
+    let family = Family::of(&net.addr());
+    let offset = if source {
+        family.saddr_offset()
+    } else {
+        family.daddr_offset()
+    };
+    let len = family.addr_len();
+    let mut v = vec![payload(libc::NFT_PAYLOAD_NETWORK_HEADER, offset, len)];
+    if net.prefix_len() < net.max_prefix_len() {
+        v.push(bitwise(octets(&net.netmask()), vec![0; len as usize]));
+    }
+    v.push(cmp(!negate, octets(&net.network())));
     v
 }
 
-/// The expressions of one statement.
-fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
+fn saddr(family: Family) -> RawExpr {
+    payload(
+        libc::NFT_PAYLOAD_NETWORK_HEADER,
+        family.saddr_offset(),
+        family.addr_len(),
+    )
+}
+
+/// The expressions of one statement in a table of `family`.
+fn encode(stmt: &Stmt, family: Family) -> Result<Vec<RawExpr>, Error> {
     Ok(match stmt {
-        Stmt::Daddr { net, negate } => addr_match(16, net, *negate),
-        Stmt::Saddr { net, negate } => addr_match(12, net, *negate),
+        Stmt::Daddr { net, negate } => addr_match(false, net, *negate),
+        Stmt::Saddr { net, negate } => addr_match(true, net, *negate),
         Stmt::L4Proto(p) => vec![meta_load(libc::NFT_META_L4PROTO), cmp(true, vec![*p])],
         Stmt::Dport(p) => vec![
             payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2),
@@ -228,8 +267,8 @@ fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
             bitwise(bits.to_ne_bytes().to_vec(), vec![0; 4]),
             cmp(true, bits.to_ne_bytes().to_vec()),
         ],
-        Stmt::SaddrInSet(set) => vec![
-            payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 12, 4),
+        Stmt::SaddrInSet(set, fam) => vec![
+            saddr(*fam),
             RawExpr {
                 name: c"lookup",
                 attrs: vec![
@@ -238,8 +277,8 @@ fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
                 ],
             },
         ],
-        Stmt::UpdateSaddr(set) => vec![
-            payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 12, 4),
+        Stmt::UpdateSaddr(set, fam) => vec![
+            saddr(*fam),
             RawExpr {
                 name: c"dynset",
                 attrs: vec![
@@ -249,8 +288,12 @@ fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
                 ],
             },
         ],
-        Stmt::DaddrVmap(map) => vec![
-            payload(libc::NFT_PAYLOAD_NETWORK_HEADER, 16, 4),
+        Stmt::DaddrVmap(map, fam) => vec![
+            payload(
+                libc::NFT_PAYLOAD_NETWORK_HEADER,
+                fam.daddr_offset(),
+                fam.addr_len(),
+            ),
             lookup_vmap(map)?,
         ],
         Stmt::DportVmap(map) => vec![
@@ -262,7 +305,7 @@ fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
                 name: c"immediate",
                 attrs: vec![
                     Attr::U32(sys::NFTNL_EXPR_IMM_DREG, libc::NFT_REG_1 as u32),
-                    Attr::Bytes(sys::NFTNL_EXPR_IMM_DATA, addr.octets().to_vec()),
+                    Attr::Bytes(sys::NFTNL_EXPR_IMM_DATA, octets(addr)),
                 ],
             },
             RawExpr {
@@ -276,7 +319,7 @@ fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
                 name: c"nat",
                 attrs: vec![
                     Attr::U32(sys::NFTNL_EXPR_NAT_TYPE, libc::NFT_NAT_DNAT as u32),
-                    Attr::U32(sys::NFTNL_EXPR_NAT_FAMILY, NFPROTO_IPV4),
+                    Attr::U32(sys::NFTNL_EXPR_NAT_FAMILY, nfproto(Family::of(addr))),
                     Attr::U32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, libc::NFT_REG_1 as u32),
                     Attr::U32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, libc::NFT_REG_2 as u32),
                 ],
@@ -293,7 +336,13 @@ fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
                     sys::NFTNL_EXPR_REJECT_TYPE,
                     libc::NFT_REJECT_ICMP_UNREACH as u32,
                 ),
-                Attr::U8(sys::NFTNL_EXPR_REJECT_CODE, ICMP_PORT_UNREACH),
+                Attr::U8(
+                    sys::NFTNL_EXPR_REJECT_CODE,
+                    match family {
+                        Family::V4 => ICMP_PORT_UNREACH,
+                        Family::V6 => ICMPV6_PORT_UNREACH,
+                    },
+                ),
             ],
         }],
         Stmt::Goto(c) => vec![verdict(libc::NFT_GOTO, Some(cstr(c)?))],
@@ -325,6 +374,7 @@ fn encode(stmt: &Stmt) -> Result<Vec<RawExpr>, Error> {
 
 /// A verdict map of the table (`type ipv4_addr : verdict` or `type inet_service : verdict`).
 struct MapMsg {
+    family: Family,
     name: CString,
     /// The kernel wants an id for a set made in a transaction (rules may refer to it by id).
     id: u32,
@@ -339,6 +389,7 @@ struct MapMsg {
 /// Elements of a verdict map, each a key and the chain it goes to (`goto`); without chains,
 /// the keys to delete.
 struct ElemsMsg<'a> {
+    family: Family,
     map: CString,
     elems: &'a [(Vec<u8>, Option<CString>)],
 }
@@ -358,7 +409,7 @@ unsafe impl nftnl::NlMsg for MapMsg {
                 std::process::abort();
             }
             let table = table_name();
-            sys::nftnl_set_set_u32(set, sys::NFTNL_SET_FAMILY as u16, NFPROTO_IPV4);
+            sys::nftnl_set_set_u32(set, sys::NFTNL_SET_FAMILY as u16, nfproto(self.family));
             sys::nftnl_set_set_str(set, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
             sys::nftnl_set_set_str(set, sys::NFTNL_SET_NAME as u16, self.name.as_ptr());
             sys::nftnl_set_set_u32(set, sys::NFTNL_SET_ID as u16, self.id);
@@ -387,7 +438,7 @@ unsafe impl nftnl::NlMsg for MapMsg {
             let h = sys::nftnl_nlmsg_build_hdr(
                 buf.cast::<c_char>(),
                 t as u16,
-                NFPROTO_IPV4 as u16,
+                nfproto(self.family) as u16,
                 flags as u16,
                 seq,
             );
@@ -405,7 +456,7 @@ unsafe impl nftnl::NlMsg for ElemsMsg<'_> {
                 std::process::abort();
             }
             let table = table_name();
-            sys::nftnl_set_set_u32(set, sys::NFTNL_SET_FAMILY as u16, NFPROTO_IPV4);
+            sys::nftnl_set_set_u32(set, sys::NFTNL_SET_FAMILY as u16, nfproto(self.family));
             sys::nftnl_set_set_str(set, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
             sys::nftnl_set_set_str(set, sys::NFTNL_SET_NAME as u16, self.map.as_ptr());
             for (key, chain) in self.elems {
@@ -439,7 +490,7 @@ unsafe impl nftnl::NlMsg for ElemsMsg<'_> {
             let h = sys::nftnl_nlmsg_build_hdr(
                 buf.cast::<c_char>(),
                 t as u16,
-                NFPROTO_IPV4 as u16,
+                nfproto(self.family) as u16,
                 flags as u16,
                 seq,
             );
@@ -452,14 +503,14 @@ unsafe impl nftnl::NlMsg for ElemsMsg<'_> {
 /// A map key: an address or a port, in network byte order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
-    Ip(Ipv4Addr),
+    Ip(IpAddr),
     Port(u16),
 }
 
 impl Key {
     fn bytes(&self) -> Vec<u8> {
         match self {
-            Key::Ip(a) => a.octets().to_vec(),
+            Key::Ip(a) => octets(a),
             Key::Port(p) => p.to_be_bytes().to_vec(),
         }
     }
@@ -467,6 +518,7 @@ impl Key {
 
 /// One transaction being put together.
 pub struct Tx {
+    family: Family,
     batch: Batch,
     table: nftnl::Table,
     /// Messages added (for reports and tests).
@@ -475,17 +527,20 @@ pub struct Tx {
     set_ids: u32,
 }
 
-impl Default for Tx {
-    fn default() -> Self {
-        Self::new()
+fn proto_family(family: Family) -> ProtoFamily {
+    match family {
+        Family::V4 => ProtoFamily::Ipv4,
+        Family::V6 => ProtoFamily::Ipv6,
     }
 }
 
 impl Tx {
-    pub fn new() -> Tx {
+    /// A transaction on krab's table of `family` (`ip krab` or `ip6 krab`).
+    pub fn new(family: Family) -> Tx {
         Tx {
+            family,
             batch: Batch::new(),
-            table: nftnl::Table::new(table_name(), ProtoFamily::Ipv4),
+            table: nftnl::Table::new(table_name(), proto_family(family)),
             messages: 0,
             set_ids: 2,
         }
@@ -494,6 +549,7 @@ impl Tx {
     /// A transaction on another table of krab's (`ip <name>`).
     pub fn for_table(name: &str) -> Result<Tx, Error> {
         Ok(Tx {
+            family: Family::V4,
             batch: Batch::new(),
             table: nftnl::Table::new(cstr(name)?, ProtoFamily::Ipv4),
             messages: 0,
@@ -514,11 +570,13 @@ impl Tx {
 
     /// Creates both verdict maps.
     pub fn add_maps(&mut self, ips: &str, ports: &str) -> Result<(), Error> {
-        for (id, (name, key_type, key_len)) in [(ips, KEY_IPV4, 4), (ports, KEY_INET_SERVICE, 2)]
+        let addr = (addr_key_type(self.family), self.family.addr_len());
+        for (id, (name, (key_type, key_len))) in [(ips, addr), (ports, (KEY_INET_SERVICE, 2))]
             .into_iter()
             .enumerate()
         {
             let m = MapMsg {
+                family: self.family,
                 name: cstr(name)?,
                 id: id as u32 + 1,
                 key_type,
@@ -536,10 +594,11 @@ impl Tx {
     pub fn add_address_set(&mut self, name: &str) -> Result<(), Error> {
         self.set_ids += 1;
         let m = MapMsg {
+            family: self.family,
             name: cstr(name)?,
             id: self.set_ids,
-            key_type: KEY_IPV4,
-            key_len: 4,
+            key_type: addr_key_type(self.family),
+            key_len: self.family.addr_len(),
             verdicts: false,
             timeout_ms: None,
         };
@@ -553,10 +612,11 @@ impl Tx {
     pub fn add_affinity_set(&mut self, name: &str, timeout_ms: u64) -> Result<(), Error> {
         self.set_ids += 1;
         let m = MapMsg {
+            family: self.family,
             name: cstr(name)?,
             id: self.set_ids,
-            key_type: KEY_IPV4,
-            key_len: 4,
+            key_type: addr_key_type(self.family),
+            key_len: self.family.addr_len(),
             verdicts: false,
             timeout_ms: Some(timeout_ms),
         };
@@ -567,10 +627,11 @@ impl Tx {
 
     pub fn delete_set(&mut self, name: &str) -> Result<(), Error> {
         let m = MapMsg {
+            family: self.family,
             name: cstr(name)?,
             id: 0,
-            key_type: KEY_IPV4,
-            key_len: 4,
+            key_type: addr_key_type(self.family),
+            key_len: self.family.addr_len(),
             verdicts: false,
             timeout_ms: None,
         };
@@ -580,15 +641,16 @@ impl Tx {
     }
 
     /// Adds addresses to a set.
-    pub fn add_addresses(&mut self, set: &str, addrs: &[Ipv4Addr]) -> Result<(), Error> {
+    pub fn add_addresses(&mut self, set: &str, addrs: &[IpAddr]) -> Result<(), Error> {
         let list: Vec<(Vec<u8>, Option<CString>)> =
-            addrs.iter().map(|a| (a.octets().to_vec(), None)).collect();
+            addrs.iter().map(|a| (octets(a), None)).collect();
         self.elements(set, &list, MsgType::Add)
     }
 
     /// Removes every element of a set (or map).
     pub fn flush_set(&mut self, name: &str) -> Result<(), Error> {
         let m = ElemsMsg {
+            family: self.family,
             map: cstr(name)?,
             elems: &[],
         };
@@ -654,7 +716,7 @@ impl Tx {
         let c = Self::chain(&self.table, &n, None);
         let mut r = nftnl::Rule::new(&c);
         for s in &rule.0 {
-            for e in encode(s)? {
+            for e in encode(s, self.family)? {
                 r.add_expr(&e);
             }
         }
@@ -696,6 +758,7 @@ impl Tx {
         let map = cstr(map)?;
         for chunk in list.chunks(ELEMS_PER_MESSAGE) {
             let m = ElemsMsg {
+                family: self.family,
                 map: map.clone(),
                 elems: chunk,
             };
@@ -789,12 +852,16 @@ fn set_int_option(socket: &mnl::Socket, option: libc::c_int, value: usize) -> Re
 }
 
 /// How many rules a chain of the table holds; None when the table or chain is missing.
-pub fn count_rules(chain: &str) -> Result<Option<usize>, Error> {
-    count_rules_in(TABLE, chain)
+pub fn count_rules(family: Family, chain: &str) -> Result<Option<usize>, Error> {
+    count_rules_of(family, TABLE, chain)
 }
 
 /// How many rules a chain of `ip <table>` holds; None when the table or chain is missing.
 pub fn count_rules_in(table: &str, chain: &str) -> Result<Option<usize>, Error> {
+    count_rules_of(Family::V4, table, chain)
+}
+
+fn count_rules_of(family: Family, table: &str, chain: &str) -> Result<Option<usize>, Error> {
     let chain = cstr(chain)?;
     let table = cstr(table)?;
     let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(Error::Socket)?;
@@ -812,7 +879,7 @@ pub fn count_rules_in(table: &str, chain: &str) -> Result<Option<usize>, Error> 
         let h = sys::nftnl_nlmsg_build_hdr(
             request.as_mut_ptr().cast::<c_char>(),
             libc::NFT_MSG_GETRULE as u16,
-            NFPROTO_IPV4 as u16,
+            nfproto(family) as u16,
             (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
             seq,
         );
@@ -936,7 +1003,7 @@ mod tests {
 
     #[test]
     fn a_dnat_rule_decodes_from_its_netlink_bytes() {
-        let mut tx = Tx::new();
+        let mut tx = Tx::new(Family::V4);
         tx.add_table();
         tx.add_chain("lb/default/web/tcp/80/10.42.0.7:8080", None)
             .unwrap();
@@ -984,10 +1051,10 @@ mod tests {
 
     #[test]
     fn vmap_lookups_and_the_guard_decode() {
-        let mut tx = Tx::new();
+        let mut tx = Tx::new(Family::V4);
         tx.add_rule(
             "services",
-            &Rule(vec![Stmt::DaddrVmap("service-ips".into())]),
+            &Rule(vec![Stmt::DaddrVmap("service-ips".into(), Family::V4)]),
         )
         .unwrap();
         tx.add_rule(
@@ -1022,6 +1089,62 @@ mod tests {
             rules[1].contains("[ reject type 0 code 3 ]"),
             "{}",
             rules[1]
+        );
+    }
+
+    #[test]
+    fn ipv6_tables_match_ipv6_headers_and_sctp_is_a_protocol_like_any() {
+        let mut tx = Tx::new(Family::V6);
+        tx.add_rule(
+            "services",
+            &Rule(vec![Stmt::DaddrVmap("service-ips".into(), Family::V6)]),
+        )
+        .unwrap();
+        tx.add_rule(
+            "lb/default/sig/sctp/9000",
+            &Rule(vec![
+                Stmt::L4Proto(super::super::rules::SCTP),
+                Stmt::Dport(9000),
+                Stmt::Dnat {
+                    addr: "fd00:42::7".parse().unwrap(),
+                    port: 9000,
+                },
+            ]),
+        )
+        .unwrap();
+        tx.add_rule(
+            "cluster-guard",
+            &Rule(vec![
+                Stmt::Daddr {
+                    net: "fd00:43::/112".parse().unwrap(),
+                    negate: false,
+                },
+                Stmt::Reject,
+            ]),
+        )
+        .unwrap();
+        let rules = decode_rules(&tx.finalize());
+        assert_eq!(rules.len(), 3, "{rules:?}");
+        assert!(rules[0].contains("ip6 krab services"), "{}", rules[0]);
+        assert!(
+            rules[0].contains("[ payload load 16b @ network header + 24 => reg 1 ]"),
+            "{}",
+            rules[0]
+        );
+        assert!(
+            rules[1].contains("[ cmp eq reg 1 0x00000084 ]"),
+            "{}",
+            rules[1]
+        );
+        assert!(
+            rules[1].contains("[ nat dnat ip6 addr_min reg 1"),
+            "{}",
+            rules[1]
+        );
+        assert!(
+            rules[2].contains("[ reject type 0 code 4 ]"),
+            "{}",
+            rules[2]
         );
     }
 }

@@ -1,10 +1,77 @@
 //! The service proxy's rules as data: the statements it uses (a small subset of nftables),
-//! the chains they live in and the fixed skeleton of the `ip krab` table, each renderable in
-//! nft's own syntax (for logs, tests and `krab agent --cleanup` messages).
+//! the chains they live in and the fixed skeleton of the `ip krab` and `ip6 krab` tables,
+//! each renderable in nft's own syntax (for logs, tests and `krab agent --cleanup` messages).
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
+
+/// The address family a table (and everything in it) is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    /// nft's word for the table family and its address matches (`ip`, `ip6`).
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    /// The Kubernetes name (`IPv4`, `IPv6`: EndpointSlice addressType, ipFamilies).
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    pub fn addr_len(self) -> u32 {
+        match self {
+            Family::V4 => 4,
+            Family::V6 => 16,
+        }
+    }
+
+    /// Where the source and destination addresses sit in the network header.
+    pub fn saddr_offset(self) -> u32 {
+        match self {
+            Family::V4 => 12,
+            Family::V6 => 8,
+        }
+    }
+
+    pub fn daddr_offset(self) -> u32 {
+        match self {
+            Family::V4 => 16,
+            Family::V6 => 24,
+        }
+    }
+
+    /// The loopback range, never a service's destination.
+    pub fn loopback(self) -> IpNet {
+        match self {
+            Family::V4 => {
+                IpNet::V4(ipnet::Ipv4Net::new([127, 0, 0, 0].into(), 8).unwrap_or_default())
+            }
+            Family::V6 => IpNet::V6(
+                ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).unwrap_or_default(),
+            ),
+        }
+    }
+}
 
 /// The table every rule lives in; nothing else is touched.
 pub const TABLE: &str = "krab";
@@ -22,10 +89,10 @@ pub const SCTP: u8 = 132;
 /// One nftables statement (a match or an action), as `nft` writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Stmt {
-    /// `ip daddr [!=] <net>`
-    Daddr { net: Ipv4Net, negate: bool },
+    /// `ip daddr [!=] <net>` (`ip6` for an IPv6 range)
+    Daddr { net: IpNet, negate: bool },
     /// `ip saddr [!=] <net>`
-    Saddr { net: Ipv4Net, negate: bool },
+    Saddr { net: IpNet, negate: bool },
     /// `meta l4proto <proto>`
     L4Proto(u8),
     /// `th dport <port>`
@@ -39,15 +106,15 @@ pub enum Stmt {
     /// `meta mark & <bits> == <bits>`
     MarkHas(u32),
     /// `ip saddr @<set>`
-    SaddrInSet(String),
+    SaddrInSet(String, Family),
     /// `update @<set> { ip saddr }` (adds the client, or refreshes its timeout)
-    UpdateSaddr(String),
+    UpdateSaddr(String, Family),
     /// `ip daddr vmap @<map>`
-    DaddrVmap(String),
+    DaddrVmap(String, Family),
     /// `th dport vmap @<map>`
     DportVmap(String),
-    /// `dnat to <addr>:<port>`
-    Dnat { addr: Ipv4Addr, port: u16 },
+    /// `dnat to <addr>:<port>` (`[<v6 addr>]:<port>`)
+    Dnat { addr: IpAddr, port: u16 },
     /// `masquerade`
     Masquerade,
     /// `reject` (ICMP port unreachable: a TCP client sees "connection refused")
@@ -72,19 +139,25 @@ impl fmt::Display for Stmt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let neg = |n: &bool| if *n { "!= " } else { "" };
         match self {
-            Stmt::Daddr { net, negate } => write!(f, "ip daddr {}{}", neg(negate), show(net)),
-            Stmt::Saddr { net, negate } => write!(f, "ip saddr {}{}", neg(negate), show(net)),
+            Stmt::Daddr { net, negate } => {
+                write!(f, "{} daddr {}{}", kw(net), neg(negate), show(net))
+            }
+            Stmt::Saddr { net, negate } => {
+                write!(f, "{} saddr {}{}", kw(net), neg(negate), show(net))
+            }
             Stmt::L4Proto(p) => write!(f, "meta l4proto {}", proto_name(*p)),
             Stmt::Dport(p) => write!(f, "th dport {p}"),
             Stmt::FibDaddrLocal => write!(f, "fib daddr type local"),
             Stmt::NumgenZero { modulus } => write!(f, "numgen random mod {modulus} 0"),
             Stmt::SetMark(b) => write!(f, "meta mark set meta mark | {b:#x}"),
             Stmt::MarkHas(b) => write!(f, "meta mark & {b:#x} == {b:#x}"),
-            Stmt::SaddrInSet(m) => write!(f, "ip saddr @{m}"),
-            Stmt::UpdateSaddr(m) => write!(f, "update @{m} {{ ip saddr }}"),
-            Stmt::DaddrVmap(m) => write!(f, "ip daddr vmap @{m}"),
+            Stmt::SaddrInSet(m, fam) => write!(f, "{} saddr @{m}", fam.keyword()),
+            Stmt::UpdateSaddr(m, fam) => write!(f, "update @{m} {{ {} saddr }}", fam.keyword()),
+            Stmt::DaddrVmap(m, fam) => write!(f, "{} daddr vmap @{m}", fam.keyword()),
             Stmt::DportVmap(m) => write!(f, "th dport vmap @{m}"),
-            Stmt::Dnat { addr, port } => write!(f, "dnat to {addr}:{port}"),
+            Stmt::Dnat { addr, port } => {
+                write!(f, "dnat to {}", std::net::SocketAddr::new(*addr, *port))
+            }
             Stmt::Masquerade => write!(f, "masquerade"),
             Stmt::Reject => write!(f, "reject"),
             Stmt::Goto(c) => write!(f, "goto \"{c}\""),
@@ -98,8 +171,12 @@ impl fmt::Display for Stmt {
     }
 }
 
-fn show(net: &Ipv4Net) -> String {
-    if net.prefix_len() == 32 {
+fn kw(net: &IpNet) -> &'static str {
+    Family::of(&net.addr()).keyword()
+}
+
+fn show(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
         net.addr().to_string()
     } else {
         net.to_string()
@@ -164,12 +241,14 @@ pub struct ChainDef {
 /// What the skeleton depends on.
 #[derive(Debug, Clone)]
 pub struct Skeleton {
-    pub cluster_cidr: Ipv4Net,
-    pub service_cidr: Ipv4Net,
+    /// The family of every range and address here.
+    pub family: Family,
+    pub cluster_cidr: IpNet,
+    pub service_cidr: IpNet,
     /// Every node's pod range: other pod-range addresses are rejected, never routed out.
-    pub node_pod_cidrs: Vec<Ipv4Net>,
+    pub node_pod_cidrs: Vec<IpNet>,
     /// The cluster DNS address and where this node serves it.
-    pub cluster_dns: Option<(Ipv4Addr, Ipv4Addr, u16)>,
+    pub cluster_dns: Option<(IpAddr, IpAddr, u16)>,
 }
 
 pub const NAT_PREROUTING: &str = "nat-prerouting";
@@ -181,8 +260,8 @@ pub const SERVICES: &str = "services";
 pub const CLUSTER_GUARD: &str = "cluster-guard";
 pub const CLUSTER_DNS: &str = "cluster-dns";
 
-fn net(addr: Ipv4Addr) -> Ipv4Net {
-    Ipv4Net::new(addr, 32).unwrap_or_default()
+fn net(addr: IpAddr) -> IpNet {
+    IpNet::from(addr)
 }
 
 impl Skeleton {
@@ -249,10 +328,10 @@ impl Skeleton {
                 Stmt::Goto(CLUSTER_DNS.into()),
             ]));
         }
-        services.push(Rule(vec![Stmt::DaddrVmap(SERVICE_IPS.into())]));
+        services.push(Rule(vec![Stmt::DaddrVmap(SERVICE_IPS.into(), self.family)]));
         services.push(Rule(vec![
             Stmt::Daddr {
-                net: "127.0.0.0/8".parse().unwrap_or_default(),
+                net: self.family.loopback(),
                 negate: true,
             },
             Stmt::FibDaddrLocal,
@@ -287,7 +366,22 @@ impl Skeleton {
             ChainDef {
                 name: NAT_POSTROUTING.into(),
                 hook: nat(Hook::Postrouting, 100),
-                rules: vec![Rule(vec![Stmt::MarkHas(MASQUERADE_MARK), Stmt::Masquerade])],
+                rules: vec![
+                    Rule(vec![Stmt::MarkHas(MASQUERADE_MARK), Stmt::Masquerade]),
+                    // Pods reaching beyond the cluster's pod range leave with the node's
+                    // address (pod to pod, on any node, keeps its source).
+                    Rule(vec![
+                        Stmt::Saddr {
+                            net: self.cluster_cidr,
+                            negate: false,
+                        },
+                        Stmt::Daddr {
+                            net: self.cluster_cidr,
+                            negate: true,
+                        },
+                        Stmt::Masquerade,
+                    ]),
+                ],
             },
             ChainDef {
                 name: FILTER_FORWARD.into(),
@@ -304,8 +398,8 @@ impl Skeleton {
 }
 
 /// Renders chains as `nft list table` would (without handles and counters).
-pub fn render(chains: &[ChainDef]) -> String {
-    let mut out = format!("table ip {TABLE} {{\n");
+pub fn render(chains: &[ChainDef], family: Family) -> String {
+    let mut out = format!("table {} {TABLE} {{\n", family.keyword());
     for c in chains {
         out.push_str(&format!("\tchain {} {{\n", c.name));
         if let Some(h) = c.hook {
@@ -358,8 +452,37 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_skeleton_speaks_ip6() {
+        let s = Skeleton {
+            family: Family::V6,
+            cluster_cidr: "fd00:42::/56".parse().unwrap(),
+            service_cidr: "fd00:43::/112".parse().unwrap(),
+            node_pod_cidrs: vec!["fd00:42::/64".parse().unwrap()],
+            cluster_dns: None,
+        };
+        let text = render(&s.chains(), Family::V6);
+        assert!(text.starts_with("table ip6 krab {"), "{text}");
+        assert!(text.contains("ip6 daddr vmap @service-ips"), "{text}");
+        assert!(
+            text.contains("ip6 daddr != ::1 fib daddr type local"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\t\tip6 daddr fd00:42::/64 return\n\t\tip6 daddr fd00:43::/112 reject\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ip6 saddr fd00:42::/56 ip6 daddr != fd00:42::/56 masquerade"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_skeleton_rejects_unowned_ranges_after_known_pod_ranges() {
         let s = Skeleton {
+            family: Family::V4,
             cluster_cidr: "10.42.0.0/16".parse().unwrap(),
             service_cidr: "10.43.0.0/16".parse().unwrap(),
             node_pod_cidrs: vec!["10.42.1.0/24".parse().unwrap()],
@@ -369,11 +492,15 @@ mod tests {
                 53,
             )),
         };
-        let text = render(&s.chains());
+        let text = render(&s.chains(), Family::V4);
         assert!(text.contains(
             "\t\tip daddr 10.42.1.0/24 return\n\t\tip daddr 10.43.0.0/16 reject\n\t\tip daddr 10.42.0.0/16 reject\n"
         ), "{text}");
         assert!(text.contains("ip daddr 10.43.0.10 goto \"cluster-dns\""));
+        assert!(
+            text.contains("ip saddr 10.42.0.0/16 ip daddr != 10.42.0.0/16 masquerade"),
+            "{text}"
+        );
         assert!(text.contains("meta l4proto udp th dport 53 dnat to 192.0.2.2:53"));
     }
 }
