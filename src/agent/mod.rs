@@ -16,7 +16,7 @@ pub mod process;
 pub mod service_proxy;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -259,7 +259,9 @@ async fn run_kubelet(
             }
         }
     };
-    let host_search = host_search_domains(Path::new("/etc/resolv.conf"));
+    let host_resolv = host_resolv_conf();
+    let host_search = resolv_entries(&host_resolv, "search");
+    let host_nameservers = resolv_entries(&host_resolv, "nameserver");
     let k = Arc::new(kubelet::Kubelet::new(
         client.clone(),
         cri,
@@ -270,6 +272,7 @@ async fn run_kubelet(
             cluster_domain: config.cluster_domain.clone(),
             log_root: config.pod_log_root.clone(),
             host_search,
+            host_nameservers,
             node_name: config.node_name.clone(),
         },
         config.data_dir.join("agent").join("pods"),
@@ -371,11 +374,29 @@ async fn watch_pod_cidr(
     }
 }
 
-fn host_search_domains(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("search "))
-        .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+/// The node's resolv.conf: systemd-resolved's upstream file when /etc/resolv.conf only
+/// names its local stub (which pods cannot reach), as the kubelet and k3s pick it.
+fn host_resolv_conf() -> String {
+    let etc = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let stub_only = !resolv_entries(&etc, "nameserver").is_empty()
+        && resolv_entries(&etc, "nameserver")
+            .iter()
+            .all(|s| s.starts_with("127."));
+    if stub_only {
+        if let Ok(upstream) = std::fs::read_to_string("/run/systemd/resolve/resolv.conf") {
+            return upstream;
+        }
+    }
+    etc
+}
+
+/// The values of one resolv.conf keyword (`search`, `nameserver`), in order.
+fn resolv_entries(text: &str, keyword: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(keyword)).then(|| words.map(str::to_string).collect::<Vec<_>>())
+        })
+        .flatten()
         .collect()
 }

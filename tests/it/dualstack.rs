@@ -1,6 +1,7 @@
 //! A dual-stack node: pods get an IPv4 and an IPv6 address, a RequireDualStack Service a
 //! cluster IP of each family and an EndpointSlice of each, the IPv6 cluster IP answers
-//! through `ip6 krab`, and cluster DNS gives the Service's AAAA record.
+//! through `ip6 krab`, NetworkPolicy holds over IPv6 (`ip6 krab-policy`), and cluster DNS
+//! gives the Service's AAAA record.
 use std::process::Command;
 use std::time::Duration;
 
@@ -142,6 +143,24 @@ spec:
     let out = run_bounded(cmd, Duration::from_secs(10));
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(v6));
+    // NetworkPolicy holds over IPv6 too: denying ingress blocks both families.
+    let deny = write(
+        dir.path(),
+        "deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-web}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+    );
+    s.kube_ok(&["apply", "-f", &deny]);
+    for addr in &cluster_ips {
+        wait_for("the policy to block", Duration::from_secs(30), || {
+            let (ok, out) = exec(&["sh", "-c", &nc_get_script(addr, 80)]);
+            (!http_body(ok, out).0).then_some(())
+        });
+    }
+    s.kube_ok(&["delete", "networkpolicy", "deny-web"]);
+    wait_for("the policy to go", Duration::from_secs(30), || {
+        let (ok, out) = exec(&["sh", "-c", &nc_get_script(v6, 80)]);
+        http_body(ok, out).0.then_some(())
+    });
     // With the pod gone, the IPv6 cluster IP refuses at once, as the IPv4 one does.
     s.kube_ok(&["delete", "pod", "web", "--wait=true"]);
     let out = wait_for("a refusal", Duration::from_secs(30), || {

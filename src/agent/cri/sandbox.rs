@@ -16,6 +16,8 @@ pub struct SandboxContext {
     pub log_root: std::path::PathBuf,
     /// The node's own resolv.conf search domains (appended after the cluster's).
     pub host_search: Vec<String>,
+    /// The node's own resolv.conf nameservers (dnsPolicy Default with a dnsConfig).
+    pub host_nameservers: Vec<String>,
     pub node_name: String,
 }
 
@@ -38,16 +40,23 @@ pub fn cgroup_parent(qos: &str, uid: &str) -> String {
     }
 }
 
-/// DNS for the sandbox per dnsPolicy; None means the node's resolv.conf.
+/// DNS for the sandbox per dnsPolicy; None means the node's resolv.conf as it is.
 fn dns(pod: &Pod, ctx: &SandboxContext) -> Option<pb::DnsConfig> {
     let spec = pod.spec.as_ref()?;
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
     let host_network = spec.host_network.unwrap_or(false);
+    let node_settings = || pb::DnsConfig {
+        servers: ctx.host_nameservers.clone(),
+        searches: ctx.host_search.clone(),
+        options: Vec::new(),
+    };
     let mut cfg = match policy {
         "None" => pb::DnsConfig::default(),
-        "Default" => return custom(spec, None),
-        "ClusterFirst" if host_network => return custom(spec, None),
+        // The node's settings (as the kubelet reads them from its resolv.conf; with none
+        // known, the runtime copies the node's file).
+        "Default" => node_settings(),
+        "ClusterFirst" if host_network => node_settings(),
         _ => {
             let d = &ctx.cluster_domain;
             let mut searches = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
@@ -60,10 +69,16 @@ fn dns(pod: &Pod, ctx: &SandboxContext) -> Option<pb::DnsConfig> {
         }
     };
     if let Some(extra) = &spec.dns_config {
-        cfg.servers
-            .extend(extra.nameservers.iter().flatten().cloned());
-        cfg.searches
-            .extend(extra.searches.iter().flatten().cloned());
+        for server in extra.nameservers.iter().flatten() {
+            if !cfg.servers.contains(server) {
+                cfg.servers.push(server.clone());
+            }
+        }
+        for search in extra.searches.iter().flatten() {
+            if !cfg.searches.contains(search) {
+                cfg.searches.push(search.clone());
+            }
+        }
         for o in extra.options.iter().flatten() {
             let Some(name) = &o.name else { continue };
             cfg.options
@@ -74,30 +89,13 @@ fn dns(pod: &Pod, ctx: &SandboxContext) -> Option<pb::DnsConfig> {
             });
         }
     }
-    cfg.searches.dedup();
+    if cfg == pb::DnsConfig::default() && policy != "None" {
+        return None;
+    }
+    // resolv.conf holds at most 3 nameservers and 32 search domains (the kubelet trims).
+    cfg.servers.truncate(3);
+    cfg.searches.truncate(32);
     Some(cfg)
-}
-
-/// dnsPolicy Default with a dnsConfig still adds its entries to the node's settings; with
-/// none, the runtime copies the node's resolv.conf.
-fn custom(spec: &k8s_openapi::api::core::v1::PodSpec, _: Option<()>) -> Option<pb::DnsConfig> {
-    let extra = spec.dns_config.as_ref()?;
-    Some(pb::DnsConfig {
-        servers: extra.nameservers.clone().unwrap_or_default(),
-        searches: extra.searches.clone().unwrap_or_default(),
-        options: extra
-            .options
-            .iter()
-            .flatten()
-            .filter_map(|o| {
-                let name = o.name.as_ref()?;
-                Some(match &o.value {
-                    Some(v) => format!("{name}:{v}"),
-                    None => name.clone(),
-                })
-            })
-            .collect(),
-    })
 }
 
 impl SandboxSpec {
@@ -228,9 +226,57 @@ mod tests {
             cluster_dns: vec!["10.43.0.10".into()],
             cluster_domain: "cluster.local".into(),
             log_root: "/var/log/pods".into(),
-            host_search: vec![],
+            host_search: vec!["lan".into()],
+            host_nameservers: vec!["192.0.2.53".into()],
             node_name: "n1".into(),
         }
+    }
+
+    fn dns_of(spec: serde_json::Value) -> Option<pb::DnsConfig> {
+        let mut spec = spec;
+        spec["containers"] = serde_json::json!([{"name": "c", "image": "i"}]);
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": spec
+        }))
+        .unwrap();
+        SandboxSpec::for_pod(&pod, 0, &ctx()).config.dns_config
+    }
+
+    #[test]
+    fn every_dns_policy_gives_what_the_kubelet_gives() {
+        // Default: the node's resolv.conf as the agent read it.
+        let d = dns_of(serde_json::json!({"dnsPolicy": "Default"})).unwrap();
+        assert_eq!(
+            (d.servers, d.searches),
+            (vec!["192.0.2.53".to_string()], vec!["lan".to_string()])
+        );
+        // Default with one: the node's servers and searches, then the pod's.
+        let d = dns_of(serde_json::json!({"dnsPolicy": "Default",
+            "dnsConfig": {"nameservers": ["198.51.100.1"], "searches": ["corp"]}}))
+        .unwrap();
+        assert_eq!(d.servers, ["192.0.2.53", "198.51.100.1"]);
+        assert_eq!(d.searches, ["lan", "corp"]);
+        // None: only the pod's own.
+        let d = dns_of(serde_json::json!({"dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["198.51.100.1"], "options": [{"name": "edns0"}]}}))
+        .unwrap();
+        assert_eq!(d.servers, ["198.51.100.1"]);
+        assert!(d.searches.is_empty());
+        assert_eq!(d.options, ["edns0"]);
+        // Host network: ClusterFirst falls back to the node's, ClusterFirstWithHostNet not.
+        let d = dns_of(serde_json::json!({"hostNetwork": true})).unwrap();
+        assert_eq!(d.servers, ["192.0.2.53"]);
+        let d = dns_of(
+            serde_json::json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}),
+        )
+        .unwrap();
+        assert_eq!(d.servers, ["10.43.0.10"]);
+        assert_eq!(
+            d.searches[..3],
+            ["ns.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+        );
+        assert_eq!(d.options, ["ndots:5"]);
     }
 
     #[test]

@@ -3,15 +3,19 @@
 //! direction and allows only what some rule of those policies allows (peers by pod selector,
 //! namespace selector, both, or ipBlock with except; ports by number, name or range; any
 //! protocol); a pod no policy selects is not isolated. Replies of allowed connections pass.
+//! Compiled per IP family (a table each): a family's rules hold the pods' addresses and
+//! the ipBlocks of that family.
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::agent::service_proxy::rules::{proto_number, BaseHook, ChainDef, Hook, Rule, Stmt};
+use crate::agent::service_proxy::rules::{
+    proto_number, BaseHook, ChainDef, Family, Hook, Rule, Stmt,
+};
 
 /// One rule of a policy: its peers and its ports (None: any).
 type AllowRule = (
@@ -24,7 +28,8 @@ type AllowRule = (
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,
-    pub ip: Ipv4Addr,
+    /// Its addresses (one per family on a dual-stack cluster).
+    pub ips: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
     pub node: String,
     /// Container ports: (name, number, protocol).
@@ -52,8 +57,10 @@ pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     labels_ok && exprs_ok
 }
 
-fn host(ip: Ipv4Addr) -> Ipv4Net {
-    Ipv4Net::new(ip, 32).unwrap_or_default()
+impl PodInfo {
+    fn ip_of(&self, family: Family) -> Option<IpAddr> {
+        self.ips.iter().copied().find(|ip| Family::of(ip) == family)
+    }
 }
 
 /// The source (or destination) matches of one peer, each a list of statements.
@@ -63,32 +70,28 @@ fn peer_matches<'p>(
     pods: &'p [PodInfo],
     namespaces: &BTreeMap<String, BTreeMap<String, String>>,
     ingress: bool,
+    family: Family,
 ) -> Vec<(Vec<Stmt>, Option<&'p PodInfo>)> {
-    let field = |net: Ipv4Net, negate: bool| {
+    let field = |net: IpNet, negate: bool| {
         if ingress {
-            Stmt::Saddr {
-                net: IpNet::V4(net),
-                negate,
-            }
+            Stmt::Saddr { net, negate }
         } else {
-            Stmt::Daddr {
-                net: IpNet::V4(net),
-                negate,
-            }
+            Stmt::Daddr { net, negate }
         }
     };
+    let of_family = |net: &IpNet| Family::of(&net.addr()) == family;
     if let Some(block) = &peer.ip_block {
-        let Ok(cidr) = block.cidr.parse::<Ipv4Net>() else {
+        let Some(cidr) = block.cidr.parse::<IpNet>().ok().filter(of_family) else {
             return vec![];
         };
         let mut stmts: Vec<Stmt> = block
             .except
             .iter()
             .flatten()
-            .filter_map(|e| e.parse::<Ipv4Net>().ok())
-            .map(|e| field(e, true))
+            .filter_map(|e| e.parse::<IpNet>().ok().filter(of_family))
+            .map(|e| field(e.trunc(), true))
             .collect();
-        stmts.push(field(cidr, false));
+        stmts.push(field(cidr.trunc(), false));
         return vec![(stmts, None)];
     }
     let empty = BTreeMap::new();
@@ -101,7 +104,7 @@ fn peer_matches<'p>(
             }
             (None, None) => false,
         })
-        .map(|p| (vec![field(host(p.ip), false)], Some(p)))
+        .filter_map(|p| Some((vec![field(IpNet::from(p.ip_of(family)?), false)], Some(p))))
         .collect()
 }
 
@@ -156,16 +159,21 @@ fn types(p: &NetworkPolicy) -> (bool, bool) {
     }
 }
 
-/// The `forward` base chain and one chain per isolated direction of each local pod.
+/// The `forward` base chain and one chain per isolated direction of each local pod, for
+/// the table of `family`.
 pub fn compile(
     policies: &[&NetworkPolicy],
     pods: &[PodInfo],
     namespaces: &BTreeMap<String, BTreeMap<String, String>>,
     node: &str,
+    family: Family,
 ) -> Vec<ChainDef> {
     let mut chains = Vec::new();
     let mut dispatch = vec![Rule(vec![Stmt::CtEstablished, Stmt::Accept])];
     for pod in pods.iter().filter(|p| p.node == node) {
+        let Some(pod_ip) = pod.ip_of(family) else {
+            continue;
+        };
         let selecting: Vec<&NetworkPolicy> = policies
             .iter()
             .copied()
@@ -211,15 +219,16 @@ pub fn compile(
                         .collect()
                 };
                 for (peers, ports) in allow {
-                    let peer_list: Vec<(Vec<Stmt>, Option<&PodInfo>)> = match peers
-                        .filter(|p| !p.is_empty())
-                    {
-                        None => vec![(vec![], None)],
-                        Some(peers) => peers
-                            .iter()
-                            .flat_map(|p| peer_matches(p, &policy_ns, pods, namespaces, ingress))
-                            .collect(),
-                    };
+                    let peer_list: Vec<(Vec<Stmt>, Option<&PodInfo>)> =
+                        match peers.filter(|p| !p.is_empty()) {
+                            None => vec![(vec![], None)],
+                            Some(peers) => peers
+                                .iter()
+                                .flat_map(|p| {
+                                    peer_matches(p, &policy_ns, pods, namespaces, ingress, family)
+                                })
+                                .collect(),
+                        };
                     for (peer, peer_pod) in &peer_list {
                         // Named ports are the destination's: this pod for ingress, the
                         // peer for egress.
@@ -237,12 +246,12 @@ pub fn compile(
             dispatch.push(Rule(vec![
                 if ingress {
                     Stmt::Daddr {
-                        net: IpNet::V4(host(pod.ip)),
+                        net: IpNet::from(pod_ip),
                         negate: false,
                     }
                 } else {
                     Stmt::Saddr {
-                        net: IpNet::V4(host(pod.ip)),
+                        net: IpNet::from(pod_ip),
                         negate: false,
                     }
                 },
@@ -270,13 +279,13 @@ pub fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::service_proxy::rules::{render, Family};
+    use crate::agent::service_proxy::rules::render;
 
     fn pod(ns: &str, name: &str, ip: &str, labels: &[(&str, &str)], node: &str) -> PodInfo {
         PodInfo {
             namespace: ns.into(),
             name: name.into(),
-            ip: ip.parse().unwrap(),
+            ips: ip.split(',').map(|i| i.parse().unwrap()).collect(),
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -314,7 +323,8 @@ mod tests {
             }
         }))
         .unwrap();
-        let text = render(&compile(&[&policy], &pods, &namespaces, "n1"), Family::V4);
+        let chains = compile(&[&policy], &pods, &namespaces, "n1", Family::V4);
+        let text = render(&chains, Family::V4);
         assert!(
             text.contains("ip daddr 10.42.0.5 jump \"ingress/app/web\""),
             "{text}"
@@ -341,9 +351,59 @@ mod tests {
             "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
         }))
         .unwrap();
-        let chains = compile(&[&policy], &pods, &BTreeMap::new(), "n1");
+        let chains = compile(&[&policy], &pods, &BTreeMap::new(), "n1", Family::V4);
         let ingress = chains.iter().find(|c| c.name == "ingress/app/web").unwrap();
         assert_eq!(ingress.rules, vec![Rule(vec![Stmt::Drop])]);
         assert!(chains.iter().any(|c| c.name == "egress/app/web"));
+    }
+
+    #[test]
+    fn each_family_polices_its_own_addresses() {
+        let pods = vec![
+            pod(
+                "app",
+                "web",
+                "10.42.0.5,fd00:42::5",
+                &[("app", "web")],
+                "n1",
+            ),
+            pod(
+                "app",
+                "client",
+                "10.42.1.6,fd00:42:0:1::6",
+                &[("app", "client")],
+                "n2",
+            ),
+        ];
+        let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "app"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [
+                    {"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]},
+                    {"from": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}
+                ]
+            }
+        }))
+        .unwrap();
+        let ns = BTreeMap::new();
+        let v6 = render(
+            &compile(&[&policy], &pods, &ns, "n1", Family::V6),
+            Family::V6,
+        );
+        assert!(
+            v6.contains("ip6 daddr fd00:42::5 jump \"ingress/app/web\""),
+            "{v6}"
+        );
+        assert!(v6.contains("ip6 saddr fd00:42:0:1::6 return"), "{v6}");
+        // An IPv4 block allows nothing over IPv6.
+        assert!(!v6.contains("192.0.2.0"), "{v6}");
+        assert!(!v6.contains("10.42."), "{v6}");
+        let v4 = render(
+            &compile(&[&policy], &pods, &ns, "n1", Family::V4),
+            Family::V4,
+        );
+        assert!(v4.contains("ip saddr 192.0.2.0/24 return"), "{v4}");
+        assert!(!v4.contains("fd00"), "{v4}");
     }
 }

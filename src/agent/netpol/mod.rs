@@ -1,7 +1,8 @@
 //! NetworkPolicy enforcement on this node (k3s embeds kube-router for it): Pods, Namespaces
 //! and NetworkPolicies watched through the API, the rules for this node's pods compiled
-//! (`compile`) into the `ip krab-policy` table and swapped in whole, in one netlink batch,
-//! whenever they change. Switched off with `--disable-network-policy`.
+//! (`compile`) into the `ip krab-policy` table (and `ip6 krab-policy` once a local pod has
+//! an IPv6 address) and swapped in whole, in one netlink batch per table, whenever they
+//! change. Switched off with `--disable-network-policy`.
 pub mod compile;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use self::compile::PodInfo;
 use crate::agent::mirror::{object_key, Mirror};
 use crate::agent::service_proxy::nft::{self, Tx};
-use crate::agent::service_proxy::rules::ChainDef;
+use crate::agent::service_proxy::rules::{ChainDef, Family};
 
 pub const TABLE: &str = "krab-policy";
 
@@ -29,7 +30,15 @@ enum Input {
 
 fn pod_info(p: &Pod) -> Option<PodInfo> {
     let status = p.status.as_ref()?;
-    let ip = status.pod_ip.as_ref()?.parse().ok()?;
+    let mut ips: Vec<std::net::IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|i| i.ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        ips.push(status.pod_ip.as_ref()?.parse().ok()?);
+    }
     let spec = p.spec.as_ref()?;
     if spec.host_network == Some(true) {
         return None;
@@ -37,7 +46,7 @@ fn pod_info(p: &Pod) -> Option<PodInfo> {
     Some(PodInfo {
         namespace: p.metadata.namespace.clone().unwrap_or_default(),
         name: p.metadata.name.clone().unwrap_or_default(),
-        ip,
+        ips,
         labels: p.metadata.labels.clone().unwrap_or_default(),
         node: spec.node_name.clone().unwrap_or_default(),
         ports: spec
@@ -55,9 +64,9 @@ fn pod_info(p: &Pod) -> Option<PodInfo> {
     })
 }
 
-/// Replaces the whole table with `chains` in one transaction.
-fn apply(chains: &[ChainDef]) -> Result<(), nft::Error> {
-    let mut tx = Tx::for_table(TABLE)?;
+/// Replaces the whole table of `family` with `chains` in one transaction.
+fn apply(family: Family, chains: &[ChainDef]) -> Result<(), nft::Error> {
+    let mut tx = Tx::for_table(TABLE, family)?;
     tx.add_table();
     tx.delete_table();
     tx.add_table();
@@ -70,12 +79,18 @@ fn apply(chains: &[ChainDef]) -> Result<(), nft::Error> {
     nft::send(&tx.finalize())
 }
 
-/// Removes the table (`krab agent --cleanup`).
-pub fn cleanup() -> Result<(), nft::Error> {
-    let mut tx = Tx::for_table(TABLE)?;
+/// Removes the table of `family` (gone already is fine).
+fn remove(family: Family) -> Result<(), nft::Error> {
+    let mut tx = Tx::for_table(TABLE, family)?;
     tx.add_table();
     tx.delete_table();
     nft::send(&tx.finalize())
+}
+
+/// Removes both tables (`krab agent --cleanup`).
+pub fn cleanup() -> Result<(), nft::Error> {
+    remove(Family::V4)?;
+    remove(Family::V6)
 }
 
 /// Enforces the cluster's NetworkPolicies on this node's pods until shutdown.
@@ -112,18 +127,19 @@ pub async fn run(
     let mut pod_mirror: Mirror<Pod> = Mirror::new();
     let mut ns_mirror: Mirror<Namespace> = Mirror::new();
     let mut policy_mirror: Mirror<NetworkPolicy> = Mirror::new();
-    let mut applied: Option<Vec<ChainDef>> = None;
+    // What each family's table holds as far as we know (absent: to be programmed).
+    let mut applied: BTreeMap<Family, Vec<ChainDef>> = BTreeMap::new();
     let mut check = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = check.tick() => {
-                // Re-applied if someone removed the table.
-                if applied.is_some() {
-                    let gone = tokio::task::spawn_blocking(table_missing).await.unwrap_or(false);
+                // Re-applied if someone removed a table.
+                for family in applied.keys().copied().collect::<Vec<_>>() {
+                    let gone = tokio::task::spawn_blocking(move || table_missing(family)).await.unwrap_or(false);
                     if gone {
-                        tracing::warn!("the krab-policy table was removed; programming it again");
-                        applied = None;
+                        tracing::warn!(table = %format!("{} {TABLE}", family.keyword()), "the network policy table was removed; programming it again");
+                        applied.remove(&family);
                     }
                 }
             }
@@ -160,25 +176,38 @@ pub async fn run(
         policies.sort_by_key(|p| object_key(&p.metadata));
         let mut infos = infos;
         infos.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        let chains = compile::compile(&policies, &infos, &labels, &node);
-        if applied.as_ref() == Some(&chains) {
-            continue;
-        }
-        let to_apply = chains.clone();
-        match tokio::task::spawn_blocking(move || apply(&to_apply)).await? {
-            Ok(()) => {
-                tracing::debug!(chains = chains.len(), "network policy rules applied");
-                applied = Some(chains);
+        // IPv6 is policed once a pod of this node has an IPv6 address.
+        let ipv6 = infos
+            .iter()
+            .any(|p| p.node == node && p.ips.iter().any(|ip| ip.is_ipv6()));
+        for family in [Family::V4, Family::V6] {
+            if family == Family::V6 && !ipv6 {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "programming network policy rules failed");
-                applied = None;
+            let chains = compile::compile(&policies, &infos, &labels, &node, family);
+            if applied.get(&family) == Some(&chains) {
+                continue;
+            }
+            let to_apply = chains.clone();
+            match tokio::task::spawn_blocking(move || apply(family, &to_apply)).await? {
+                Ok(()) => {
+                    tracing::debug!(
+                        family = family.keyword(),
+                        chains = chains.len(),
+                        "network policy rules applied"
+                    );
+                    applied.insert(family, chains);
+                }
+                Err(e) => {
+                    tracing::warn!(family = family.keyword(), error = %e, "programming network policy rules failed");
+                    applied.remove(&family);
+                }
             }
         }
     }
 }
 
-fn table_missing() -> bool {
+fn table_missing(family: Family) -> bool {
     // The base chain of the table; a missing table reads as no rules at all.
-    matches!(nft::count_rules_in(TABLE, "forward"), Ok(None))
+    matches!(nft::count_rules_in(TABLE, family, "forward"), Ok(None))
 }

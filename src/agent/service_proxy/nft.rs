@@ -546,12 +546,12 @@ impl Tx {
         }
     }
 
-    /// A transaction on another table of krab's (`ip <name>`).
-    pub fn for_table(name: &str) -> Result<Tx, Error> {
+    /// A transaction on another table of krab's (`ip <name>` or `ip6 <name>`).
+    pub fn for_table(name: &str, family: Family) -> Result<Tx, Error> {
         Ok(Tx {
-            family: Family::V4,
+            family,
             batch: Batch::new(),
-            table: nftnl::Table::new(cstr(name)?, ProtoFamily::Ipv4),
+            table: nftnl::Table::new(cstr(name)?, proto_family(family)),
             messages: 0,
             set_ids: 2,
         })
@@ -853,15 +853,12 @@ fn set_int_option(socket: &mnl::Socket, option: libc::c_int, value: usize) -> Re
 
 /// How many rules a chain of the table holds; None when the table or chain is missing.
 pub fn count_rules(family: Family, chain: &str) -> Result<Option<usize>, Error> {
-    count_rules_of(family, TABLE, chain)
+    count_rules_in(TABLE, family, chain)
 }
 
-/// How many rules a chain of `ip <table>` holds; None when the table or chain is missing.
-pub fn count_rules_in(table: &str, chain: &str) -> Result<Option<usize>, Error> {
-    count_rules_of(Family::V4, table, chain)
-}
-
-fn count_rules_of(family: Family, table: &str, chain: &str) -> Result<Option<usize>, Error> {
+/// How many rules a chain of one of krab's tables holds; None when the table or chain is
+/// missing.
+pub fn count_rules_in(table: &str, family: Family, chain: &str) -> Result<Option<usize>, Error> {
     let chain = cstr(chain)?;
     let table = cstr(table)?;
     let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(Error::Socket)?;
