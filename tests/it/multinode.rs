@@ -2,7 +2,8 @@
 //! (veth pairs on a bridge in the server's namespace), each agent with its own containerd.
 //! A pod on node A fetches, by DNS name, a Service whose only endpoint is on node B (the
 //! VXLAN overlay between them); node ports and a LoadBalancer answer on the node addresses;
-//! deleting the endpoint makes the cluster IP refuse at once.
+//! deleting the endpoint makes the cluster IP refuse at once. The VXLAN cluster is
+//! dual-stack: pods also reach each other over IPv6 through the same tunnel.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -128,6 +129,7 @@ struct Cluster {
     procs: Vec<Proc>,
     m: Machines,
     kubeconfig: PathBuf,
+    dual_stack: bool,
 }
 
 impl Cluster {
@@ -186,7 +188,16 @@ impl Cluster {
     }
 }
 
-fn start(dir: &Path, backend: &str) -> Cluster {
+/// The ranges of a dual-stack cluster (IPv4 first), for the server and every agent.
+const DUAL_STACK: [&str; 4] = [
+    "--cluster-cidr",
+    "10.42.0.0/16,fd00:42::/56",
+    "--service-cidr",
+    "10.43.0.0/16,fd00:43::/112",
+];
+
+fn start(dir: &Path, backend: &str, dual_stack: bool) -> Cluster {
+    let ranges: &[&str] = if dual_stack { &DUAL_STACK } else { &[] };
     let m = Machines::new();
     let krab = env!("CARGO_BIN_EXE_krab");
     let server_data = dir.join("server");
@@ -195,6 +206,7 @@ fn start(dir: &Path, backend: &str) -> Cluster {
     server
         .args(["server", "--config", "/dev/null", "--disable-agent"])
         .args(["--node-name", "server", "--advertise-address", "10.99.0.1"])
+        .args(ranges)
         .arg("--data-dir")
         .arg(&server_data)
         .arg("--write-kubeconfig")
@@ -225,6 +237,7 @@ fn start(dir: &Path, backend: &str) -> Cluster {
             .args(flags)
             .args(["--server", "https://10.99.0.1:6443", "--token", &token])
             .args(["--pod-network-backend", backend])
+            .args(ranges)
             .arg("--data-dir")
             .arg(&data);
         procs.push(Proc::spawn(agent, &dir.join(format!("node-{which}.log"))));
@@ -233,6 +246,7 @@ fn start(dir: &Path, backend: &str) -> Cluster {
         procs,
         m,
         kubeconfig,
+        dual_stack,
     }
 }
 
@@ -240,7 +254,7 @@ fn start(dir: &Path, backend: &str) -> Cluster {
 fn a_pod_reaches_a_service_on_another_node_by_name() {
     let _net = PodNetwork::acquire();
     let dir = tempfile::tempdir().unwrap();
-    let c = start(dir.path(), "vxlan");
+    let c = start(dir.path(), "vxlan", true);
     wait_ready_nodes(&c);
     run_scenario(&c, dir.path());
 }
@@ -250,7 +264,7 @@ fn a_pod_reaches_a_service_on_another_node_by_name() {
 fn pods_reach_each_other_across_nodes_with_host_gw_routes() {
     let _net = PodNetwork::acquire();
     let dir = tempfile::tempdir().unwrap();
-    let c = start(dir.path(), "host-gw");
+    let c = start(dir.path(), "host-gw", false);
     wait_ready_nodes(&c);
     run_scenario(&c, dir.path());
 }
@@ -409,6 +423,14 @@ spec:
     let web_ip = c.kube_ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"]);
     let (ok, out) = c.http_get(&web_ip, 8080);
     assert!(ok, "{out}");
+    // On a dual-stack cluster, pod to pod across nodes over IPv6 too (the same tunnel).
+    let web_ips = c.kube_ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIPs[*].ip}"]);
+    let v6 = web_ips.split_whitespace().find(|ip| ip.contains(':'));
+    assert_eq!(v6.is_some(), c.dual_stack, "{web_ips}");
+    if let Some(v6) = v6 {
+        let (ok, out) = c.http_get(v6, 8080);
+        assert!(ok, "over IPv6 to {v6}: {out}");
+    }
     // Beyond the cluster: the server's machine has no route back to pods, so this works
     // only because the pod's traffic leaves node A with the node's address.
     let (ok, out) = c.exec_client(&[
