@@ -14,6 +14,7 @@ mod kubectl;
 mod multinode;
 mod pods;
 mod pods_support;
+mod proxy_updates;
 mod rbac;
 mod services;
 mod support;
