@@ -2,6 +2,7 @@
 //! (the `kube` runtime: watcher, controller, work queue with rate-limited retries) with its
 //! own client, and writes back only through the API, so validation and admission apply to it
 //! as to any client. They run while this server holds the controller lease.
+mod daemonset;
 mod deployment;
 mod endpoints;
 mod garbage_collector;
@@ -60,6 +61,7 @@ pub struct Selection {
 pub const NAMES: &[&str] = &[
     "deployment",
     "replicaset",
+    "daemonset",
     "garbagecollector",
     "namespace",
     "serviceaccount",
@@ -88,6 +90,9 @@ pub async fn run(
     let mut loops = tokio::task::JoinSet::new();
     if enabled("replicaset") {
         loops.spawn(replicaset::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("daemonset") {
+        loops.spawn(daemonset::run(ctx.clone(), stop.clone()));
     }
     if enabled("deployment") {
         loops.spawn(deployment::run(ctx.clone(), stop.clone()));

@@ -19,3 +19,4 @@ mod rbac;
 mod services;
 mod support;
 mod tokens;
+mod workloads;

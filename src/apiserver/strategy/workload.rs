@@ -207,13 +207,27 @@ fn non_negative(spec: &Value, field: &str, at: &str, errs: &mut FieldErrors) {
 
 /// Selector and template checks for apps/v1 and batch/v1 kinds.
 pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>, errs: &mut FieldErrors) {
+    if r.plural == "controllerrevisions" {
+        // No spec: the revision number and its data (kube requires only the revision to
+        // be non-negative and the data to be immutable).
+        if obj.get("revision").and_then(Value::as_i64).unwrap_or(0) < 0 {
+            errs.invalid(
+                "revision",
+                obj.get("revision").unwrap_or(&Value::Null),
+                "must be greater than or equal to 0",
+            );
+        }
+        if let Some(old) = old {
+            if old.get("data") != obj.get("data") {
+                errs.invalid("data", &json!("<data>"), "field is immutable");
+            }
+        }
+        return;
+    }
     let Some(spec) = obj.get("spec") else {
         errs.required("spec", "");
         return;
     };
-    if r.plural == "controllerrevisions" {
-        return;
-    }
     if r.plural == "cronjobs" {
         if spec
             .get("schedule")

@@ -1,0 +1,202 @@
+//! The workload controllers beyond Deployments, in `krab server --disable-agent`: nodes are
+//! registered and pods marked running, ready or finished by the test itself, as kubelets
+//! would report them through the same API. DaemonSets: a pod per eligible node, pinned there,
+//! following nodes and taints, rolling updates within maxUnavailable, `kubectl rollout
+//! status/history/undo`.
+use std::time::Duration;
+
+use crate::support::{wait_for, write, Server};
+
+fn node_yaml(name: &str, labels: &str) -> String {
+    format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}{labels}}}\n")
+}
+
+const NODE_STATUS: &str = r#"{"status":{"allocatable":{"cpu":"2","memory":"4Gi","pods":"110"},"capacity":{"cpu":"2","memory":"4Gi","pods":"110"},"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"ready"}]}}"#;
+
+pub fn register_node(s: &Server, dir: &std::path::Path, name: &str, labels: &str) {
+    let f = write(dir, &format!("{name}.yaml"), &node_yaml(name, labels));
+    s.kube_ok(&["create", "-f", &f]);
+    s.kube_ok(&[
+        "patch",
+        "node",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        NODE_STATUS,
+    ]);
+}
+
+/// What a kubelet would report for a running pod, ready or not.
+pub fn report_running(s: &Server, pod: &str, ready: bool) {
+    let r = if ready { "True" } else { "False" };
+    let status = format!(
+        r#"{{"status":{{"phase":"Running","conditions":[{{"type":"Ready","status":"{r}"}},{{"type":"ContainersReady","status":"{r}"}}]}}}}"#
+    );
+    s.kube_ok(&[
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status,
+    ]);
+}
+
+/// `name → (node, image)` of the pods matching a label selector, not being deleted.
+fn pods_of(s: &Server, selector: &str) -> Vec<(String, String, String)> {
+    let out = s.kube_ok(&["get", "pods", "-l", selector, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+const DAEMONSET: &str = "apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: agent
+spec:
+  selector:
+    matchLabels: {app: agent}
+  template:
+    metadata:
+      labels: {app: agent}
+    spec:
+      nodeSelector: {edge: 'true'}
+      containers:
+      - name: agent
+        image: agent:1
+";
+
+#[test]
+fn daemonsets_run_a_pod_per_eligible_node_and_roll_updates_within_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    for n in ["n1", "n2"] {
+        register_node(&s, dir.path(), n, ", edge: 'true'");
+    }
+    register_node(&s, dir.path(), "n3", "");
+    let f = write(dir.path(), "ds.yaml", DAEMONSET);
+    s.kube_ok(&["apply", "-f", &f]);
+    // One pod on each labelled node, bound there by the scheduler; none on n3.
+    let pods = wait_for("a daemon pod on n1 and n2", Duration::from_secs(30), || {
+        let mut p = pods_of(&s, "app=agent");
+        p.sort_by(|a, b| a.1.cmp(&b.1));
+        let nodes: Vec<&str> = p.iter().map(|x| x.1.as_str()).collect();
+        (nodes == ["n1", "n2"]).then_some(p)
+    });
+    let pinned = s.kube_ok(&[
+        "get",
+        "pod",
+        &pods[0].0,
+        "-o",
+        "jsonpath={.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].values[0]}",
+    ]);
+    assert_eq!(pinned, "n1");
+    for (p, _, _) in &pods {
+        report_running(&s, p, true);
+    }
+    let out = s.kube_ok(&["rollout", "status", "ds/agent", "--timeout=30s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let counts = s.kube_ok(&[
+        "get",
+        "ds",
+        "agent",
+        "-o",
+        "jsonpath={.status.desiredNumberScheduled} {.status.currentNumberScheduled} {.status.numberReady} {.status.updatedNumberScheduled}",
+    ]);
+    assert_eq!(counts, "2 2 2 2");
+
+    // A new template: old pods give way one at a time (maxUnavailable 1).
+    s.kube_ok(&["set", "image", "ds/agent", "agent=agent:2"]);
+    let first = wait_for("one pod replaced", Duration::from_secs(30), || {
+        let p = pods_of(&s, "app=agent");
+        let new: Vec<_> = p.iter().filter(|x| x.2 == "agent:2").cloned().collect();
+        (new.len() == 1).then_some((p, new))
+    });
+    // The other old pod stays while the new one is not ready.
+    std::thread::sleep(Duration::from_secs(2));
+    let p = pods_of(&s, "app=agent");
+    assert_eq!(
+        p.iter().filter(|x| x.2 == "agent:1").count(),
+        1,
+        "{p:?} {first:?}"
+    );
+    let new_pod = wait_for("the new pod bound", Duration::from_secs(30), || {
+        pods_of(&s, "app=agent")
+            .into_iter()
+            .find(|x| x.2 == "agent:2" && !x.1.is_empty())
+    });
+    report_running(&s, &new_pod.0, true);
+    let second = wait_for(
+        "the second replaced and bound",
+        Duration::from_secs(30),
+        || {
+            pods_of(&s, "app=agent")
+                .into_iter()
+                .find(|x| x.2 == "agent:2" && !x.1.is_empty() && x.0 != new_pod.0)
+        },
+    );
+    report_running(&s, &second.0, true);
+    s.kube_ok(&["rollout", "status", "ds/agent", "--timeout=30s"]);
+    let history = s.kube_ok(&["rollout", "history", "ds/agent"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    s.kube_ok(&["rollout", "undo", "ds/agent"]);
+    let image = wait_for("the template back", Duration::from_secs(30), || {
+        let i = s.kube_ok(&[
+            "get",
+            "ds",
+            "agent",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ]);
+        (i == "agent:1").then_some(i)
+    });
+    assert_eq!(image, "agent:1");
+
+    // A node tainted NoSchedule loses its daemon pod; a new eligible node gains one.
+    s.kube_ok(&["taint", "node", "n2", "dedicated=db:NoSchedule"]);
+    s.kube_ok(&["label", "node", "n3", "edge=true"]);
+    wait_for("pods on n1 and n3 only", Duration::from_secs(30), || {
+        let mut nodes: Vec<String> = pods_of(&s, "app=agent").into_iter().map(|x| x.1).collect();
+        nodes.sort();
+        nodes.dedup();
+        (nodes == ["n1", "n3"]).then_some(())
+    });
+    // A finished daemon pod is replaced.
+    let on_n1 = pods_of(&s, "app=agent")
+        .into_iter()
+        .find(|x| x.1 == "n1")
+        .unwrap();
+    s.kube_ok(&[
+        "patch",
+        "pod",
+        &on_n1.0,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Failed"}}"#,
+    ]);
+    wait_for("a new pod on n1", Duration::from_secs(30), || {
+        pods_of(&s, "app=agent")
+            .into_iter()
+            .any(|x| x.1 == "n1" && x.0 != on_n1.0)
+            .then_some(())
+    });
+}
