@@ -6,6 +6,7 @@ mod daemonset;
 mod deployment;
 mod endpoints;
 mod garbage_collector;
+mod job;
 mod namespace;
 mod node_ipam;
 mod pod_gc;
@@ -14,6 +15,7 @@ mod serviceaccount;
 mod servicelb;
 pub mod template_hash;
 mod tokens;
+mod ttl_after_finished;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +64,8 @@ pub const NAMES: &[&str] = &[
     "deployment",
     "replicaset",
     "daemonset",
+    "job",
+    "ttl-after-finished",
     "garbagecollector",
     "namespace",
     "serviceaccount",
@@ -93,6 +97,12 @@ pub async fn run(
     }
     if enabled("daemonset") {
         loops.spawn(daemonset::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("job") {
+        loops.spawn(job::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("ttl-after-finished") {
+        loops.spawn(ttl_after_finished::run(ctx.clone(), stop.clone()));
     }
     if enabled("deployment") {
         loops.spawn(deployment::run(ctx.clone(), stop.clone()));

@@ -200,3 +200,236 @@ fn daemonsets_run_a_pod_per_eligible_node_and_roll_updates_within_budget() {
             .then_some(())
     });
 }
+
+/// What a kubelet would report for a pod whose container exited with `code`.
+fn report_exit(s: &Server, pod: &str, code: i32) {
+    let phase = if code == 0 { "Succeeded" } else { "Failed" };
+    let status = format!(
+        r#"{{"status":{{"phase":"{phase}","containerStatuses":[{{"name":"work","image":"work:1","imageID":"","ready":false,"restartCount":0,"state":{{"terminated":{{"exitCode":{code},"finishedAt":"2026-01-01T00:00:00Z"}}}}}}]}}}}"#
+    );
+    s.kube_ok(&[
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status,
+    ]);
+}
+
+fn job_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n{spec}\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: work\n        image: work:1\n"
+    )
+}
+
+/// The Job's pods that are still running (phase not terminal), by name.
+fn running_pods(s: &Server, job: &str) -> Vec<String> {
+    let out = s.kube_ok(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("batch.kubernetes.io/job-name={job}"),
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| {
+            p["metadata"]["deletionTimestamp"].is_null()
+                && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+        .map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn job_field(s: &Server, job: &str, path: &str) -> String {
+    s.kube_ok(&["get", "job", job, "-o", &format!("jsonpath={path}")])
+}
+
+fn condition(s: &Server, job: &str, type_: &str) -> String {
+    job_field(
+        s,
+        job,
+        &format!("{{.status.conditions[?(@.type==\"{type_}\")].status}}/{{.status.conditions[?(@.type==\"{type_}\")].reason}}"),
+    )
+}
+
+#[test]
+fn jobs_run_to_completion_fail_by_their_limits_and_go_after_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    register_node(&s, dir.path(), "n1", "");
+
+    // completions 3, parallelism 2: two at a time until three succeeded.
+    let f = write(
+        dir.path(),
+        "j1.yaml",
+        &job_yaml(
+            "three",
+            "  completions: 3\n  parallelism: 2\n  ttlSecondsAfterFinished: 2",
+        ),
+    );
+    s.kube_ok(&["apply", "-f", &f]);
+    let mut done = 0;
+    while done < 3 {
+        let pods = wait_for("running pods", Duration::from_secs(30), || {
+            let p = running_pods(&s, "three");
+            (!p.is_empty() && p.len() <= 2).then_some(p)
+        });
+        let fin = s.kube_ok(&[
+            "get",
+            "pod",
+            &pods[0],
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ]);
+        assert!(fin.contains("batch.kubernetes.io/job-tracking"), "{fin}");
+        report_exit(&s, &pods[0], 0);
+        done += 1;
+        wait_for("the success counted", Duration::from_secs(30), || {
+            (job_field(&s, "three", "{.status.succeeded}") == done.to_string()).then_some(())
+        });
+    }
+    let out = s.kube_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/three",
+        "--timeout=30s",
+    ]);
+    assert!(out.contains("condition met"), "{out}");
+    assert_eq!(
+        condition(&s, "three", "SuccessCriteriaMet"),
+        "True/CompletionsReached"
+    );
+    // Counted pods are released (no finalizer) and the Job goes after its TTL.
+    wait_for(
+        "the job deleted after its TTL",
+        Duration::from_secs(30),
+        || {
+            let out = s.kubectl(&["get", "job", "three"]);
+            (!out.status.success()).then_some(())
+        },
+    );
+
+    // backoffLimit 0: the first failure fails the Job.
+    let f = write(
+        dir.path(),
+        "j2.yaml",
+        &job_yaml("fragile", "  backoffLimit: 0"),
+    );
+    s.kube_ok(&["apply", "-f", &f]);
+    let pod = wait_for("a pod", Duration::from_secs(30), || {
+        running_pods(&s, "fragile").pop()
+    });
+    report_exit(&s, &pod, 1);
+    wait_for("the job failed", Duration::from_secs(30), || {
+        (condition(&s, "fragile", "Failed") == "True/BackoffLimitExceeded").then_some(())
+    });
+    assert_eq!(job_field(&s, "fragile", "{.status.failed}"), "1");
+
+    // A podFailurePolicy rule fails the Job at once on exit code 42.
+    let f = write(
+        dir.path(),
+        "j3.yaml",
+        &job_yaml(
+            "policy",
+            "  backoffLimit: 6\n  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {containerName: work, operator: In, values: [42]}",
+        ),
+    );
+    s.kube_ok(&["apply", "-f", &f]);
+    let pod = wait_for("a pod", Duration::from_secs(30), || {
+        running_pods(&s, "policy").pop()
+    });
+    report_exit(&s, &pod, 42);
+    wait_for("the job failed by policy", Duration::from_secs(30), || {
+        (condition(&s, "policy", "Failed") == "True/PodFailurePolicy").then_some(())
+    });
+
+    // Indexed: one pod per index, each knowing it; completedIndexes as runs.
+    let f = write(
+        dir.path(),
+        "j4.yaml",
+        &job_yaml(
+            "indexed",
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed",
+        ),
+    );
+    s.kube_ok(&["apply", "-f", &f]);
+    let pods = wait_for("three indexed pods", Duration::from_secs(30), || {
+        let p = running_pods(&s, "indexed");
+        (p.len() == 3).then_some(p)
+    });
+    let mut by_index = std::collections::BTreeMap::new();
+    for p in &pods {
+        let idx = s.kube_ok(&[
+            "get",
+            "pod",
+            p,
+            "-o",
+            "jsonpath={.metadata.annotations.batch\\.kubernetes\\.io/job-completion-index}",
+        ]);
+        let host = s.kube_ok(&["get", "pod", p, "-o", "jsonpath={.spec.hostname}"]);
+        assert_eq!(host, format!("indexed-{idx}"));
+        by_index.insert(idx, p.clone());
+    }
+    assert_eq!(
+        by_index.keys().cloned().collect::<Vec<_>>(),
+        ["0", "1", "2"]
+    );
+    for i in ["0", "2"] {
+        report_exit(&s, &by_index[i], 0);
+    }
+    wait_for("indexes 0 and 2 completed", Duration::from_secs(30), || {
+        (job_field(&s, "indexed", "{.status.completedIndexes}") == "0,2").then_some(())
+    });
+    report_exit(&s, &by_index["1"], 0);
+    wait_for("all indexes completed", Duration::from_secs(30), || {
+        (job_field(&s, "indexed", "{.status.completedIndexes}") == "0-2").then_some(())
+    });
+    s.kube_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/indexed",
+        "--timeout=30s",
+    ]);
+
+    // Suspended: no pods until resumed.
+    let f = write(dir.path(), "j5.yaml", &job_yaml("later", "  suspend: true"));
+    s.kube_ok(&["apply", "-f", &f]);
+    wait_for("suspended", Duration::from_secs(30), || {
+        (condition(&s, "later", "Suspended") == "True/JobSuspended").then_some(())
+    });
+    assert!(running_pods(&s, "later").is_empty());
+    s.kube_ok(&[
+        "patch",
+        "job",
+        "later",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    wait_for("a pod once resumed", Duration::from_secs(30), || {
+        running_pods(&s, "later").pop()
+    });
+    assert_eq!(condition(&s, "later", "Suspended"), "False/JobResumed");
+
+    // activeDeadlineSeconds: running too long fails the Job and stops its pods.
+    let f = write(
+        dir.path(),
+        "j6.yaml",
+        &job_yaml("slow", "  activeDeadlineSeconds: 2"),
+    );
+    s.kube_ok(&["apply", "-f", &f]);
+    wait_for("the deadline", Duration::from_secs(30), || {
+        (condition(&s, "slow", "Failed") == "True/DeadlineExceeded").then_some(())
+    });
+    wait_for("its pods stopped", Duration::from_secs(30), || {
+        running_pods(&s, "slow").is_empty().then_some(())
+    });
+}
