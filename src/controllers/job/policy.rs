@@ -71,7 +71,12 @@ pub fn evaluate(policy: Option<&PodFailurePolicy>, pod: &Pod) -> FailureAction {
             if matched.is_some() {
                 break;
             }
-            let want = c.status.as_str();
+            // The API defaults the status to True.
+            let want = if c.status.is_empty() {
+                "True"
+            } else {
+                c.status.as_str()
+            };
             let has = pod
                 .status
                 .as_ref()
