@@ -2,6 +2,7 @@
 //! (the `kube` runtime: watcher, controller, work queue with rate-limited retries) with its
 //! own client, and writes back only through the API, so validation and admission apply to it
 //! as to any client. They run while this server holds the controller lease.
+mod cronjob;
 mod daemonset;
 mod deployment;
 mod endpoints;
@@ -65,6 +66,7 @@ pub const NAMES: &[&str] = &[
     "replicaset",
     "daemonset",
     "job",
+    "cronjob",
     "ttl-after-finished",
     "garbagecollector",
     "namespace",
@@ -100,6 +102,9 @@ pub async fn run(
     }
     if enabled("job") {
         loops.spawn(job::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("cronjob") {
+        loops.spawn(cronjob::run(ctx.clone(), stop.clone()));
     }
     if enabled("ttl-after-finished") {
         loops.spawn(ttl_after_finished::run(ctx.clone(), stop.clone()));

@@ -1,4 +1,6 @@
 //! Shared knowledge about Kubernetes objects that both the control plane and the agent need,
-//! with no I/O: quantities and where pods may be placed.
+//! with no I/O (but the time zone database): quantities, where pods may be placed, cron
+//! schedules.
+pub mod cron_schedule;
 pub mod placement;
 pub mod quantity;

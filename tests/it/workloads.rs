@@ -433,3 +433,98 @@ fn jobs_run_to_completion_fail_by_their_limits_and_go_after_their_ttl() {
         running_pods(&s, "slow").is_empty().then_some(())
     });
 }
+
+#[test]
+fn cronjobs_start_jobs_on_schedule_and_keep_their_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    register_node(&s, dir.path(), "n1", "");
+    // The schedule and the zone are validated as kube-apiserver does.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: bad}\nspec:\n  schedule: '61 * * * *'\n  timeZone: Mars/Olympus\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{name: work, image: work:1}]\n",
+    );
+    let err = s.kube_err(&["create", "-f", &bad]);
+    assert!(
+        err.contains("spec.schedule: Invalid value: \"61 * * * *\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.timeZone: Invalid value: \"Mars/Olympus\""),
+        "{err}"
+    );
+
+    let f = write(
+        dir.path(),
+        "cj.yaml",
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: '* * * * *'\n  timeZone: Europe/Berlin\n  successfulJobsHistoryLimit: 0\n  jobTemplate:\n    metadata:\n      labels: {from: tick}\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{name: work, image: work:1}]\n",
+    );
+    s.kube_ok(&["apply", "-f", &f]);
+    // The next minute starts a Job named for its minute, listed as active.
+    let job = wait_for("the first scheduled job", Duration::from_secs(75), || {
+        let out = s.kube_ok(&[
+            "get",
+            "jobs",
+            "-l",
+            "from=tick",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        (!out.is_empty()).then_some(out)
+    });
+    let minutes: i64 = job.strip_prefix("tick-").unwrap().parse().unwrap();
+    let scheduled = s.kube_ok(&[
+        "get",
+        "job",
+        &job,
+        "-o",
+        "jsonpath={.metadata.annotations.batch\\.kubernetes\\.io/cronjob-scheduled-timestamp}",
+    ]);
+    assert!(scheduled.ends_with(":00+01:00"), "{scheduled}");
+    let owner = s.kube_ok(&[
+        "get",
+        "job",
+        &job,
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}",
+    ]);
+    assert_eq!(owner, "CronJob");
+    wait_for("the job listed as active", Duration::from_secs(30), || {
+        let out = s.kube_ok(&[
+            "get",
+            "cronjob",
+            "tick",
+            "-o",
+            "jsonpath={.status.active[*].name}",
+        ]);
+        (out == job).then_some(())
+    });
+    let last = s.kube_ok(&[
+        "get",
+        "cronjob",
+        "tick",
+        "-o",
+        "jsonpath={.status.lastScheduleTime}",
+    ]);
+    let last: k8s_openapi::jiff::Timestamp = last.parse().unwrap();
+    assert_eq!(last.as_second() / 60, minutes);
+    // Its pod succeeds: the Job completes, is the last success, and (history limit 0) goes.
+    let pod = wait_for("the job's pod", Duration::from_secs(30), || {
+        running_pods(&s, &job).pop()
+    });
+    report_exit(&s, &pod, 0);
+    wait_for("the last success recorded", Duration::from_secs(30), || {
+        let out = s.kube_ok(&[
+            "get",
+            "cronjob",
+            "tick",
+            "-o",
+            "jsonpath={.status.lastSuccessfulTime}",
+        ]);
+        (!out.is_empty()).then_some(())
+    });
+    wait_for("the finished job deleted", Duration::from_secs(30), || {
+        (!s.kubectl(&["get", "job", &job]).status.success()).then_some(())
+    });
+}

@@ -229,12 +229,18 @@ pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>, errs: &mut Field
         return;
     };
     if r.plural == "cronjobs" {
-        if spec
-            .get("schedule")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            errs.required("spec.schedule", "");
+        match spec.get("schedule").and_then(Value::as_str) {
+            None | Some("") => errs.required("spec.schedule", ""),
+            Some(schedule) => {
+                if let Err(e) = schedule.parse::<crate::resources::cron_schedule::Schedule>() {
+                    errs.invalid("spec.schedule", &json!(schedule), &e.to_string());
+                }
+            }
+        }
+        if let Some(tz) = spec.get("timeZone").and_then(Value::as_str) {
+            if let Err(e) = crate::resources::cron_schedule::time_zone(Some(tz)) {
+                errs.invalid("spec.timeZone", &json!(tz), &e.to_string());
+            }
         }
         if let Some(t) = spec.pointer("/jobTemplate/spec/template/spec") {
             pod::validate_spec(t, "spec.jobTemplate.spec.template.spec", errs);
