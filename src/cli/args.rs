@@ -152,7 +152,7 @@ pub struct ServerArgs {
     /// The cluster DNS service's IP.
     #[arg(long, env = "KRAB_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
-    /// Do not run this controller (repeatable): deployment, replicaset, daemonset, job, cronjob, ttl-after-finished, garbagecollector,
+    /// Do not run this controller (repeatable): deployment, replicaset, daemonset, statefulset, job, cronjob, ttl-after-finished, garbagecollector,
     /// namespace, serviceaccount, serviceaccount-token, nodeipam, endpoints, podgc, servicelb.
     #[arg(
         long = "disable-controller",

@@ -11,13 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -30,8 +29,7 @@ use super::replicaset::{owned_by, selector_query};
 use super::{retry_after, Context, Error};
 use crate::resources::placement::{node_selector_matches, tolerated};
 
-/// The label naming a pod's (and a revision's) template hash.
-pub const REVISION_HASH: &str = "controller-revision-hash";
+use super::history::REVISION_HASH;
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let client = ctx.client.clone();
@@ -271,7 +269,26 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         &template_json,
         ds.status.as_ref().and_then(|s| s.collision_count),
     );
-    let revision = ensure_revision(&ctx, &ds, &ns, &hash, &template_json, &owner).await?;
+    let revision = super::history::ensure_revision(
+        &ctx,
+        &ns,
+        &super::history::Revision {
+            name: format!("{name}-{hash}"),
+            hash: hash.clone(),
+            template: template_json.clone(),
+            labels: spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default(),
+            history_limit: spec.revision_history_limit.unwrap_or(10),
+        },
+        &owner,
+        &[],
+    )
+    .await?
+    .revision;
 
     let nodes = Api::<Node>::all(ctx.client.clone())
         .list(&ListParams::default())
@@ -493,103 +510,6 @@ fn pinned_node(pod: &Pod) -> Option<String> {
         .flat_map(|t| t.match_fields.iter().flatten())
         .find(|f| f.key == "metadata.name" && f.operator == "In")
         .and_then(|f| f.values.as_ref()?.first().cloned())
-}
-
-/// The ControllerRevision of the current template (made when missing, as the newest
-/// revision; an older one reused by `rollout undo` becomes the newest again); history
-/// beyond revisionHistoryLimit goes. Returns the current revision number.
-async fn ensure_revision(
-    ctx: &Context,
-    ds: &DaemonSet,
-    ns: &str,
-    hash: &str,
-    template: &serde_json::Value,
-    owner: &OwnerReference,
-) -> Result<i64, Error> {
-    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), ns);
-    let uid = owner.uid.as_str();
-    let mut mine: Vec<ControllerRevision> = api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|r| {
-            r.metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
-        })
-        .collect();
-    let newest = mine.iter().map(|r| r.revision).max().unwrap_or(0);
-    let name = format!("{}-{hash}", ds.name_any());
-    let revision = match mine
-        .iter()
-        .find(|r| r.metadata.name.as_deref() == Some(name.as_str()))
-    {
-        Some(r) if r.revision == newest => r.revision,
-        Some(_) => {
-            let patch = serde_json::json!({"revision": newest + 1});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            newest + 1
-        }
-        None => {
-            let mut patch_template = template.clone();
-            if let Some(o) = patch_template.as_object_mut() {
-                o.insert("$patch".into(), serde_json::json!("replace"));
-            }
-            let mut labels = ds
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            labels.insert(REVISION_HASH.into(), hash.into());
-            let rev = ControllerRevision {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    labels: Some(labels),
-                    owner_references: Some(vec![owner.clone()]),
-                    ..Default::default()
-                },
-                data: Some(RawExtension(
-                    serde_json::json!({"spec": {"template": patch_template}}),
-                )),
-                revision: newest + 1,
-            };
-            match api.create(&PostParams::default(), &rev).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
-            mine.push(rev);
-            newest + 1
-        }
-    };
-    let limit = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.revision_history_limit)
-        .unwrap_or(10)
-        .max(0) as usize;
-    let mut old: Vec<&ControllerRevision> = mine
-        .iter()
-        .filter(|r| r.metadata.name.as_deref() != Some(name.as_str()))
-        .collect();
-    if old.len() > limit {
-        old.sort_by_key(|r| r.revision);
-        for r in &old[..old.len() - limit] {
-            if let Some(n) = r.metadata.name.as_deref() {
-                match api.delete(n, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-    }
-    Ok(revision)
 }
 
 #[cfg(test)]

@@ -140,6 +140,13 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
                 resolved.push((pname, t, protocol));
             }
         }
+        // A pod whose subdomain is this Service gets a DNS name of its own under it
+        // (`<hostname>.<service>`, as StatefulSet members do).
+        let hostname = pod
+            .spec
+            .as_ref()
+            .filter(|s| s.subdomain.as_deref() == Some(name.as_str()))
+            .and_then(|s| s.hostname.clone());
         let address = EndpointAddress {
             ip: ip.clone(),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -150,7 +157,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
                 uid: pod.uid(),
                 ..Default::default()
             }),
-            hostname: None,
+            hostname: hostname.clone(),
         };
         let entry = subsets.entry(resolved).or_default();
         if ready {
@@ -171,6 +178,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
                 }),
                 node_name: address.node_name.clone(),
                 target_ref: address.target_ref.clone(),
+                hostname: hostname.clone(),
                 ..Default::default()
             });
         }

@@ -7,6 +7,7 @@ mod daemonset;
 mod deployment;
 mod endpoints;
 mod garbage_collector;
+mod history;
 mod job;
 mod namespace;
 mod node_ipam;
@@ -14,6 +15,7 @@ mod pod_gc;
 mod replicaset;
 mod serviceaccount;
 mod servicelb;
+mod statefulset;
 pub mod template_hash;
 mod tokens;
 mod ttl_after_finished;
@@ -65,6 +67,7 @@ pub const NAMES: &[&str] = &[
     "deployment",
     "replicaset",
     "daemonset",
+    "statefulset",
     "job",
     "cronjob",
     "ttl-after-finished",
@@ -99,6 +102,9 @@ pub async fn run(
     }
     if enabled("daemonset") {
         loops.spawn(daemonset::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("statefulset") {
+        loops.spawn(statefulset::run(ctx.clone(), stop.clone()));
     }
     if enabled("job") {
         loops.spawn(job::run(ctx.clone(), stop.clone()));

@@ -528,3 +528,204 @@ fn cronjobs_start_jobs_on_schedule_and_keep_their_history() {
         (!s.kubectl(&["get", "job", &job]).status.success()).then_some(())
     });
 }
+
+/// The pods' names, each with its deletion mark and revision, of the StatefulSet `db`.
+fn members(s: &Server) -> Vec<(String, bool, String)> {
+    let out = s.kube_ok(&["get", "pods", "-l", "app=db", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut m: Vec<(String, bool, String)> = v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                !p["metadata"]["deletionTimestamp"].is_null(),
+                p["metadata"]["labels"]["controller-revision-hash"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    m.sort();
+    m
+}
+
+/// What a kubelet does once a deleted pod's containers stopped: the pod goes.
+fn finish_deletion(s: &Server, pod: &str) {
+    wait_for(
+        "the pod marked for deletion",
+        Duration::from_secs(30),
+        || {
+            members(s)
+                .iter()
+                .any(|(n, deleting, _)| n == pod && *deleting)
+                .then_some(())
+        },
+    );
+    s.kube_ok(&["delete", "pod", pod, "--grace-period=0", "--force"]);
+}
+
+const STATEFULSET: &str = "apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: db
+spec:
+  serviceName: db
+  replicas: 3
+  selector:
+    matchLabels: {app: db}
+  template:
+    metadata:
+      labels: {app: db}
+    spec:
+      containers:
+      - name: db
+        image: db:1
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+";
+
+#[test]
+fn statefulsets_start_in_order_keep_identities_and_update_from_the_top() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    register_node(&s, dir.path(), "n1", "");
+    let f = write(dir.path(), "sts.yaml", STATEFULSET);
+    s.kube_ok(&["apply", "-f", &f]);
+    // OrderedReady: each member waits for the one before it to be Running and Ready.
+    for n in 0..3 {
+        let pod = format!("db-{n}");
+        wait_for("the next member", Duration::from_secs(30), || {
+            let m = members(&s);
+            (m.len() == n + 1 && m[n].0 == pod).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            members(&s).len(),
+            n + 1,
+            "a member came before its predecessor was ready"
+        );
+        let claim = s.kube_ok(&[
+            "get",
+            "pvc",
+            &format!("data-db-{n}"),
+            "-o",
+            "jsonpath={.metadata.name}",
+        ]);
+        assert_eq!(claim, format!("data-db-{n}"));
+        report_running(&s, &pod, true);
+        let ip = format!(
+            r#"{{"status":{{"podIP":"10.42.0.{}","podIPs":[{{"ip":"10.42.0.{}"}}]}}}}"#,
+            10 + n,
+            10 + n
+        );
+        s.kube_ok(&[
+            "patch",
+            "pod",
+            &pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &ip,
+        ]);
+    }
+    let identity = s.kube_ok(&[
+        "get",
+        "pod",
+        "db-1",
+        "-o",
+        "jsonpath={.spec.hostname}.{.spec.subdomain} {.spec.volumes[?(@.name==\"data\")].persistentVolumeClaim.claimName}",
+    ]);
+    assert_eq!(identity, "db-1.db data-db-1");
+    // The headless Service names each member: endpoints carry their hostnames (cluster DNS
+    // answers `db-1.db.<ns>.svc` from them).
+    let svc = write(
+        dir.path(),
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  clusterIP: None\n  selector: {app: db}\n  ports: [{port: 5432}]\n",
+    );
+    s.kube_ok(&["apply", "-f", &svc]);
+    wait_for("hostnames in the slice", Duration::from_secs(30), || {
+        let out = s.kube_ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=db",
+            "-o",
+            "jsonpath={.items[0].endpoints[*].hostname}",
+        ]);
+        (out == "db-0 db-1 db-2").then_some(())
+    });
+    s.kube_ok(&["rollout", "status", "sts/db", "--timeout=30s"]);
+
+    // A new template with partition 2: only ordinals from 2 up move (db-2).
+    s.kube_ok(&[
+        "patch",
+        "sts",
+        "db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":2}}}}"#,
+    ]);
+    s.kube_ok(&["set", "image", "sts/db", "db=db:2"]);
+    finish_deletion(&s, "db-2");
+    let update = wait_for("db-2 at the new revision", Duration::from_secs(30), || {
+        let rev = s.kube_ok(&[
+            "get",
+            "sts",
+            "db",
+            "-o",
+            "jsonpath={.status.updateRevision}",
+        ]);
+        members(&s)
+            .iter()
+            .any(|(n, d, r)| n == "db-2" && !d && *r == rev)
+            .then_some(rev)
+    });
+    report_running(&s, "db-2", true);
+    let counts = || {
+        s.kube_ok(&[
+            "get",
+            "sts",
+            "db",
+            "-o",
+            "jsonpath={.status.readyReplicas} {.status.updatedReplicas} {.status.currentReplicas}",
+        ])
+    };
+    let settled = (0..60).any(|_| {
+        std::thread::sleep(Duration::from_millis(500));
+        counts() == "3 1 2"
+    });
+    assert!(
+        settled,
+        "ready/updated/current: {} {:?}",
+        counts(),
+        members(&s)
+    );
+    let m = members(&s);
+    assert!(m.iter().filter(|x| x.2 == update).count() == 1, "{m:?}");
+
+    // Scaling down removes from the top, one at a time; the claims stay.
+    s.kube_ok(&["scale", "sts/db", "--replicas=1"]);
+    finish_deletion(&s, "db-2");
+    finish_deletion(&s, "db-1");
+    wait_for("one member left", Duration::from_secs(30), || {
+        (members(&s).iter().map(|m| m.0.as_str()).collect::<Vec<_>>() == ["db-0"]).then_some(())
+    });
+    let claims = s.kube_ok(&["get", "pvc", "-o", "jsonpath={.items[*].metadata.name}"]);
+    assert_eq!(claims, "data-db-0 data-db-1 data-db-2");
+    // Scaling up brings db-1 back with its old claim.
+    s.kube_ok(&["scale", "sts/db", "--replicas=2"]);
+    wait_for("db-1 again", Duration::from_secs(30), || {
+        members(&s)
+            .iter()
+            .any(|m| m.0 == "db-1" && !m.1)
+            .then_some(())
+    });
+}
