@@ -152,8 +152,10 @@ pub struct ServerArgs {
     /// The cluster DNS service's IP.
     #[arg(long, env = "KRAB_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: std::net::Ipv4Addr,
-    /// Do not run this controller (repeatable): deployment, replicaset, daemonset, statefulset, job, cronjob, ttl-after-finished, garbagecollector,
-    /// namespace, serviceaccount, serviceaccount-token, nodeipam, endpoints, podgc, servicelb.
+    /// Do not run this controller (repeatable): deployment, replicaset, daemonset,
+    /// statefulset, job, cronjob, ttl-after-finished, garbagecollector, namespace,
+    /// serviceaccount, serviceaccount-token, nodeipam, nodelifecycle, endpoints, podgc,
+    /// servicelb.
     #[arg(
         long = "disable-controller",
         env = "KRAB_DISABLE_CONTROLLER",

@@ -11,6 +11,7 @@ mod history;
 mod job;
 mod namespace;
 mod node_ipam;
+mod node_lifecycle;
 mod pod_gc;
 mod replicaset;
 mod serviceaccount;
@@ -76,6 +77,7 @@ pub const NAMES: &[&str] = &[
     "serviceaccount",
     "serviceaccount-token",
     "nodeipam",
+    "nodelifecycle",
     "endpoints",
     "podgc",
     "servicelb",
@@ -138,6 +140,9 @@ pub async fn run(
     }
     if enabled("servicelb") {
         loops.spawn(servicelb::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("nodelifecycle") {
+        loops.spawn(node_lifecycle::run(ctx.clone(), stop.clone()));
     }
     if enabled("nodeipam") {
         loops.spawn(node_ipam::run(ctx.clone(), stop.clone()));

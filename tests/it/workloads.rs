@@ -729,3 +729,110 @@ fn statefulsets_start_in_order_keep_identities_and_update_from_the_top() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_silent_node_goes_unknown_is_tainted_and_its_pods_leave_by_their_tolerations() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    register_node(&s, dir.path(), "n1", "");
+    // Its kubelet last renewed its Lease long ago.
+    let lease = write(
+        dir.path(),
+        "lease.yaml",
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: n1, namespace: kube-node-lease}\nspec:\n  holderIdentity: n1\n  leaseDurationSeconds: 40\n  renewTime: '2020-01-01T00:00:00.000000Z'\n",
+    );
+    s.kube_ok(&["apply", "-f", &lease]);
+    let pods = write(
+        dir.path(),
+        "pods.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: brief}\nspec:\n  nodeName: n1\n  tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}]\n  containers: [{name: c, image: c:1}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: patient}\nspec:\n  nodeName: n1\n  containers: [{name: c, image: c:1}]\n",
+    );
+    s.kube_ok(&["apply", "-f", &pods]);
+    for p in ["brief", "patient"] {
+        report_running(&s, p, true);
+    }
+    // Judged once the controller has watched it for the whole 40 s grace period.
+    wait_for("the node Unknown", Duration::from_secs(70), || {
+        let out = s.kube_ok(&[
+            "get",
+            "node",
+            "n1",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}/{.status.conditions[?(@.type==\"Ready\")].reason}",
+        ]);
+        (out == "Unknown/NodeStatusUnknown").then_some(())
+    });
+    let taints = wait_for("the unreachable taints", Duration::from_secs(30), || {
+        let out = s.kube_ok(&[
+            "get",
+            "node",
+            "n1",
+            "-o",
+            "jsonpath={.spec.taints[*].key}:{.spec.taints[*].effect}",
+        ]);
+        out.contains("node.kubernetes.io/unreachable")
+            .then_some(out)
+    });
+    assert!(
+        taints.contains("NoExecute") && taints.contains("NoSchedule"),
+        "{taints}"
+    );
+    // Its pods stop being Ready; the one tolerating it for 2 s is evicted, the one with
+    // the default 300 s stays.
+    wait_for("pods not ready", Duration::from_secs(30), || {
+        let out = s.kube_ok(&[
+            "get",
+            "pod",
+            "patient",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        (out == "False").then_some(())
+    });
+    wait_for("the brief pod evicted", Duration::from_secs(30), || {
+        let out = s.kube_ok(&[
+            "get",
+            "pod",
+            "brief",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp} {.status.conditions[?(@.type==\"DisruptionTarget\")].reason}",
+        ]);
+        (out.ends_with(" DeletionByTaintManager") && !out.starts_with(' ')).then_some(())
+    });
+    let patient = s.kube_ok(&[
+        "get",
+        "pod",
+        "patient",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert!(patient.is_empty(), "{patient}");
+    // The kubelet comes back: Ready again, the taints go.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    s.kube_ok(&[
+        "patch",
+        "lease",
+        "n1",
+        "-n",
+        "kube-node-lease",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"spec":{{"renewTime":"{}"}}}}"#,
+            now.strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        ),
+    ]);
+    s.kube_ok(&[
+        "patch",
+        "node",
+        "n1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","lastHeartbeatTime":"{}"}}]}}}}"#, now.strftime("%Y-%m-%dT%H:%M:%SZ")),
+    ]);
+    wait_for("the taints gone", Duration::from_secs(30), || {
+        let out = s.kube_ok(&["get", "node", "n1", "-o", "jsonpath={.spec.taints}"]);
+        (!out.contains("unreachable")).then_some(())
+    });
+}
