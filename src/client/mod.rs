@@ -1,6 +1,7 @@
 //! Clients of the Kubernetes API for krab's own loops: the `kube` crate's client over a tower
 //! service straight into the API server's router (no socket, no TLS), each loop under its own
 //! identity, plus the Lease-based leader election the loops run under.
+pub mod events;
 mod leader;
 
 pub use self::leader::{LeaderElection, LeaseConfig};

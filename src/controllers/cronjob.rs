@@ -104,6 +104,8 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error>
     let spec = cj.spec.clone().ok_or(Error::Missing("spec"))?;
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let cj_api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let events = ctx.events.for_component("cronjob-controller");
+    let reference = crate::client::events::reference(cj.as_ref());
     let mut jobs: Vec<Job> = jobs_api
         .list(&ListParams::default())
         .await?
@@ -144,7 +146,14 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error>
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(cronjob = %name, job = %j.name_any(), "deleted a finished job beyond the history limit")
+                    tracing::info!(cronjob = %name, job = %j.name_any(), "deleted a finished job beyond the history limit");
+                    events
+                        .normal(
+                            &reference,
+                            "SuccessfulDelete",
+                            &format!("Deleted job {}", j.name_any()),
+                        )
+                        .await;
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -238,6 +247,13 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error>
                     match jobs_api.create(&PostParams::default(), &new).await {
                         Ok(created) => {
                             tracing::info!(cronjob = %name, job = %job, "created a scheduled job");
+                            events
+                                .normal(
+                                    &reference,
+                                    "SuccessfulCreate",
+                                    &format!("Created job {job}"),
+                                )
+                                .await;
                             jobs.push(created);
                         }
                         Err(kube::Error::Api(e)) if e.code == 409 => {}

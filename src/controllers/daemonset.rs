@@ -426,16 +426,30 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
             deletes.extend(old_available.into_iter().take(budget));
         }
     }
+    let events = ctx.events.for_component("daemonset-controller");
+    let reference = crate::client::events::reference(ds.as_ref());
     for node in &creates {
         let pod = daemon_pod(&ds, node, &hash, &owner);
-        pods_api.create(&PostParams::default(), &pod).await?;
+        let created = pods_api.create(&PostParams::default(), &pod).await?;
         tracing::info!(daemonset = %name, node = %node, "created a daemon pod");
+        events
+            .normal(
+                &reference,
+                "SuccessfulCreate",
+                &format!("Created pod: {}", created.name_any()),
+            )
+            .await;
     }
     deletes.sort();
     deletes.dedup();
     for p in &deletes {
         match pods_api.delete(p, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(daemonset = %name, pod = %p, "deleted a daemon pod"),
+            Ok(_) => {
+                tracing::info!(daemonset = %name, pod = %p, "deleted a daemon pod");
+                events
+                    .normal(&reference, "SuccessfulDelete", &format!("Deleted pod: {p}"))
+                    .await;
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }

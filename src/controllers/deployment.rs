@@ -74,8 +74,20 @@ fn revision_of(rs: &ReplicaSet) -> i64 {
         .unwrap_or(0)
 }
 
-async fn scale(api: &Api<ReplicaSet>, rs: &ReplicaSet, replicas: i32) -> Result<(), Error> {
-    if replicas_of(rs) == replicas {
+/// Who scales, for the ScalingReplicaSet events.
+struct Scaler<'a> {
+    events: crate::client::events::EventRecorder,
+    deployment: &'a k8s_openapi::api::core::v1::ObjectReference,
+}
+
+async fn scale(
+    api: &Api<ReplicaSet>,
+    rs: &ReplicaSet,
+    replicas: i32,
+    by: &Scaler<'_>,
+) -> Result<(), Error> {
+    let from = replicas_of(rs);
+    if from == replicas {
         return Ok(());
     }
     let patch = serde_json::json!({"spec": {"replicas": replicas}});
@@ -85,6 +97,17 @@ async fn scale(api: &Api<ReplicaSet>, rs: &ReplicaSet, replicas: i32) -> Result<
         &Patch::Merge(&patch),
     )
     .await?;
+    let direction = if replicas > from { "up" } else { "down" };
+    by.events
+        .normal(
+            by.deployment,
+            "ScalingReplicaSet",
+            &format!(
+                "Scaled {direction} replica set {} from {from} to {replicas}",
+                rs.name_any()
+            ),
+        )
+        .await;
     Ok(())
 }
 
@@ -128,6 +151,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     let spec = d.spec.clone().ok_or(Error::Missing("spec"))?;
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let reference = crate::client::events::reference(d.as_ref());
+    let by = Scaler {
+        events: ctx.events.for_component("deployment-controller"),
+        deployment: &reference,
+    };
     let all = rs_api
         .list(&ListParams::default().labels(&selector_query(&spec.selector)))
         .await?;
@@ -251,11 +279,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     if !paused {
         if recreate {
             for rs in &old {
-                scale(&rs_api, rs, 0).await?;
+                scale(&rs_api, rs, 0, &by).await?;
             }
             let old_running: i32 = old.iter().map(|rs| status_of(rs).0).sum();
             if old_running == 0 {
-                scale(&rs_api, &new_rs, want).await?;
+                scale(&rs_api, &new_rs, want, &by).await?;
             }
         } else {
             let old_total: i32 = old.iter().map(replicas_of).sum();
@@ -267,7 +295,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
             } else {
                 (new_now + room.max(0)).min(want)
             };
-            scale(&rs_api, &new_rs, target).await?;
+            scale(&rs_api, &new_rs, target, &by).await?;
             // Scale down old ReplicaSets as kube does: first their unavailable pods, as far
             // as the new ReplicaSet's unavailable pods leave room, then available ones while
             // enough stay available.
@@ -300,7 +328,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
                 can_remove -= cut;
             }
             for (i, rs) in old.iter().enumerate() {
-                scale(&rs_api, rs, remaining[i]).await?;
+                scale(&rs_api, rs, remaining[i], &by).await?;
             }
         }
         // Keep at most revisionHistoryLimit old ReplicaSets with no pods.

@@ -46,6 +46,8 @@ pub struct Context {
     pub service_account_key: Option<crate::tls::service_account::ServiceAccountKey>,
     /// Held while node IPAM allocates, so two nodes never get the same range.
     pub allocating: tokio::sync::Mutex<()>,
+    /// Events, each controller speaking as itself (`for_component`).
+    pub events: crate::client::events::EventRecorder,
 }
 
 /// What the controllers are told about the cluster.
@@ -91,6 +93,11 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let ctx = Arc::new(Context {
+        events: crate::client::events::EventRecorder::new(
+            client.clone(),
+            "kube-controller-manager",
+            None,
+        ),
         client,
         root_ca: cluster.root_ca,
         cluster_cidr: cluster.cluster_cidr,

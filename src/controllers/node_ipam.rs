@@ -70,9 +70,8 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> 
     let Some(cluster) = ctx.cluster_cidr else {
         return Ok(Action::await_change());
     };
-    let held = node_cidrs(&node);
-    let wants_v6 = cluster.ipv6().is_some() && !held.iter().any(|c| matches!(c, IpNet::V6(_)));
-    if !held.is_empty() && !wants_v6 {
+    // A node's ranges are set once (the API refuses to change them).
+    if !node_cidrs(&node).is_empty() {
         return Ok(Action::await_change());
     }
     // One allocation at a time, against the nodes as they are now.
@@ -81,8 +80,16 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> 
     let nodes = api.list(&ListParams::default()).await?;
     let used: Vec<IpNet> = nodes.items.iter().flat_map(node_cidrs).collect();
     let name = node.name_any();
-    let mut cidrs: Vec<IpNet> = held.clone();
-    if !held.iter().any(|c| matches!(c, IpNet::V4(_))) {
+    // What the node holds now (the object this reconcile started from may predate an
+    // allocation another pass just made: allocating again would give it a second range).
+    let Some(fresh) = nodes.items.iter().find(|n| n.name_any() == name) else {
+        return Ok(Action::await_change());
+    };
+    if !node_cidrs(fresh).is_empty() {
+        return Ok(Action::await_change());
+    }
+    let mut cidrs: Vec<IpNet> = Vec::new();
+    {
         let used_v4: Vec<Ipv4Net> = used
             .iter()
             .filter_map(|c| match c {
@@ -96,7 +103,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> 
         };
         cidrs.insert(0, IpNet::V4(v4));
     }
-    if let (Some(range), true) = (cluster.ipv6(), wants_v6) {
+    if let Some(range) = cluster.ipv6() {
         let used_v6: Vec<Ipv6Net> = used
             .iter()
             .filter_map(|c| match c {

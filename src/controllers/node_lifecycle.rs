@@ -180,6 +180,14 @@ async fn monitor(ctx: &Context, observed: &mut HashMap<String, Timestamp>) -> Re
         if stale && ready.as_deref() != Some("Unknown") {
             mark_unknown(&nodes_api, &mut node, now).await?;
             tracing::warn!(node = %name, "node stopped posting status; marked Unknown");
+            ctx.events
+                .for_component("node-controller")
+                .normal(
+                    &crate::client::events::reference(&node),
+                    "NodeNotReady",
+                    &format!("Node {name} status is now: NodeNotReady"),
+                )
+                .await;
             let pods = all_pods(ctx, &mut pods_by_node).await?;
             for p in pods.get(&name).into_iter().flatten() {
                 mark_pod_not_ready(ctx, p, now).await?;
@@ -354,6 +362,18 @@ async fn evict(ctx: &Context, pod: &Pod, now: Timestamp) -> Result<(), Error> {
     match api.delete(&pod.name_any(), &DeleteParams::default()).await {
         Ok(_) => {
             tracing::info!(pod = %pod.name_any(), namespace = ?pod.namespace(), node = ?pod.spec.as_ref().and_then(|s| s.node_name.clone()), "evicted a pod from a tainted node");
+            ctx.events
+                .for_component("taint-eviction-controller")
+                .normal(
+                    &crate::client::events::reference(pod),
+                    "TaintManagerEviction",
+                    &format!(
+                        "Marking for deletion Pod {}/{}",
+                        pod.namespace().unwrap_or_default(),
+                        pod.name_any()
+                    ),
+                )
+                .await;
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),

@@ -138,7 +138,25 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
                     spec: template.spec.clone(),
                     status: None,
                 };
-                pods_api.create(&PostParams::default(), &pod).await?;
+                let events = ctx.events.for_component("replicaset-controller");
+                let reference = crate::client::events::reference(rs.as_ref());
+                match pods_api.create(&PostParams::default(), &pod).await {
+                    Ok(created) => {
+                        events
+                            .normal(
+                                &reference,
+                                "SuccessfulCreate",
+                                &format!("Created pod: {}", created.name_any()),
+                            )
+                            .await
+                    }
+                    Err(e) => {
+                        events
+                            .warning(&reference, "FailedCreate", &format!("Error creating: {e}"))
+                            .await;
+                        return Err(e.into());
+                    }
+                }
             }
         } else if active.len() > want {
             active.sort_by_key(|p| deletion_rank(p));
@@ -147,7 +165,16 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
                     .delete(&p.name_any(), &DeleteParams::default())
                     .await
                 {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        ctx.events
+                            .for_component("replicaset-controller")
+                            .normal(
+                                &crate::client::events::reference(rs.as_ref()),
+                                "SuccessfulDelete",
+                                &format!("Deleted pod: {}", p.name_any()),
+                            )
+                            .await
+                    }
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => return Err(e.into()),
                 }

@@ -328,7 +328,19 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
                 ensure_claims(&ctx, &sts, &ns, ordinal, &owner).await?;
                 let pod = member_pod(&sts, template, ordinal, revision, &owner);
                 match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => tracing::info!(statefulset = %name, ordinal, "created a member"),
+                    Ok(_) => {
+                        tracing::info!(statefulset = %name, ordinal, "created a member");
+                        ctx.events
+                            .for_component("statefulset-controller")
+                            .normal(
+                                &crate::client::events::reference(sts.as_ref()),
+                                "SuccessfulCreate",
+                                &format!(
+                                    "create Pod {name}-{ordinal} in StatefulSet {name} successful"
+                                ),
+                            )
+                            .await;
+                    }
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -385,6 +397,17 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
             break;
         }
         delete_pod(&pods_api, &p.name_any()).await?;
+        ctx.events
+            .for_component("statefulset-controller")
+            .normal(
+                &crate::client::events::reference(sts.as_ref()),
+                "SuccessfulDelete",
+                &format!(
+                    "delete Pod {} in StatefulSet {name} successful",
+                    p.name_any()
+                ),
+            )
+            .await;
         if scale_delete {
             delete_claims(&ctx, &sts, &ns, *ordinal).await?;
         }

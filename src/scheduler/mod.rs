@@ -26,6 +26,7 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 
 /// Runs the scheduler until `stop`.
 pub async fn run(client: kube::Client, stop: CancellationToken) {
+    let events = crate::client::events::EventRecorder::new(client.clone(), SCHEDULER_NAME, None);
     let nodes_api: Api<Node> = Api::all(client.clone());
     let (nodes, writer) = reflector::store();
     let node_watch = reflector(writer, watcher(nodes_api, watcher::Config::default()))
@@ -68,7 +69,7 @@ pub async fn run(client: kube::Client, stop: CancellationToken) {
             let mut known: Vec<Arc<Pod>> = pods.state();
             let node_list = nodes.state();
             for pod in pending {
-                match schedule_one(&client, &pod, &node_list, &known).await {
+                match schedule_one(&client, &events, &pod, &node_list, &known).await {
                     Ok(Some(node)) => {
                         let mut bound = (*pod).clone();
                         if let Some(spec) = bound.spec.as_mut() {
@@ -110,6 +111,7 @@ fn needs_scheduling(p: &Pod) -> bool {
 
 async fn schedule_one(
     client: &kube::Client,
+    events: &crate::client::events::EventRecorder,
     pod: &Pod,
     nodes: &[Arc<Node>],
     pods: &[Arc<Pod>],
@@ -145,6 +147,13 @@ async fn schedule_one(
             {
                 Ok(_) => {
                     tracing::info!(node = %node, "bound pod");
+                    events
+                        .normal(
+                            &crate::client::events::reference(pod),
+                            "Scheduled",
+                            &format!("Successfully assigned {ns}/{name} to {node}"),
+                        )
+                        .await;
                     return Ok(Some(node));
                 }
                 // Already bound (by us a moment ago, or someone else), or gone.
@@ -174,6 +183,13 @@ async fn schedule_one(
                 }]}});
                 api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
                     .await?;
+                events
+                    .warning(
+                        &crate::client::events::reference(pod),
+                        "FailedScheduling",
+                        &message,
+                    )
+                    .await;
             }
         }
     }

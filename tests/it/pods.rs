@@ -68,6 +68,12 @@ spec:
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         s.kube_ok(&["get", "pods", "-o", "wide"])
+            + &s.log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
     );
     let pods: serde_json::Value =
         serde_json::from_str(&s.kube_ok(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();

@@ -122,6 +122,37 @@ fn daemonsets_run_a_pod_per_eligible_node_and_roll_updates_within_budget() {
         "jsonpath={.status.desiredNumberScheduled} {.status.currentNumberScheduled} {.status.numberReady} {.status.updatedNumberScheduled}",
     ]);
     assert_eq!(counts, "2 2 2 2");
+    // What happened is in Events, as kubectl describe shows them.
+    let events = s.kube_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=agent",
+        "-o",
+        "jsonpath={range .items[*]}{.source.component} {.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains(&format!(
+            "daemonset-controller SuccessfulCreate: Created pod: {}",
+            pods[0].0
+        )),
+        "{events}"
+    );
+    let scheduled = s.kube_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={}", pods[0].0),
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        scheduled.contains(&format!(
+            "Successfully assigned default/{} to n1",
+            pods[0].0
+        )),
+        "{scheduled}"
+    );
 
     // A new template: old pods give way one at a time (maxUnavailable 1).
     s.kube_ok(&["set", "image", "ds/agent", "agent=agent:2"]);
@@ -306,6 +337,18 @@ fn jobs_run_to_completion_fail_by_their_limits_and_go_after_their_ttl() {
     assert_eq!(
         condition(&s, "three", "SuccessCriteriaMet"),
         "True/CompletionsReached"
+    );
+    let events = s.kube_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=Job,involvedObject.name=three",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(
+        events.contains("SuccessfulCreate") && events.contains("Completed"),
+        "{events}"
     );
     // Counted pods are released (no finalizer) and the Job goes after its TTL.
     wait_for(

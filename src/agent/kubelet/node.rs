@@ -16,9 +16,11 @@ use crate::agent::cri::Cri;
 
 /// Pods per node, the kubelet's default.
 const MAX_PODS: i64 = 110;
-/// The kubelet's default hard eviction thresholds, subtracted from capacity.
+/// The hard eviction thresholds k3s gives its kubelet (memory.available<100Mi,
+/// nodefs.available<5%), subtracted from capacity; below them the node reports pressure
+/// (and is tainted for it).
 const EVICTION_MEMORY: i64 = 100 << 20;
-const EVICTION_DISK_PERCENT: u64 = 10;
+const EVICTION_DISK_PERCENT: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {

@@ -114,3 +114,22 @@ pub fn validate_data(r: &Resource, obj: &Value, old: Option<&Value>, errs: &mut 
         }
     }
 }
+
+/// A node's pod ranges are set once: from empty to a value, never changed after (as
+/// kube-apiserver has it).
+pub fn validate_node(obj: &Value, old: Option<&Value>, errs: &mut FieldErrors) {
+    let Some(old) = old else {
+        return;
+    };
+    for (field, path) in [("podCIDR", "/spec/podCIDR"), ("podCIDRs", "/spec/podCIDRs")] {
+        let before = old
+            .pointer(path)
+            .filter(|v| !v.is_null() && *v != "" && *v != &json!([]));
+        if before.is_some() && obj.pointer(path) != before {
+            errs.forbidden(
+                format!("spec.{field}"),
+                "node updates may not change podCIDR except from \"\" to valid",
+            );
+        }
+    }
+}

@@ -148,6 +148,7 @@ fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), ApiErr
         ("", "pods") => pod::validate(obj, old, &mut errs),
         ("", "services") => service::validate(obj, old, &mut errs),
         ("", "secrets") | ("", "configmaps") => core::validate_data(r, obj, old, &mut errs),
+        ("", "nodes") => core::validate_node(obj, old, &mut errs),
         ("", "replicationcontrollers") => workload::validate_rc(obj, &mut errs),
         ("apps" | "batch", _) => workload::validate(r, obj, old, &mut errs),
         _ => {}

@@ -217,6 +217,8 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     let spec = job.spec.clone().ok_or(Error::Missing("spec"))?;
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let events = ctx.events.for_component("job-controller");
+    let reference = crate::client::events::reference(job.as_ref());
     let selector = spec
         .selector
         .as_ref()
@@ -441,6 +443,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
         set_condition(&mut status, "FailureTarget", true, reason, message);
         set_condition(&mut status, "Failed", true, reason, message);
+        events.warning(&reference, reason, message).await;
     } else if success {
         for p in &active {
             remove(&pods_api, p).await?;
@@ -454,6 +457,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
             m,
         );
         set_condition(&mut status, "Complete", true, "CompletionsReached", m);
+        events
+            .normal(&reference, "Completed", "Job completed")
+            .await;
         status.completion_time = Some(Time(now));
     }
     let mut requeue = Duration::from_secs(300);
@@ -463,6 +469,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     } else if suspended {
         for p in &active {
             remove(&pods_api, p).await?;
+        }
+        if !condition_true(&status, "Suspended") {
+            events
+                .normal(&reference, "Suspended", "Job suspended")
+                .await;
         }
         set_condition(
             &mut status,
@@ -477,6 +488,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     } else {
         if condition_true(&status, "Suspended") {
             set_condition(&mut status, "Suspended", false, "JobResumed", "Job resumed");
+            events.normal(&reference, "Resumed", "Job resumed").await;
         }
         if let Some(left) = deadline {
             requeue = requeue.min(Duration::from_secs(left.max(1) as u64));
@@ -531,10 +543,17 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
             let room = (parallelism as usize).saturating_sub(running.len());
             if hold.is_zero() {
                 for i in missing.into_iter().take(room) {
-                    pods_api
+                    let created = pods_api
                         .create(&PostParams::default(), &new_pod(&job, &owner, Some(i)))
                         .await?;
                     tracing::info!(job = %name, index = i, "created a pod");
+                    events
+                        .normal(
+                            &reference,
+                            "SuccessfulCreate",
+                            &format!("Created pod: {}", created.name_any()),
+                        )
+                        .await;
                 }
             } else if room > 0 {
                 requeue = requeue.min(hold);
@@ -560,9 +579,16 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
             } else if running.len() < want {
                 if hold.is_zero() {
                     for _ in running.len()..want {
-                        pods_api
+                        let created = pods_api
                             .create(&PostParams::default(), &new_pod(&job, &owner, None))
                             .await?;
+                        events
+                            .normal(
+                                &reference,
+                                "SuccessfulCreate",
+                                &format!("Created pod: {}", created.name_any()),
+                            )
+                            .await;
                     }
                     tracing::info!(job = %name, created = want - running.len(), "created pods");
                 } else {
