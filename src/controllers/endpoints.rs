@@ -227,7 +227,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
     };
     match eps_api.get_opt(&name).await? {
         None => {
-            ignore_exists(eps_api.create(&PostParams::default(), &desired).await)?;
+            super::unless_exists(eps_api.create(&PostParams::default(), &desired).await)?;
         }
         Some(mut current) if current.subsets != desired.subsets => {
             current.subsets = desired.subsets.clone();
@@ -258,7 +258,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
         let slice_name = slice_name(&name, &owner.uid, family);
         let Some(mut endpoints) = slice_endpoints.remove(family) else {
             if slices.get_opt(&slice_name).await?.is_some() {
-                ignore_missing(slices.delete(&slice_name, &Default::default()).await)?;
+                super::unless_missing(slices.delete(&slice_name, &Default::default()).await)?;
             }
             continue;
         };
@@ -276,7 +276,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
         };
         match slices.get_opt(&slice_name).await? {
             None => {
-                ignore_exists(slices.create(&PostParams::default(), &desired).await)?;
+                super::unless_exists(slices.create(&PostParams::default(), &desired).await)?;
             }
             Some(mut current)
                 if current.endpoints != desired.endpoints || current.ports != desired.ports =>
@@ -326,20 +326,4 @@ fn ip_of_family(ips: &[String], family: &str) -> Option<String> {
     ips.iter()
         .find(|ip| ip.contains(':') == (family == "IPv6"))
         .cloned()
-}
-
-fn ignore_missing<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn ignore_exists<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }

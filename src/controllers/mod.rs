@@ -161,6 +161,24 @@ pub async fn run(
     }
 }
 
+/// A call on an object that may be gone already: that is no error (Ok(None)).
+pub fn unless_missing<T>(r: Result<T, kube::Error>) -> Result<Option<T>, Error> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A create of an object that may exist already (made by an earlier pass): no error.
+pub fn unless_exists<T>(r: Result<T, kube::Error>) -> Result<Option<T>, Error> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// How soon to look again after an error.
 pub fn retry_after(attempt_error: &Error) -> Duration {
     match attempt_error {

@@ -202,24 +202,17 @@ async fn delete_claims(
         let Some(cname) = claim.metadata.name.as_deref() else {
             continue;
         };
-        match api
-            .delete(&claim_name(cname, &set, ordinal), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::unless_missing(
+            api.delete(&claim_name(cname, &set, ordinal), &DeleteParams::default())
+                .await,
+        )?;
     }
     Ok(())
 }
 
 async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<(), Error> {
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    super::unless_missing(api.delete(name, &DeleteParams::default()).await)?;
+    Ok(())
 }
 
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {

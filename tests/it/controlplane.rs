@@ -8,7 +8,6 @@ use crate::support::{wait_for, write, Server};
 
 const NODE: &str =
     "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {kubernetes.io/hostname: n1}\n";
-const NODE_STATUS: &str = r#"{"status":{"allocatable":{"cpu":"2","memory":"4Gi","pods":"110"},"capacity":{"cpu":"2","memory":"4Gi","pods":"110"},"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"ready"}]}}"#;
 
 const DEPLOY: &str = "apiVersion: apps/v1
 kind: Deployment
@@ -29,17 +28,7 @@ spec:
 ";
 
 fn register_node(s: &Server, dir: &std::path::Path) {
-    let node = write(dir, "node.yaml", NODE);
-    s.kube_ok(&["create", "-f", &node]);
-    s.kube_ok(&[
-        "patch",
-        "node",
-        "n1",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        NODE_STATUS,
-    ]);
+    crate::workloads::register_node(s, dir, "n1", "");
 }
 
 fn pods(s: &Server) -> Vec<serde_json::Value> {

@@ -129,28 +129,22 @@ async fn release(api: &Api<Pod>, p: &Pod) -> Result<(), Error> {
         .filter(|f| *f != TRACKING_FINALIZER)
         .collect();
     let patch = serde_json::json!({"metadata": {"finalizers": rest}});
-    match api
-        .patch(
+    super::unless_missing(
+        api.patch(
             &p.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        .await,
+    )?;
+    Ok(())
 }
 
 /// Deletes a pod the Job no longer wants, releasing it first so it is not counted.
 async fn remove(api: &Api<Pod>, p: &Pod) -> Result<(), Error> {
     release(api, p).await?;
-    match api.delete(&p.name_any(), &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    super::unless_missing(api.delete(&p.name_any(), &DeleteParams::default()).await)?;
+    Ok(())
 }
 
 /// A new pod of the Job (for `index` in an Indexed Job).
