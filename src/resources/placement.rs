@@ -1,8 +1,12 @@
 //! Where a pod may run, as both the scheduler and the DaemonSet controller judge it: node
-//! selectors, required node affinity and tolerations of taints. No I/O.
+//! selectors, required node affinity and tolerations of taints; and label selectors, as
+//! the scheduler, NetworkPolicy and disruption budgets match pods. No I/O.
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
 /// Whether some toleration of the list tolerates the taint.
@@ -72,20 +76,54 @@ pub fn node_selector_matches(pod: &Pod, node: &Node) -> bool {
             a.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-    let affinity_ok = required.is_none_or(|r| {
-        r.node_selector_terms.iter().any(|term| {
-            term.match_expressions
-                .iter()
-                .flatten()
-                .all(|e| requirement_matches(e, labels))
-                && term.match_fields.iter().flatten().all(|f| {
-                    f.key == "metadata.name"
-                        && requirement_matches(
-                            f,
-                            &BTreeMap::from([("metadata.name".to_string(), node.name_any())]),
-                        )
-                })
+    selector_ok && required.is_none_or(|r| node_selector_admits(r, node))
+}
+
+/// Whether a NodeSelector (its terms ORed) admits a node.
+pub fn node_selector_admits(sel: &NodeSelector, node: &Node) -> bool {
+    sel.node_selector_terms
+        .iter()
+        .any(|term| term_admits(term, node))
+}
+
+/// Whether one NodeSelectorTerm (its requirements ANDed) admits a node; an empty term
+/// admits none, as kube documents.
+pub fn term_admits(term: &NodeSelectorTerm, node: &Node) -> bool {
+    let labels = node.labels();
+    let empty = term.match_expressions.as_ref().is_none_or(Vec::is_empty)
+        && term.match_fields.as_ref().is_none_or(Vec::is_empty);
+    !empty
+        && term
+            .match_expressions
+            .iter()
+            .flatten()
+            .all(|e| requirement_matches(e, labels))
+        && term.match_fields.iter().flatten().all(|f| {
+            f.key == "metadata.name"
+                && requirement_matches(
+                    f,
+                    &BTreeMap::from([("metadata.name".to_string(), node.name_any())]),
+                )
         })
+}
+
+/// A label selector against labels (matchLabels and matchExpressions; empty matches all).
+pub fn label_selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
     });
-    selector_ok && affinity_ok
+    labels_ok && exprs_ok
 }

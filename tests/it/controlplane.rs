@@ -169,7 +169,11 @@ fn a_pod_that_fits_nowhere_says_why() {
             (!m.is_empty()).then_some(m)
         },
     );
-    assert_eq!(message, "0/1 nodes are available: 1 Insufficient cpu.");
+    // kube's wording, preemption's part (and its double full stop) included.
+    assert_eq!(
+        message,
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.."
+    );
     // Node IPAM: each node its own /24 of --cluster-cidr.
     let cidr = wait_for("n1's pod CIDR", Duration::from_secs(30), || {
         let c = s.kube_ok(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDR}"]);

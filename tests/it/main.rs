@@ -16,6 +16,7 @@ mod pods;
 mod pods_support;
 mod proxy_updates;
 mod rbac;
+mod scheduling;
 mod services;
 mod support;
 mod tokens;

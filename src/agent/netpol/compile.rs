@@ -10,7 +10,6 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::agent::service_proxy::rules::{
@@ -36,26 +35,7 @@ pub struct PodInfo {
     pub ports: Vec<(String, u16, String)>,
 }
 
-/// A label selector against labels (matchLabels and matchExpressions; empty matches all).
-pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let value = labels.get(&e.key);
-        let values = e.values.clone().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
-}
+pub use crate::resources::placement::label_selector_matches as selects;
 
 impl PodInfo {
     fn ip_of(&self, family: Family) -> Option<IpAddr> {

@@ -260,16 +260,84 @@ pub fn prepare_update(old: &Value, new: &mut Value) -> Result<(), ApiError> {
             }
         }
     }
+    // Scheduling gates may only be removed; while a pod is gated its nodeSelector may
+    // gain entries and its node affinity may change (kube's mutable scheduling directives).
+    let old_gates = old_spec
+        .get("schedulingGates")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let new_gates = new_spec
+        .get("schedulingGates")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(added) = new_gates.iter().find(|g| !old_gates.contains(g)) {
+        let mut errs = FieldErrors::default();
+        errs.forbidden(
+            "spec.schedulingGates",
+            &format!(
+                "only deletion is allowed, but found new scheduling gate '{}'",
+                added.get("name").and_then(Value::as_str).unwrap_or("")
+            ),
+        );
+        let name = objects::meta(old)
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        return errs.into_result("Pod", name, "");
+    }
+    let restore = |comparable: &mut Value, f: &str| match old_spec.get(f) {
+        Some(v) => comparable[f] = v.clone(),
+        None => {
+            if let Some(o) = comparable.as_object_mut() {
+                o.remove(f);
+            }
+        }
+    };
     for f in [
         "activeDeadlineSeconds",
         "tolerations",
         "terminationGracePeriodSeconds",
+        "schedulingGates",
     ] {
-        match old_spec.get(f) {
-            Some(v) => comparable[f] = v.clone(),
-            None => {
+        restore(&mut comparable, f);
+    }
+    if !old_gates.is_empty() {
+        let kept = |o: &Value, n: &Value| {
+            o.as_object()
+                .is_none_or(|o| o.iter().all(|(k, v)| n.get(k).is_some_and(|nv| nv == v)))
+        };
+        if kept(
+            old_spec.get("nodeSelector").unwrap_or(&Value::Null),
+            new_spec.get("nodeSelector").unwrap_or(&Value::Null),
+        ) {
+            restore(&mut comparable, "nodeSelector");
+        }
+        let node_affinity = |s: &Value| s.pointer("/affinity/nodeAffinity").cloned();
+        if node_affinity(old_spec) != node_affinity(new_spec) {
+            match (
+                comparable
+                    .get_mut("affinity")
+                    .and_then(Value::as_object_mut),
+                node_affinity(old_spec),
+            ) {
+                (Some(a), Some(na)) => {
+                    a.insert("nodeAffinity".into(), na);
+                }
+                (Some(a), None) => {
+                    a.remove("nodeAffinity");
+                }
+                (None, _) => {}
+            }
+            if comparable
+                .get("affinity")
+                .and_then(Value::as_object)
+                .is_some_and(|a| a.is_empty())
+                && old_spec.get("affinity").is_none()
+            {
                 if let Some(o) = comparable.as_object_mut() {
-                    o.remove(f);
+                    o.remove("affinity");
                 }
             }
         }
