@@ -163,7 +163,8 @@ pub struct ServerArgs {
     )]
     pub disable_controller: Vec<String>,
     /// Do not run these packaged components (repeatable, k3s's names): servicelb (the
-    /// built-in load balancer for LoadBalancer Services).
+    /// built-in load balancer for LoadBalancer Services), local-storage (the local-path
+    /// StorageClass and its provisioner).
     #[arg(long = "disable", env = "KRAB_DISABLE", value_delimiter = ',')]
     pub disable: Vec<String>,
     /// Do not run the controller manager (none of its loops).

@@ -9,6 +9,7 @@ mod endpoints;
 mod garbage_collector;
 mod history;
 mod job;
+mod local_path;
 mod namespace;
 mod node_ipam;
 mod node_lifecycle;
@@ -20,6 +21,7 @@ mod statefulset;
 pub mod template_hash;
 mod tokens;
 mod ttl_after_finished;
+mod volume_binder;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +50,10 @@ pub struct Context {
     pub allocating: tokio::sync::Mutex<()>,
     /// Events, each controller speaking as itself (`for_component`).
     pub events: crate::client::events::EventRecorder,
+    /// Where local-path volumes live (`<data-dir>/storage`).
+    pub storage_dir: Option<std::path::PathBuf>,
+    /// This server's own node, when it runs an agent.
+    pub local_node: Option<String>,
 }
 
 /// What the controllers are told about the cluster.
@@ -57,6 +63,10 @@ pub struct ClusterInfo {
     pub cluster_cidr: Option<crate::cidrs::Cidrs>,
     /// Signs legacy service-account token secrets.
     pub service_account_key: Option<crate::tls::service_account::ServiceAccountKey>,
+    /// Where local-path volumes live (`<data-dir>/storage`).
+    pub storage_dir: Option<std::path::PathBuf>,
+    /// This server's own node, when it runs an agent.
+    pub local_node: Option<String>,
 }
 
 /// Which loops to run.
@@ -83,6 +93,8 @@ pub const NAMES: &[&str] = &[
     "endpoints",
     "podgc",
     "servicelb",
+    "persistentvolume-binder",
+    "local-path",
 ];
 
 /// Runs the enabled controllers until `stop`.
@@ -103,6 +115,8 @@ pub async fn run(
         cluster_cidr: cluster.cluster_cidr,
         service_account_key: cluster.service_account_key,
         allocating: tokio::sync::Mutex::new(()),
+        storage_dir: cluster.storage_dir,
+        local_node: cluster.local_node,
     });
     let enabled = |n: &str| !selection.disabled.iter().any(|d| d == n);
     let mut loops = tokio::task::JoinSet::new();
@@ -150,6 +164,12 @@ pub async fn run(
     }
     if enabled("nodelifecycle") {
         loops.spawn(node_lifecycle::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("persistentvolume-binder") {
+        loops.spawn(volume_binder::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("local-path") {
+        loops.spawn(local_path::run(ctx.clone(), stop.clone()));
     }
     if enabled("nodeipam") {
         loops.spawn(node_ipam::run(ctx.clone(), stop.clone()));

@@ -12,11 +12,8 @@ use kube::ResourceExt;
 
 use super::cache::{Cache, NodeInfo, PodInfo};
 use super::filter::Reject;
-use crate::resources::placement::{label_selector_matches, node_selector_admits};
-use crate::resources::quantity::milli;
-
-pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
-const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
+pub use crate::resources::storage::SELECTED_NODE;
+use crate::resources::storage::{self, NO_PROVISIONER};
 
 /// What to do to a claim before the pod can be bound to the chosen node.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +101,7 @@ impl VolumeState {
                     "node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s)",
                 ));
             };
-            if !volume_admits(pv, n) {
+            if !storage::admits(pv, n) {
                 return Err(Reject::fixed("node(s) had volume node affinity conflict"));
             }
         }
@@ -160,17 +157,10 @@ impl VolumeState {
     }
 }
 
-fn class_name(pvc: &PersistentVolumeClaim) -> String {
-    pvc.spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
-        .unwrap_or_default()
-}
-
 fn binding_mode(pvc: &PersistentVolumeClaim, cache: &Cache) -> String {
     cache
         .classes
-        .get(&class_name(pvc))
+        .get(&storage::claim_class(pvc))
         .and_then(|c| c.volume_binding_mode.clone())
         .unwrap_or_else(|| "Immediate".into())
 }
@@ -178,76 +168,18 @@ fn binding_mode(pvc: &PersistentVolumeClaim, cache: &Cache) -> String {
 fn provisionable(pvc: &PersistentVolumeClaim, cache: &Cache) -> bool {
     cache
         .classes
-        .get(&class_name(pvc))
+        .get(&storage::claim_class(pvc))
         .is_some_and(|c| c.provisioner != NO_PROVISIONER)
 }
 
-fn volume_admits(pv: &PersistentVolume, node: &k8s_openapi::api::core::v1::Node) -> bool {
-    pv.spec
-        .as_ref()
-        .and_then(|s| s.node_affinity.as_ref())
-        .and_then(|a| a.required.as_ref())
-        .is_none_or(|sel| node_selector_admits(sel, node))
-}
-
-/// The smallest available volume that satisfies the claim on this node.
+/// The smallest available volume that serves the claim on this node.
 fn find_volume(
     pvc: &PersistentVolumeClaim,
     node: &k8s_openapi::api::core::v1::Node,
     cache: &Cache,
 ) -> Option<Arc<PersistentVolume>> {
-    let spec = pvc.spec.as_ref()?;
-    let want = spec
-        .resources
-        .as_ref()
-        .and_then(|r| r.requests.as_ref())
-        .and_then(|r| r.get("storage"))
-        .map(milli)
-        .unwrap_or(0);
-    let modes = spec.access_modes.clone().unwrap_or_default();
-    let mode = spec.volume_mode.as_deref().unwrap_or("Filesystem");
-    let class = class_name(pvc);
-    cache
-        .volumes
-        .values()
-        .filter(|pv| {
-            let Some(s) = pv.spec.as_ref() else {
-                return false;
-            };
-            let available =
-                pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available");
-            let claim_ok = s.claim_ref.as_ref().is_none_or(|r| {
-                r.namespace == pvc.metadata.namespace && r.name == pvc.metadata.name
-            });
-            let size = s
-                .capacity
-                .as_ref()
-                .and_then(|c| c.get("storage"))
-                .map(milli)
-                .unwrap_or(0);
-            let pv_modes = s.access_modes.clone().unwrap_or_default();
-            available
-                && claim_ok
-                && pv.metadata.deletion_timestamp.is_none()
-                && s.storage_class_name.clone().unwrap_or_default() == class
-                && size >= want
-                && modes.iter().all(|m| pv_modes.contains(m))
-                && s.volume_mode.as_deref().unwrap_or("Filesystem") == mode
-                && spec
-                    .selector
-                    .as_ref()
-                    .is_none_or(|sel| label_selector_matches(sel, pv.labels()))
-                && volume_admits(pv, node)
-        })
-        .min_by_key(|pv| {
-            pv.spec
-                .as_ref()
-                .and_then(|s| s.capacity.as_ref())
-                .and_then(|c| c.get("storage"))
-                .map(milli)
-                .unwrap_or(0)
-        })
-        .cloned()
+    let best = storage::best_match(cache.volumes.values().map(|v| v.as_ref()), pvc, Some(node))?;
+    cache.volumes.get(&best.name_any()).cloned()
 }
 
 #[cfg(test)]

@@ -340,14 +340,20 @@ fn start_loops(
         disabled: args
             .disable_controller
             .iter()
-            .chain(args.disable.iter().filter(|d| d.as_str() == "servicelb"))
             .cloned()
+            .chain(args.disable.iter().filter_map(|d| match d.as_str() {
+                "servicelb" => Some("servicelb".to_string()),
+                "local-storage" => Some("local-path".to_string()),
+                _ => None,
+            }))
             .collect(),
     };
     let cluster = crate::controllers::ClusterInfo {
         root_ca: Some(certs.server_ca_pem.clone()),
         cluster_cidr: Some(args.cluster_cidr),
         service_account_key: Some(certs.service_account.clone()),
+        storage_dir: Some(args.data_dir.join("storage")),
+        local_node: (!args.disable_agent).then(|| name.to_string()),
     };
     let cm = in_process(api.router_as("system:kube-controller-manager", &[]));
     let election = LeaderElection::new(cm.clone(), lease("kube-controller-manager"));

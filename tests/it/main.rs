@@ -18,6 +18,7 @@ mod proxy_updates;
 mod rbac;
 mod scheduling;
 mod services;
+mod storage;
 mod support;
 mod tokens;
 mod workloads;

@@ -274,7 +274,7 @@ fn preemption_evicts_the_least_important_pods_and_nominates_the_node() {
             .as_array()?
             .iter()
             .find(|p| !p["metadata"]["deletionTimestamp"].is_null())
-            .map(|p| p.clone())
+            .cloned()
     });
     assert_eq!(victim["metadata"]["name"], "plain");
     let conditions = victim["status"]["conditions"].as_array().unwrap();

@@ -1,5 +1,6 @@
 //! A pod's volumes on the node, under `<data-dir>/agent/pods/<uid>/volumes/<plugin>/<name>`:
-//! emptyDir (tmpfs for medium Memory), hostPath, and the projections of API objects
+//! emptyDir (tmpfs for medium Memory), hostPath, claims bound to hostPath or local
+//! volumes, and the projections of API objects
 //! (configMap, secret, downwardAPI, projected with service-account tokens) written the
 //! kubelet's way: a timestamped directory behind a `..data` symlink, swapped atomically.
 use std::collections::BTreeMap;
@@ -7,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, KeyToPath, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret, ServiceAccount,
-    Volume,
+    ConfigMap, KeyToPath, ObjectFieldSelector, PersistentVolume, PersistentVolumeClaim, Pod,
+    ResourceFieldSelector, Secret, ServiceAccount, Volume,
 };
 use kube::api::{Api, PostParams};
 
@@ -349,6 +350,88 @@ async fn token(
     Ok((token.into_bytes(), due))
 }
 
+/// Checks (or makes) a host path as its hostPath `type` asks.
+fn host_path_type(volume: &str, path: &Path, type_: Option<&str>) -> Result<(), Error> {
+    let shown = path.display();
+    match type_.unwrap_or("") {
+        "DirectoryOrCreate" => std::fs::create_dir_all(path).map_err(io(path))?,
+        "FileOrCreate" if !path.exists() => {
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p).map_err(io(p))?;
+            }
+            std::fs::write(path, b"").map_err(io(path))?;
+        }
+        "Directory" if !path.is_dir() => {
+            return Err(Error::Invalid {
+                volume: volume.to_string(),
+                message: format!("hostPath type check failed: {shown} is not a directory"),
+            })
+        }
+        "File" if !path.is_file() => {
+            return Err(Error::Invalid {
+                volume: volume.to_string(),
+                message: format!("hostPath type check failed: {shown} is not a file"),
+            })
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The host directory behind a claim: its bound volume's hostPath or local path.
+async fn claimed_path(
+    ctx: &VolumeContext<'_>,
+    volume: &str,
+    claim: &str,
+) -> Result<PathBuf, Error> {
+    let ns = ctx.pod.metadata.namespace.as_deref().unwrap_or("default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(pvc) = claims.get_opt(claim).await? else {
+        return Err(Error::NotFound {
+            kind: "persistentvolumeclaim",
+            name: claim.to_string(),
+        });
+    };
+    let bound = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|v| !v.is_empty());
+    let Some(pv_name) = bound else {
+        return Err(Error::Invalid {
+            volume: volume.to_string(),
+            message: format!("persistentvolumeclaim \"{claim}\" is not bound"),
+        });
+    };
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let Some(pv) = volumes.get_opt(&pv_name).await? else {
+        return Err(Error::NotFound {
+            kind: "persistentvolume",
+            name: pv_name,
+        });
+    };
+    let spec = pv.spec.unwrap_or_default();
+    if let Some(h) = spec.host_path {
+        let path = PathBuf::from(&h.path);
+        host_path_type(volume, &path, h.type_.as_deref())?;
+        return Ok(path);
+    }
+    if let Some(l) = spec.local {
+        let path = PathBuf::from(&l.path);
+        if !path.exists() {
+            return Err(Error::Invalid {
+                volume: volume.to_string(),
+                message: format!("local volume {pv_name}: path {} does not exist", l.path),
+            });
+        }
+        return Ok(path);
+    }
+    Err(Error::Invalid {
+        volume: volume.to_string(),
+        message: format!("persistentvolume {pv_name}: only hostPath and local volumes can be mounted by krab's agent"),
+    })
+}
+
 /// Makes one volume ready (creating or refreshing its content); the path to mount.
 pub async fn prepare(
     ctx: &VolumeContext<'_>,
@@ -359,28 +442,7 @@ pub async fn prepare(
     let name = &volume.name;
     if let Some(h) = &volume.host_path {
         let path = PathBuf::from(&h.path);
-        match h.type_.as_deref().unwrap_or("") {
-            "DirectoryOrCreate" => std::fs::create_dir_all(&path).map_err(io(&path))?,
-            "FileOrCreate" if !path.exists() => {
-                if let Some(p) = path.parent() {
-                    std::fs::create_dir_all(p).map_err(io(p))?;
-                }
-                std::fs::write(&path, b"").map_err(io(&path))?;
-            }
-            "Directory" if !path.is_dir() => {
-                return Err(Error::Invalid {
-                    volume: name.clone(),
-                    message: format!("hostPath type check failed: {} is not a directory", h.path),
-                })
-            }
-            "File" if !path.is_file() => {
-                return Err(Error::Invalid {
-                    volume: name.clone(),
-                    message: format!("hostPath type check failed: {} is not a file", h.path),
-                })
-            }
-            _ => {}
-        }
+        host_path_type(name, &path, h.type_.as_deref())?;
         return Ok(Prepared {
             host_path: path,
             read_only: false,
@@ -520,10 +582,11 @@ pub async fn prepare(
             read_only: true,
         });
     }
-    if let Some(pvc) = &volume.persistent_volume_claim {
-        return Err(Error::Invalid {
-            volume: name.clone(),
-            message: format!("persistentVolumeClaim {:?}: only claims bound to hostPath or local volumes are supported", pvc.claim_name),
+    if let Some(claim) = &volume.persistent_volume_claim {
+        let path = claimed_path(ctx, name, &claim.claim_name).await?;
+        return Ok(Prepared {
+            host_path: path,
+            read_only: claim.read_only.unwrap_or(false),
         });
     }
     Err(Error::Invalid {

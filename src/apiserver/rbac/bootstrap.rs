@@ -246,6 +246,12 @@ pub fn cluster_roles() -> Vec<Value> {
                     READ,
                 ),
                 rule(&[""], &["pods"], &["delete"]),
+                // Claims marked for the chosen node, volumes reserved for claims.
+                rule(
+                    &[""],
+                    &["persistentvolumeclaims", "persistentvolumes"],
+                    &["patch", "update"],
+                ),
                 rule(&[""], &["bindings", "pods/binding"], &["create"]),
                 rule(&[""], &["pods/status"], &["patch", "update"]),
                 rule(

@@ -233,6 +233,9 @@ impl Registry {
         if r.group.is_empty() && r.plural == "pods" {
             self.admit_priority(&name, &mut obj).await?;
         }
+        if r.group.is_empty() && r.plural == "persistentvolumeclaims" {
+            self.admit_default_class(&mut obj).await?;
+        }
         strategy::prepare_create(r, &mut obj)?;
         let key = r.key(ns, &name);
         let is_service = r.group.is_empty() && r.plural == "services";
@@ -451,6 +454,49 @@ impl Registry {
         strategy::bind(&mut pod, node)?;
         self.put_guarded(r, name, r.key(Some(ns), name), kv.mod_revision, &pod)
             .await?;
+        Ok(())
+    }
+
+    /// DefaultStorageClass admission: a claim that names no class at all (not even "") gets
+    /// the class annotated as the default (the newest when several are).
+    async fn admit_default_class(&self, pvc: &mut Value) -> Result<(), ApiError> {
+        if pvc
+            .pointer("/spec/storageClassName")
+            .is_some_and(|c| !c.is_null())
+        {
+            return Ok(());
+        }
+        let Some(classes) = resources::find("storage.k8s.io", "v1", "storageclasses") else {
+            return Ok(());
+        };
+        let default = self
+            .list(classes, None, &ListOptions::all())
+            .await?
+            .items
+            .into_iter()
+            .filter(|c| {
+                c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                    .and_then(Value::as_str)
+                    == Some("true")
+            })
+            .max_by_key(|c| {
+                (
+                    c.pointer("/metadata/creationTimestamp")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    c.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            });
+        if let (Some(class), Some(spec)) = (
+            default.and_then(|c| c.pointer("/metadata/name").cloned()),
+            pvc.get_mut("spec").and_then(Value::as_object_mut),
+        ) {
+            spec.insert("storageClassName".into(), class);
+        }
         Ok(())
     }
 
