@@ -389,7 +389,7 @@ async fn handle(
                 Some(o) => DeleteOptions::from_value(o)?,
                 None => DeleteOptions::default(),
             };
-            reg.delete(r, ns, name(&info)?, &opts).await?;
+            super::eviction::evict(reg, r, ns.unwrap_or("default"), name(&info)?, &opts).await?;
             Ok((StatusCode::CREATED, Json(success_status())).into_response())
         }
         ("update", None | Some("status")) => {

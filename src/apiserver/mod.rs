@@ -3,6 +3,7 @@
 //! for the world, and the same router in-process for krab's own loops (`router_as`).
 mod auth;
 mod discovery;
+mod eviction;
 mod handlers;
 mod health;
 mod kubelet_proxy;

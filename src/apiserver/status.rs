@@ -136,6 +136,8 @@ impl ApiError {
                 d["causes"] = json!(self.causes);
             }
             body["details"] = d;
+        } else if !self.causes.is_empty() {
+            body["details"] = json!({ "causes": self.causes });
         }
         body
     }

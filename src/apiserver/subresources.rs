@@ -1,5 +1,5 @@
 //! Subresources that present an object differently: `scale` (autoscaling/v1 Scale over a
-//! workload's replicas) and `eviction` (a policy/v1 Eviction deleting a pod).
+//! workload's replicas); `eviction` lives in `apiserver::eviction`.
 use serde_json::{json, Value};
 
 use super::resources::Resource;

@@ -5,6 +5,7 @@
 mod cronjob;
 mod daemonset;
 mod deployment;
+mod disruption;
 mod endpoints;
 mod garbage_collector;
 mod history;
@@ -95,6 +96,7 @@ pub const NAMES: &[&str] = &[
     "servicelb",
     "persistentvolume-binder",
     "local-path",
+    "disruption",
 ];
 
 /// Runs the enabled controllers until `stop`.
@@ -170,6 +172,9 @@ pub async fn run(
     }
     if enabled("local-path") {
         loops.spawn(local_path::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("disruption") {
+        loops.spawn(disruption::run(ctx.clone(), stop.clone()));
     }
     if enabled("nodeipam") {
         loops.spawn(node_ipam::run(ctx.clone(), stop.clone()));

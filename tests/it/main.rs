@@ -6,6 +6,7 @@ mod cluster;
 mod controlplane;
 mod crash;
 mod datastore;
+mod disruption;
 mod dualstack;
 mod etcdctl;
 mod join;

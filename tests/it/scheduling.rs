@@ -2,7 +2,7 @@
 //! test (2 cpu each, zones z1 = {a, b}, z2 = {c}): topology spreading, pod anti-affinity,
 //! host ports, volume node affinity and missing claims, scheduling gates, and preemption by
 //! priority with a PodDisruptionBudget in the way — each with kube's wording for why a pod
-//! waits. The test plays the kubelet where a pod must finish leaving.
+//! waits. The test plays the kubelet: it reports pods ready and finishes their leaving.
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -234,17 +234,19 @@ fn preemption_evicts_the_least_important_pods_and_nominates_the_node() {
     bound(&s, "app in (guarded,plain)", 2);
     let pdb = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: guard}\nspec:\n  minAvailable: 1\n  selector: {matchLabels: {app: guarded}}\n";
     s.kube_ok(&["apply", "-f", &write(dir.path(), "pdb.yaml", pdb)]);
-    // The budget's status says no disruption is allowed (what the disruption controller
-    // reports for one healthy pod that must stay).
-    s.kube_ok(&[
-        "patch",
-        "pdb",
-        "guard",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"disruptionsAllowed":0,"currentHealthy":1,"desiredHealthy":1,"expectedPods":1,"observedGeneration":1}}"#,
-    ]);
+    // The disruption controller finds the guarded pod healthy and needed: no disruption
+    // allowed.
+    crate::workloads::report_running(&s, "guarded", true);
+    wait_for("the budget's status", Duration::from_secs(30), || {
+        let st = s.kube_ok(&[
+            "get",
+            "pdb",
+            "guard",
+            "-o",
+            "jsonpath={.status.currentHealthy}/{.status.disruptionsAllowed}",
+        ]);
+        (st == "1/0").then_some(())
+    });
     // An equal-priority pod that does not fit preempts nothing.
     let peer = "apiVersion: v1\nkind: Pod\nmetadata: {name: peer}\nspec:\n  priorityClassName: low\n  nodeSelector: {kubernetes.io/hostname: c}\n  containers: [{name: c, image: busybox, resources: {requests: {cpu: '1'}}}]\n";
     s.kube_ok(&["apply", "-f", &write(dir.path(), "peer.yaml", peer)]);
