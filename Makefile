@@ -3,7 +3,7 @@
 CARGO ?= cargo
 DATA_DIR ?= /var/lib/krab
 
-.PHONY: build release run test lint fmt bench-store bench-api bench-pods bench-net clean deps-build deps-test deps-run
+.PHONY: build release run test lint fmt bench-store bench-api bench-pods bench-net bench-scheduler clean deps-build deps-test deps-run
 
 deps-build:
 	packaging/deps.sh build
@@ -46,6 +46,10 @@ bench-api: deps-build release
 # Pod startup p50/p99 (100 pods, 10 at a time) and server+agent/containerd RSS; needs root.
 bench-pods: deps-test release
 	$(CARGO) run --release --example bench_pods
+
+# Scheduler throughput against 100 simulated nodes, 3,000 pods from Deployments, RSS.
+bench-scheduler: deps-build release
+	$(CARGO) run --release --example bench_scheduler
 
 bench-net: deps-build
 	$(CARGO) run --release --example bench_net

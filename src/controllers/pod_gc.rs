@@ -67,38 +67,21 @@ async fn pass(
         .iter()
         .map(|n| n.name_any())
         .collect();
-    let pods = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    // Pages of 500, so a pass never holds every pod of a large cluster decoded at once;
+    // only finished pods are kept across pages.
+    let api = Api::<Pod>::all(client.clone());
     let mut missing = HashSet::new();
-    let mut terminated: Vec<&Pod> = Vec::new();
-    for pod in &pods {
-        let uid = pod.uid().unwrap_or_default();
-        let node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
-        if node.is_empty() {
-            if pod.metadata.deletion_timestamp.is_some() {
-                force_delete(client, pod, "terminating and never scheduled").await?;
-            }
-            continue;
+    let mut terminated: Vec<Pod> = Vec::new();
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&params).await?;
+        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        for pod in page.items {
+            judge(client, pod, suspects, &nodes, &mut missing, &mut terminated).await?;
         }
-        if !nodes.contains(&node) {
-            if suspects.contains(&uid) {
-                force_delete(client, pod, "its node no longer exists").await?;
-            } else {
-                missing.insert(uid);
-            }
-            continue;
-        }
-        if matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        ) {
-            terminated.push(pod);
+        match next {
+            Some(c) => params = params.continue_token(&c),
+            None => break,
         }
     }
     if terminated.len() > TERMINATED_THRESHOLD {
@@ -109,4 +92,42 @@ async fn pass(
         }
     }
     Ok(missing)
+}
+
+/// One pod of a pass: deleted now, suspected, or kept as a finished pod.
+async fn judge(
+    client: &kube::Client,
+    pod: Pod,
+    suspects: &HashSet<String>,
+    nodes: &HashSet<String>,
+    missing: &mut HashSet<String>,
+    terminated: &mut Vec<Pod>,
+) -> Result<(), kube::Error> {
+    let uid = pod.uid().unwrap_or_default();
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    if node.is_empty() {
+        if pod.metadata.deletion_timestamp.is_some() {
+            force_delete(client, &pod, "terminating and never scheduled").await?;
+        }
+        return Ok(());
+    }
+    if !nodes.contains(&node) {
+        if suspects.contains(&uid) {
+            force_delete(client, &pod, "its node no longer exists").await?;
+        } else {
+            missing.insert(uid);
+        }
+        return Ok(());
+    }
+    if matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        terminated.push(pod);
+    }
+    Ok(())
 }

@@ -105,3 +105,27 @@ pub fn cancel_on_signals(token: CancellationToken) {
         token.cancel();
     });
 }
+
+/// How often freed heap memory is handed back to the kernel.
+pub const TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Hands memory the allocator holds free back to the kernel every `period` until `stop`.
+/// glibc returns freed memory only from the top of the heap by itself; after a burst (many
+/// LISTs decoded at once) the freed middle of the heap would otherwise stay resident, so
+/// RSS would show the peak, not what is live.
+pub async fn return_freed_memory(
+    period: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(period) => {}
+        }
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free pages of glibc's own heap; it is thread-safe.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}

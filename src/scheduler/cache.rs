@@ -201,6 +201,37 @@ fn host_ports(pod: &Pod) -> Vec<HostPort> {
         .collect()
 }
 
+/// What of a placed pod the filters, scores and preemption read once its requests and
+/// ports are worked out: identity, labels, affinity, priority, deletion and start time.
+/// Placed pods are most of a cluster's pods, so the cache keeps only this.
+fn slim(p: &Pod) -> Pod {
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+    use kube::api::ObjectMeta;
+    Pod {
+        metadata: ObjectMeta {
+            name: p.metadata.name.clone(),
+            namespace: p.metadata.namespace.clone(),
+            uid: p.metadata.uid.clone(),
+            labels: p.metadata.labels.clone(),
+            deletion_timestamp: p.metadata.deletion_timestamp.clone(),
+            resource_version: p.metadata.resource_version.clone(),
+            ..Default::default()
+        },
+        spec: p.spec.as_ref().map(|s| PodSpec {
+            node_name: s.node_name.clone(),
+            affinity: s.affinity.clone(),
+            priority: s.priority,
+            containers: Vec::new(),
+            ..Default::default()
+        }),
+        status: p.status.as_ref().map(|s| PodStatus {
+            phase: s.phase.clone(),
+            start_time: s.start_time.clone(),
+            ..Default::default()
+        }),
+    }
+}
+
 /// A node and the pods on it.
 #[derive(Debug, Default)]
 pub struct NodeInfo {
@@ -318,10 +349,9 @@ impl Cache {
             return;
         }
         self.placed.insert(uid, node.clone());
-        self.nodes
-            .entry(node)
-            .or_default()
-            .add(Arc::new(PodInfo::new(pod)));
+        let mut info = PodInfo::new(pod);
+        info.pod = Arc::new(slim(&info.pod));
+        self.nodes.entry(node).or_default().add(Arc::new(info));
     }
 
     pub fn remove_pod(&mut self, uid: &str) {

@@ -238,6 +238,10 @@ fn start_apiserver(
     if !args.disable_agent {
         start_agent(sup, args, name, &api, &certs, shutdown.clone())?;
     }
+    sup.spawn(
+        "memory-trim",
+        crate::lifecycle::return_freed_memory(crate::lifecycle::TRIM_PERIOD, shutdown.clone()),
+    );
     sup.spawn("apiserver", async move {
         api.run(&certs, listener, shutdown).await
     });
