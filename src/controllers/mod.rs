@@ -16,6 +16,7 @@ mod node_ipam;
 mod node_lifecycle;
 mod pod_gc;
 mod replicaset;
+mod replication_controller;
 mod serviceaccount;
 mod servicelb;
 mod statefulset;
@@ -80,6 +81,7 @@ pub struct Selection {
 pub const NAMES: &[&str] = &[
     "deployment",
     "replicaset",
+    "replicationcontroller",
     "daemonset",
     "statefulset",
     "job",
@@ -124,6 +126,9 @@ pub async fn run(
     let mut loops = tokio::task::JoinSet::new();
     if enabled("replicaset") {
         loops.spawn(replicaset::run(ctx.clone(), stop.clone()));
+    }
+    if enabled("replicationcontroller") {
+        loops.spawn(replication_controller::run(ctx.clone(), stop.clone()));
     }
     if enabled("daemonset") {
         loops.spawn(daemonset::run(ctx.clone(), stop.clone()));

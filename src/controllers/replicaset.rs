@@ -1,4 +1,4 @@
-//! The ReplicaSet controller: keeps `spec.replicas` pods matching the template running,
+//! The ReplicaSet controller (and the sync the ReplicationController controller shares): keeps `spec.replicas` pods matching the template running,
 //! creating them (owned by the ReplicaSet) or deleting the extra ones (not yet running ones
 //! first), and reports replicas, ready and available counts in the status.
 use std::sync::Arc;
@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -95,29 +96,88 @@ fn deletion_rank(pod: &Pod) -> (u8, u8, u8) {
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = rs.namespace().ok_or(Error::Missing("namespace"))?;
     let name = rs.name_any();
-    let uid = rs.uid().ok_or(Error::Missing("uid"))?;
     let span =
         tracing::debug_span!("reconcile", kind = "ReplicaSet", namespace = %ns, name = %name);
     let _g = span.enter();
     let spec = rs.spec.clone().ok_or(Error::Missing("spec"))?;
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = selector_query(&spec.selector);
+    let view = Replicated {
+        api_version: ReplicaSet::api_version(&()).to_string(),
+        kind: ReplicaSet::kind(&()).to_string(),
+        component: "replicaset-controller",
+        namespace: ns.clone(),
+        name: name.clone(),
+        uid: rs.uid().ok_or(Error::Missing("uid"))?,
+        deleting: rs.metadata.deletion_timestamp.is_some(),
+        selector: spec.selector.clone(),
+        replicas: spec.replicas.unwrap_or(1),
+        template: spec.template.clone().unwrap_or_default(),
+        reference: crate::client::events::reference(rs.as_ref()),
+    };
+    let counts = sync(&view, &ctx).await?;
+    let status = ReplicaSetStatus {
+        replicas: counts.replicas,
+        fully_labeled_replicas: Some(counts.fully_labeled),
+        ready_replicas: Some(counts.ready),
+        available_replicas: Some(counts.ready),
+        observed_generation: rs.metadata.generation,
+        conditions: None,
+        terminating_replicas: None,
+    };
+    if rs.status.as_ref() != Some(&status) {
+        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({"status": status});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// A workload that keeps `replicas` copies of a pod template (ReplicaSet or
+/// ReplicationController), as the shared sync sees it.
+pub struct Replicated {
+    pub api_version: String,
+    pub kind: String,
+    /// The component its events come from.
+    pub component: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub deleting: bool,
+    pub selector: LabelSelector,
+    pub replicas: i32,
+    pub template: PodTemplateSpec,
+    pub reference: k8s_openapi::api::core::v1::ObjectReference,
+}
+
+/// What the status reports.
+pub struct Counts {
+    pub replicas: i32,
+    pub fully_labeled: i32,
+    pub ready: i32,
+}
+
+/// Creates or deletes pods until `replicas` of the owner's are active; counts them.
+pub async fn sync(w: &Replicated, ctx: &Context) -> Result<Counts, Error> {
+    let (ns, name, uid) = (&w.namespace, &w.name, &w.uid);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = selector_query(&w.selector);
     let pods = pods_api
         .list(&ListParams::default().labels(&selector))
         .await?;
     let mine: Vec<Pod> = pods
         .items
         .into_iter()
-        .filter(|p| owned_by(p, &uid))
+        .filter(|p| owned_by(p, uid))
         .collect();
     let mut active: Vec<&Pod> = mine.iter().filter(|p| is_active(p)).collect();
-    let want = spec.replicas.unwrap_or(1).max(0) as usize;
-    if rs.metadata.deletion_timestamp.is_none() {
+    let want = w.replicas.max(0) as usize;
+    let events = ctx.events.for_component(w.component);
+    if !w.deleting {
         if active.len() < want {
-            let template = spec.template.clone().unwrap_or_default();
+            let template = &w.template;
             let owner = OwnerReference {
-                api_version: ReplicaSet::api_version(&()).to_string(),
-                kind: ReplicaSet::kind(&()).to_string(),
+                api_version: w.api_version.clone(),
+                kind: w.kind.clone(),
                 name: name.clone(),
                 uid: uid.clone(),
                 controller: Some(true),
@@ -138,13 +198,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
                     spec: template.spec.clone(),
                     status: None,
                 };
-                let events = ctx.events.for_component("replicaset-controller");
-                let reference = crate::client::events::reference(rs.as_ref());
                 match pods_api.create(&PostParams::default(), &pod).await {
                     Ok(created) => {
                         events
                             .normal(
-                                &reference,
+                                &w.reference,
                                 "SuccessfulCreate",
                                 &format!("Created pod: {}", created.name_any()),
                             )
@@ -152,7 +210,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
                     }
                     Err(e) => {
                         events
-                            .warning(&reference, "FailedCreate", &format!("Error creating: {e}"))
+                            .warning(
+                                &w.reference,
+                                "FailedCreate",
+                                &format!("Error creating: {e}"),
+                            )
                             .await;
                         return Err(e.into());
                     }
@@ -166,10 +228,9 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
                     .await
                 {
                     Ok(_) => {
-                        ctx.events
-                            .for_component("replicaset-controller")
+                        events
                             .normal(
-                                &crate::client::events::reference(rs.as_ref()),
+                                &w.reference,
                                 "SuccessfulDelete",
                                 &format!("Deleted pod: {}", p.name_any()),
                             )
@@ -181,32 +242,21 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
             }
         }
     }
-    // Status from what exists now (the next pod event brings the next reconcile).
+    // Counts from what exists now (the next pod event brings the next reconcile).
     let ready = active.iter().filter(|p| is_ready(p)).count() as i32;
-    let labels = spec
+    let labels = w
         .template
+        .metadata
         .as_ref()
-        .and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     let fully_labeled = active
         .iter()
         .filter(|p| labels.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
         .count() as i32;
-    let status = ReplicaSetStatus {
+    Ok(Counts {
         replicas: active.len() as i32,
-        fully_labeled_replicas: Some(fully_labeled),
-        ready_replicas: Some(ready),
-        available_replicas: Some(ready),
-        observed_generation: rs.metadata.generation,
-        conditions: None,
-        terminating_replicas: None,
-    };
-    if rs.status.as_ref() != Some(&status) {
-        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({"status": status});
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-    }
-    Ok(Action::requeue(Duration::from_secs(300)))
+        fully_labeled,
+        ready,
+    })
 }

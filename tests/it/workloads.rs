@@ -879,3 +879,33 @@ fn a_silent_node_goes_unknown_is_tainted_and_its_pods_leave_by_their_tolerations
         (!out.contains("unreachable")).then_some(())
     });
 }
+
+#[test]
+fn replication_controllers_keep_their_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    register_node(&s, dir.path(), "n1", "");
+    let rc = "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: old}\nspec:\n  replicas: 3\n  selector: {app: old}\n  template:\n    metadata: {labels: {app: old}}\n    spec: {containers: [{name: c, image: busybox}]}\n";
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "rc.yaml", rc)]);
+    let pods = wait_for("three pods", Duration::from_secs(30), || {
+        let p = pods_of(&s, "app=old");
+        (p.len() == 3).then_some(p)
+    });
+    report_running(&s, &pods[0].0, true);
+    wait_for("the RC's status", Duration::from_secs(30), || {
+        let st = s.kube_ok(&[
+            "get",
+            "rc",
+            "old",
+            "-o",
+            "jsonpath={.status.replicas}/{.status.readyReplicas}/{.status.observedGeneration}",
+        ]);
+        (st == "3/1/1").then_some(())
+    });
+    s.kube_ok(&["scale", "rc", "old", "--replicas=1"]);
+    wait_for("one pod left", Duration::from_secs(30), || {
+        (pods_of(&s, "app=old").len() == 1).then_some(())
+    });
+    // The ready pod is kept: unready ones go first.
+    assert_eq!(pods_of(&s, "app=old")[0].0, pods[0].0);
+}
