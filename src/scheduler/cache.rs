@@ -80,6 +80,14 @@ impl PodInfo {
     pub fn labels(&self) -> &BTreeMap<String, String> {
         self.pod.labels()
     }
+
+    pub fn tolerations(&self) -> &[k8s_openapi::api::core::v1::Toleration] {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 /// `namespace/name` of a pod.

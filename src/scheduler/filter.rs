@@ -76,12 +76,7 @@ pub fn node_conditions(pod: &PodInfo, node: &NodeInfo) -> Result<(), Reject> {
     let Some(n) = node.node.as_ref() else {
         return Err(Reject::fixed("node(s) not found"));
     };
-    let tolerations = pod
-        .pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_deref())
-        .unwrap_or_default();
+    let tolerations = pod.tolerations();
     if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         let taint = Taint {
             key: "node.kubernetes.io/unschedulable".into(),

@@ -157,17 +157,14 @@ fn image_locality(pod: &PodInfo, node: &NodeInfo, cache: &Cache) -> f64 {
 
 fn intolerable_taints(pod: &PodInfo, node: &NodeInfo) -> f64 {
     let tolerations: Vec<_> = pod
-        .pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.clone())
-        .unwrap_or_default()
-        .into_iter()
+        .tolerations()
+        .iter()
         .filter(|t| {
             t.effect
                 .as_deref()
                 .is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
         })
+        .cloned()
         .collect();
     node.node
         .as_ref()

@@ -63,12 +63,7 @@ impl Constraint {
             return false;
         }
         if self.honor_taints {
-            let tolerations = pod
-                .pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.tolerations.as_deref())
-                .unwrap_or_default();
+            let tolerations = pod.tolerations();
             let untolerated = n
                 .spec
                 .as_ref()
