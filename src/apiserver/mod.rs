@@ -68,6 +68,25 @@ pub struct ApiServer {
     advertise: Option<std::net::IpAddr>,
 }
 
+/// Makes the API router as seen by an in-process caller.
+#[derive(Clone)]
+pub struct InProcessCallers(axum::Router);
+
+impl InProcessCallers {
+    /// The router as seen by `user` (name, groups; `system:authenticated` is added).
+    pub fn router_as(&self, name: &str, groups: &[&str]) -> axum::Router {
+        let mut groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        groups.push("system:authenticated".into());
+        let user = auth::User {
+            name: name.to_string(),
+            groups,
+        };
+        self.0
+            .clone()
+            .layer(axum::Extension(auth::Caller(Some(user))))
+    }
+}
+
 impl ApiServer {
     pub fn new(
         datastore: Datastore,
@@ -110,15 +129,13 @@ impl ApiServer {
     /// The router as seen by `user` (name, groups): what in-process loops call, with no
     /// socket and no TLS, authenticated as themselves.
     pub fn router_as(&self, name: &str, groups: &[&str]) -> axum::Router {
-        let mut groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-        groups.push("system:authenticated".into());
-        let user = auth::User {
-            name: name.to_string(),
-            groups,
-        };
-        self.router
-            .clone()
-            .layer(axum::Extension(auth::Caller(Some(user))))
+        self.callers().router_as(name, groups)
+    }
+
+    /// What makes routers for in-process callers, kept apart from the server so a loop can
+    /// make clients for identities it learns later.
+    pub fn callers(&self) -> InProcessCallers {
+        InProcessCallers(self.router.clone())
     }
 
     /// Serves HTTPS on `listener` until `shutdown`; creates the system objects as soon as

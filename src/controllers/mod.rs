@@ -2,6 +2,7 @@
 //! (the `kube` runtime: watcher, controller, work queue with rate-limited retries) with its
 //! own client, and writes back only through the API, so validation and admission apply to it
 //! as to any client. They run while this server holds the controller lease.
+mod autoscaler;
 mod cronjob;
 mod daemonset;
 mod deployment;
@@ -17,6 +18,7 @@ mod node_lifecycle;
 mod pod_gc;
 mod replicaset;
 mod replication_controller;
+mod resource_quota;
 mod serviceaccount;
 mod servicelb;
 mod statefulset;
@@ -78,116 +80,134 @@ pub struct Selection {
     pub disabled: Vec<String>,
 }
 
-pub const NAMES: &[&str] = &[
-    "deployment",
-    "replicaset",
-    "replicationcontroller",
-    "daemonset",
-    "statefulset",
-    "job",
-    "cronjob",
-    "ttl-after-finished",
-    "garbagecollector",
-    "namespace",
-    "serviceaccount",
-    "serviceaccount-token",
-    "nodeipam",
-    "nodelifecycle",
-    "endpoints",
-    "podgc",
-    "servicelb",
-    "persistentvolume-binder",
-    "local-path",
-    "disruption",
+/// The loops: each one's `--disable-controller` name and the service account in kube-system
+/// it acts as (kube's names, whose `system:controller:<identity>` ClusterRole it holds).
+pub const LOOPS: &[(&str, &str)] = &[
+    ("deployment", "deployment-controller"),
+    ("replicaset", "replicaset-controller"),
+    ("replicationcontroller", "replication-controller"),
+    ("daemonset", "daemon-set-controller"),
+    ("statefulset", "statefulset-controller"),
+    ("job", "job-controller"),
+    ("cronjob", "cronjob-controller"),
+    ("ttl-after-finished", "ttl-after-finished-controller"),
+    ("garbagecollector", "generic-garbage-collector"),
+    ("namespace", "namespace-controller"),
+    ("serviceaccount", "service-account-controller"),
+    // kube's token controller runs as the controller manager itself.
+    ("serviceaccount-token", MANAGER),
+    ("nodeipam", "node-controller"),
+    ("nodelifecycle", "node-controller"),
+    ("endpoints", "endpoint-controller"),
+    ("podgc", "pod-garbage-collector"),
+    ("servicelb", "service-lb-controller"),
+    ("persistentvolume-binder", "persistent-volume-binder"),
+    ("local-path", "local-path-provisioner"),
+    ("disruption", "disruption-controller"),
+    ("resourcequota", "resourcequota-controller"),
+    ("horizontalpodautoscaling", "horizontal-pod-autoscaler"),
 ];
 
-/// Runs the enabled controllers until `stop`.
+/// The controller manager's own identity (a user, not a service account).
+pub const MANAGER: &str = "system:kube-controller-manager";
+
+/// Makes the client a loop acts through, given the identity it acts as: `MANAGER`, or the
+/// name of a service account in kube-system.
+pub type ClientFor = Arc<dyn Fn(&str) -> kube::Client + Send + Sync>;
+
+/// Runs the enabled controllers until `stop`, each through its own client.
 pub async fn run(
-    client: kube::Client,
+    client_for: ClientFor,
     cluster: ClusterInfo,
     selection: Selection,
     stop: CancellationToken,
 ) {
-    let ctx = Arc::new(Context {
-        events: crate::client::events::EventRecorder::new(
-            client.clone(),
-            "kube-controller-manager",
-            None,
-        ),
-        client,
-        root_ca: cluster.root_ca,
-        cluster_cidr: cluster.cluster_cidr,
-        service_account_key: cluster.service_account_key,
-        allocating: tokio::sync::Mutex::new(()),
-        storage_dir: cluster.storage_dir,
-        local_node: cluster.local_node,
-    });
     let enabled = |n: &str| !selection.disabled.iter().any(|d| d == n);
+    let identities: Vec<&str> = LOOPS
+        .iter()
+        .filter(|(n, i)| enabled(n) && *i != MANAGER)
+        .map(|(_, i)| *i)
+        .collect();
+    ensure_identities(&client_for(MANAGER), identities).await;
     let mut loops = tokio::task::JoinSet::new();
-    if enabled("replicaset") {
-        loops.spawn(replicaset::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("replicationcontroller") {
-        loops.spawn(replication_controller::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("daemonset") {
-        loops.spawn(daemonset::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("statefulset") {
-        loops.spawn(statefulset::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("job") {
-        loops.spawn(job::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("cronjob") {
-        loops.spawn(cronjob::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("ttl-after-finished") {
-        loops.spawn(ttl_after_finished::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("deployment") {
-        loops.spawn(deployment::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("garbagecollector") {
-        loops.spawn(garbage_collector::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("namespace") {
-        loops.spawn(namespace::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("serviceaccount") {
-        loops.spawn(serviceaccount::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("serviceaccount-token") {
-        loops.spawn(tokens::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("endpoints") {
-        loops.spawn(endpoints::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("podgc") {
-        loops.spawn(pod_gc::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("servicelb") {
-        loops.spawn(servicelb::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("nodelifecycle") {
-        loops.spawn(node_lifecycle::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("persistentvolume-binder") {
-        loops.spawn(volume_binder::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("local-path") {
-        loops.spawn(local_path::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("disruption") {
-        loops.spawn(disruption::run(ctx.clone(), stop.clone()));
-    }
-    if enabled("nodeipam") {
-        loops.spawn(node_ipam::run(ctx.clone(), stop.clone()));
+    for (name, identity) in LOOPS.iter().copied().filter(|(n, _)| enabled(n)) {
+        let client = client_for(identity);
+        let ctx = Arc::new(Context {
+            events: crate::client::events::EventRecorder::new(client.clone(), identity, None),
+            client,
+            root_ca: cluster.root_ca.clone(),
+            cluster_cidr: cluster.cluster_cidr,
+            service_account_key: cluster.service_account_key.clone(),
+            allocating: tokio::sync::Mutex::new(()),
+            storage_dir: cluster.storage_dir.clone(),
+            local_node: cluster.local_node.clone(),
+        });
+        let stop = stop.clone();
+        match name {
+            "deployment" => loops.spawn(deployment::run(ctx, stop)),
+            "replicaset" => loops.spawn(replicaset::run(ctx, stop)),
+            "replicationcontroller" => loops.spawn(replication_controller::run(ctx, stop)),
+            "daemonset" => loops.spawn(daemonset::run(ctx, stop)),
+            "statefulset" => loops.spawn(statefulset::run(ctx, stop)),
+            "job" => loops.spawn(job::run(ctx, stop)),
+            "cronjob" => loops.spawn(cronjob::run(ctx, stop)),
+            "ttl-after-finished" => loops.spawn(ttl_after_finished::run(ctx, stop)),
+            "garbagecollector" => loops.spawn(garbage_collector::run(ctx, stop)),
+            "namespace" => loops.spawn(namespace::run(ctx, stop)),
+            "serviceaccount" => loops.spawn(serviceaccount::run(ctx, stop)),
+            "serviceaccount-token" => loops.spawn(tokens::run(ctx, stop)),
+            "nodeipam" => loops.spawn(node_ipam::run(ctx, stop)),
+            "nodelifecycle" => loops.spawn(node_lifecycle::run(ctx, stop)),
+            "endpoints" => loops.spawn(endpoints::run(ctx, stop)),
+            "podgc" => loops.spawn(pod_gc::run(ctx, stop)),
+            "servicelb" => loops.spawn(servicelb::run(ctx, stop)),
+            "persistentvolume-binder" => loops.spawn(volume_binder::run(ctx, stop)),
+            "local-path" => loops.spawn(local_path::run(ctx, stop)),
+            "disruption" => loops.spawn(disruption::run(ctx, stop)),
+            "resourcequota" => loops.spawn(resource_quota::run(ctx, stop)),
+            "horizontalpodautoscaling" => loops.spawn(autoscaler::run(ctx, stop)),
+            other => {
+                tracing::error!(controller = other, "no such controller loop");
+                continue;
+            }
+        };
     }
     while let Some(r) = loops.join_next().await {
         if let Err(e) = r {
             tracing::error!(error = %e, "a controller loop panicked");
         }
+    }
+}
+
+/// Creates the service accounts the enabled loops act as, as kube's controller manager does
+/// (`kubectl -n kube-system get sa` lists them). A failure is logged, not fatal: RBAC decides
+/// by name, so the loops work without the objects.
+async fn ensure_identities(manager: &kube::Client, mut identities: Vec<&str>) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let api: kube::Api<ServiceAccount> = kube::Api::namespaced(manager.clone(), "kube-system");
+    identities.dedup();
+    for identity in identities {
+        let sa = ServiceAccount {
+            metadata: kube::api::ObjectMeta {
+                name: Some(identity.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&kube::api::PostParams::default(), &sa).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => tracing::warn!(identity, error = %e, "could not create the service account"),
+        }
+    }
+}
+
+/// What the API server said, as kube's controllers quote it in Events (the Status message,
+/// not the client's wrapping).
+pub fn said(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
     }
 }
 

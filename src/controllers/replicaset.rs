@@ -213,7 +213,7 @@ pub async fn sync(w: &Replicated, ctx: &Context) -> Result<Counts, Error> {
                             .warning(
                                 &w.reference,
                                 "FailedCreate",
-                                &format!("Error creating: {e}"),
+                                &format!("Error creating: {}", super::said(&e)),
                             )
                             .await;
                         return Err(e.into());

@@ -3,5 +3,7 @@
 //! schedules, which volume serves which claim.
 pub mod cron_schedule;
 pub mod placement;
+pub mod pod_resources;
 pub mod quantity;
+pub mod quota;
 pub mod storage;

@@ -32,3 +32,49 @@ pub fn milli(q: &Quantity) -> i128 {
         .map(|n| (n * 1000.0).round() as i128)
         .unwrap_or(0)
 }
+
+/// A quantity in thousandths written back in kube's canonical form: millis when fractional
+/// (`1500m`), else the largest suffix that keeps it whole. Byte-like amounts (`binary`) use
+/// 1024-based suffixes when a multiple of 1 Ki (`64Mi`), else decimal ones (`1G`).
+pub fn format(milli: i128, binary: bool) -> String {
+    if milli % 1000 != 0 {
+        return format!("{milli}m");
+    }
+    let v = milli / 1000;
+    if v == 0 {
+        return "0".into();
+    }
+    if binary && v % 1024 == 0 {
+        let mut n = v;
+        let mut i = 0;
+        while n % 1024 == 0 && i < 6 {
+            n /= 1024;
+            i += 1;
+        }
+        return format!("{n}{}", ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][i]);
+    }
+    let mut n = v;
+    let mut i = 0;
+    while n % 1000 == 0 && i < 6 {
+        n /= 1000;
+        i += 1;
+    }
+    format!("{n}{}", ["", "k", "M", "G", "T", "P", "E"][i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_written_back_canonically() {
+        let q = |s: &str| milli(&Quantity(s.into()));
+        assert_eq!(format(q("1.5"), false), "1500m");
+        assert_eq!(format(q("2000m"), false), "2");
+        assert_eq!(format(q("0"), true), "0");
+        assert_eq!(format(q("64Mi") + q("64Mi"), true), "128Mi");
+        assert_eq!(format(q("1G"), true), "1G");
+        assert_eq!(format(q("1500"), true), "1500");
+        assert_eq!(format(q("3000"), false), "3k");
+    }
+}

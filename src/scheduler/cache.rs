@@ -11,11 +11,11 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
 
+use crate::resources::pod_resources::add;
+pub use crate::resources::pod_resources::requests;
 use crate::resources::quantity::milli;
 
-/// Resource amounts in thousandths (cpu in millicores, memory in milli-bytes), as kube's
-/// `resource.Quantity.MilliValue` would give them.
-pub type Resources = BTreeMap<String, i128>;
+pub use crate::resources::pod_resources::Resources;
 
 /// kube's defaults for a container that requests no cpu or memory, used only to score
 /// (`GetNonzeroRequests`): 100m cpu, 200 MiB memory.
@@ -102,60 +102,6 @@ pub fn key_of(pod: &Pod) -> String {
 /// A pod's priority (set by the API's Priority admission; 0 without).
 pub fn priority(pod: &Pod) -> i32 {
     pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
-}
-
-/// A pod's requests: the larger of the app containers' sum and any init container's, plus
-/// overhead, as kube counts them. Restartable init containers (sidecars) keep running, so
-/// they add to the app containers and to every later init container.
-pub fn requests(pod: &Pod) -> Resources {
-    let Some(spec) = pod.spec.as_ref() else {
-        return Resources::new();
-    };
-    let of = |c: &k8s_openapi::api::core::v1::Container| -> Resources {
-        c.resources
-            .as_ref()
-            .and_then(|r| r.requests.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), milli(v)))
-            .collect()
-    };
-    let mut sum = Resources::new();
-    for c in &spec.containers {
-        add(&mut sum, &of(c));
-    }
-    let mut sidecars = Resources::new();
-    let mut init_peak = Resources::new();
-    for c in spec.init_containers.iter().flatten() {
-        let own = of(c);
-        if c.restart_policy.as_deref() == Some("Always") {
-            add(&mut sidecars, &own);
-            max_into(&mut init_peak, &sidecars);
-        } else {
-            let mut during = sidecars.clone();
-            add(&mut during, &own);
-            max_into(&mut init_peak, &during);
-        }
-    }
-    add(&mut sum, &sidecars);
-    max_into(&mut sum, &init_peak);
-    for (k, v) in spec.overhead.iter().flatten() {
-        *sum.entry(k.clone()).or_default() += milli(v);
-    }
-    sum
-}
-
-fn add(into: &mut Resources, r: &Resources) {
-    for (k, v) in r {
-        *into.entry(k.clone()).or_default() += v;
-    }
-}
-
-fn max_into(into: &mut Resources, r: &Resources) {
-    for (k, v) in r {
-        let e = into.entry(k.clone()).or_default();
-        *e = (*e).max(*v);
-    }
 }
 
 /// cpu and memory requests with kube's defaults for containers that name none.

@@ -359,14 +359,35 @@ fn start_loops(
         storage_dir: Some(args.data_dir.join("storage")),
         local_node: (!args.disable_agent).then(|| name.to_string()),
     };
-    let cm = in_process(api.router_as("system:kube-controller-manager", &[]));
-    let election = LeaderElection::new(cm.clone(), lease("kube-controller-manager"));
+    use crate::controllers::MANAGER;
+    let cm = in_process(api.router_as(MANAGER, &[]));
+    // Each loop acts as its own service account in kube-system, so RBAC applies per loop.
+    let callers = api.callers();
+    let client_for: crate::controllers::ClientFor = std::sync::Arc::new(move |identity| {
+        if identity == MANAGER {
+            return in_process(callers.router_as(MANAGER, &[]));
+        }
+        let user = format!("system:serviceaccount:kube-system:{identity}");
+        in_process(callers.router_as(
+            &user,
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:kube-system",
+            ],
+        ))
+    });
+    let election = LeaderElection::new(cm, lease("kube-controller-manager"));
     let stop = shutdown.clone();
     if !args.disable_controller_manager {
         sup.spawn("controllers", async move {
             election
                 .run(stop, |term| {
-                    crate::controllers::run(cm.clone(), cluster.clone(), selection.clone(), term)
+                    crate::controllers::run(
+                        client_for.clone(),
+                        cluster.clone(),
+                        selection.clone(),
+                        term,
+                    )
                 })
                 .await;
             Ok(())

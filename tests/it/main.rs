@@ -16,6 +16,7 @@ mod multinode;
 mod pods;
 mod pods_support;
 mod proxy_updates;
+mod quota;
 mod rbac;
 mod scheduling;
 mod services;

@@ -4,9 +4,10 @@
 //! discovery, and the identities of krab's own loops and nodes. Created when missing;
 //! brought back in line when annotated `rbac.authorization.kubernetes.io/autoupdate: "true"`.
 //!
-//! Where krab differs: its controllers share one identity (kube runs each under its own
-//! service account), so `system:kube-controller-manager` may do anything; and `system:node`
-//! is bound to the group system:nodes for what the Node authorizer leaves to RBAC.
+//! The controllers' own roles are in `controller_roles`.
+//!
+//! Where krab differs: `system:node` is bound to the group system:nodes for what the Node
+//! authorizer leaves to RBAC.
 use serde_json::{json, Value};
 
 use crate::apiserver::registry::Registry;
@@ -16,7 +17,7 @@ use crate::apiserver::status::ApiError;
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
 
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
+pub(super) fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
     json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
 }
 
@@ -103,7 +104,7 @@ fn workload_rules(verbs: &[&str], secrets: bool) -> Vec<Value> {
     ]
 }
 
-fn cluster_role(name: &str, rules: Vec<Value>) -> Value {
+pub(super) fn cluster_role(name: &str, rules: Vec<Value>) -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
@@ -116,7 +117,7 @@ fn cluster_role(name: &str, rules: Vec<Value>) -> Value {
     })
 }
 
-fn binding(name: &str, role: &str, subjects: Value) -> Value {
+pub(super) fn binding(name: &str, role: &str, subjects: Value) -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
@@ -140,6 +141,12 @@ fn user(name: &str) -> Value {
 
 /// The default ClusterRoles.
 pub fn cluster_roles() -> Vec<Value> {
+    let mut roles = builtin_roles();
+    roles.extend(super::controller_roles::cluster_roles());
+    roles
+}
+
+fn builtin_roles() -> Vec<Value> {
     let edit_verbs = all(READ, WRITE);
     let mut view = workload_rules(READ, false);
     view.push(rule(&[""], &["namespaces"], READ));
@@ -224,10 +231,6 @@ pub fn cluster_roles() -> Vec<Value> {
                 &["/.well-known/openid-configuration", "/openid/v1/jwks"],
                 &["get"],
             )],
-        ),
-        cluster_role(
-            "system:kube-controller-manager",
-            vec![rule(&["*"], &["*"], &["*"])],
         ),
         cluster_role(
             "system:kube-scheduler",
@@ -320,7 +323,7 @@ pub fn cluster_roles() -> Vec<Value> {
 /// The default ClusterRoleBindings.
 pub fn cluster_role_bindings() -> Vec<Value> {
     let authenticated = json!([group("system:authenticated")]);
-    vec![
+    let mut bindings = vec![
         binding(
             "cluster-admin",
             "cluster-admin",
@@ -356,7 +359,9 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             json!([user("system:kube-scheduler")]),
         ),
         binding("system:node", "system:node", json!([group("system:nodes")])),
-    ]
+    ];
+    bindings.extend(super::controller_roles::cluster_role_bindings());
+    bindings
 }
 
 /// Creates the default policy objects that are missing and updates auto-updated ones that

@@ -3,6 +3,7 @@
 //! bindings are kept in memory (`PolicyCache`: listed once, then followed through a store
 //! watch), so a decision never reads the store.
 pub mod bootstrap;
+mod controller_roles;
 mod follow;
 mod node;
 pub mod review;

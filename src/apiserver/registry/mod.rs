@@ -5,7 +5,9 @@
 //! transaction as their owner. The only module that writes `/registry` keys; what differs
 //! per kind lives in `strategy`.
 mod delete;
+mod limits;
 mod list;
+mod quota;
 
 use std::sync::Arc;
 
@@ -230,6 +232,9 @@ impl Registry {
         if let Some(ns) = ns.filter(|_| r.namespaced) {
             self.check_namespace(ns).await?;
         }
+        if let Some(ns) = ns.filter(|_| r.namespaced) {
+            self.admit_limits(r, ns, &name, &mut obj).await?;
+        }
         if r.group.is_empty() && r.plural == "pods" {
             self.admit_priority(&name, &mut obj).await?;
         }
@@ -253,6 +258,11 @@ impl Registry {
             } else {
                 Vec::new()
             };
+            let charges = match ns.filter(|_| r.namespaced) {
+                Some(ns) => self.charge_quotas(r, ns, &name, &obj).await?,
+                None => quota::Charges::default(),
+            };
+            let charged = !charges.compare.is_empty();
             let lease = self.lease_for(r).await?;
             let mut compare = vec![absent(&key)];
             let mut success = vec![put_leased(&key, encode(&obj), lease)];
@@ -260,6 +270,8 @@ impl Registry {
                 compare.push(absent(k));
                 success.push(put(k, key.clone()));
             }
+            compare.extend(charges.compare);
+            success.extend(charges.success);
             let resp = self
                 .commit(TxnRequest {
                     compare,
@@ -270,10 +282,14 @@ impl Registry {
             if resp.succeeded {
                 return Ok(objects::with_resource_version(obj, resp.revision));
             }
-            if reserved.is_empty() || self.read(key.clone()).await?.is_some() {
+            if (reserved.is_empty() && !charged) || self.read(key.clone()).await?.is_some() {
                 return Err(ApiError::already_exists(r.group, r.plural, &name));
             }
             attempts += 1;
+            if charged && attempts < 20 {
+                // A quota moved under us (another create charged it): count again.
+                continue;
+            }
             if given_ip || attempts >= 5 {
                 // A port or address the client chose was taken in between.
                 return Err(ApiError::conflict(r.group, r.plural, &name).with_message(format!(

@@ -1,5 +1,5 @@
-//! Core kinds without much behaviour of their own: namespaces (finalizer and phase) and the
-//! data kinds, Secret and ConfigMap (stringData folding, base64, key names, immutability).
+//! Core kinds without much behaviour of their own: namespaces (finalizer and phase),
+//! LimitRange defaults, and the data kinds, Secret and ConfigMap (stringData folding, base64, key names, immutability).
 use serde_json::{json, Value};
 
 use super::super::resources::Resource;
@@ -17,9 +17,45 @@ pub fn default(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
             label_namespace_name(obj);
         }
         "secrets" => normalize_secret(obj)?,
+        "limitranges" => default_limit_range(obj),
         _ => {}
     }
     Ok(())
+}
+
+/// kube's LimitRange defaults for Container items: a missing default limit is the max; a
+/// missing default request is the default limit, else the min.
+pub fn default_limit_range(obj: &mut Value) {
+    let Some(items) = obj
+        .pointer_mut("/spec/limits")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for item in items {
+        if item.get("type").and_then(Value::as_str) != Some("Container") {
+            continue;
+        }
+        let fill = |item: &mut Value, into: &str, from: &str| {
+            let Some(source) = item.get(from).and_then(Value::as_object).cloned() else {
+                return;
+            };
+            if source.is_empty() {
+                return;
+            }
+            if !item.get(into).is_some_and(Value::is_object) {
+                item[into] = json!({});
+            }
+            for (k, v) in source {
+                if item[into].get(&k).is_none() {
+                    item[into][k] = v;
+                }
+            }
+        };
+        fill(item, "default", "max");
+        fill(item, "defaultRequest", "default");
+        fill(item, "defaultRequest", "min");
+    }
 }
 
 /// Every namespace carries `kubernetes.io/metadata.name: <name>`, set on each write (as
