@@ -9,7 +9,7 @@ use crate::support::{free_port, Server};
 
 const TOKEN: &str = "test-cluster-secret";
 
-fn start_member(dir: &Path, peer_port: u16, join: Option<(u16, &str)>) -> Server {
+pub fn start_member(dir: &Path, peer_port: u16, join: Option<(u16, &str)>) -> Server {
     let peer = format!("127.0.0.1:{peer_port}");
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
     let token = join.map(|(_, t)| t).unwrap_or(TOKEN);
@@ -34,7 +34,7 @@ fn start_member(dir: &Path, peer_port: u16, join: Option<(u16, &str)>) -> Server
 }
 
 /// The join token the first server wrote (K10<CA hash>::server:<secret>).
-fn token_of(first: &Path) -> String {
+pub fn token_of(first: &Path) -> String {
     std::fs::read_to_string(first.join("server/token"))
         .unwrap()
         .trim()

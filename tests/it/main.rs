@@ -9,6 +9,7 @@ mod datastore;
 mod disruption;
 mod dualstack;
 mod etcdctl;
+mod failover;
 mod join;
 mod kinds;
 mod kubectl;
