@@ -4,7 +4,8 @@
 # Only the group versions krab serves are kept. Run from the repository root.
 set -eu
 VERSION=${1:-v1.32.0}
-GROUP_VERSIONS="api__v1 apis__apps__v1 apis__batch__v1 apis__autoscaling__v2
+GROUP_VERSIONS="api__v1 apis__apps__v1 apis__authentication.k8s.io__v1
+  apis__authorization.k8s.io__v1 apis__batch__v1 apis__autoscaling__v2
   apis__certificates.k8s.io__v1 apis__coordination.k8s.io__v1 apis__discovery.k8s.io__v1
   apis__networking.k8s.io__v1 apis__node.k8s.io__v1 apis__policy__v1
   apis__rbac.authorization.k8s.io__v1 apis__scheduling.k8s.io__v1 apis__storage.k8s.io__v1

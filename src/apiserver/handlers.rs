@@ -45,6 +45,8 @@ pub struct ApiState {
     /// Where this API server is reached, for the OIDC discovery document.
     pub advertise: Option<std::net::IpAddr>,
     pub port: u16,
+    /// The in-process loops' health.
+    pub loops: crate::lifecycle::health::LoopHealth,
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -47,17 +47,26 @@ async fn datastore_ok(state: &ApiState) -> bool {
     )
 }
 
-async fn checks(state: &ApiState, endpoint: Endpoint) -> Vec<(&'static str, bool)> {
-    let mut out = vec![("ping", true), ("log", true)];
+async fn checks(state: &ApiState, endpoint: Endpoint) -> Vec<(String, bool)> {
+    let mut out = vec![("ping".to_string(), true), ("log".to_string(), true)];
     if endpoint != Endpoint::Live {
-        out.push(("etcd", datastore_ok(state).await));
+        out.push(("etcd".into(), datastore_ok(state).await));
     }
     out.push((
-        "poststarthook/bootstrap-controller",
+        "poststarthook/bootstrap-controller".into(),
         state.bootstrapped.done(),
     ));
+    if endpoint != Endpoint::Live {
+        // The controllers and the scheduler, each leading, standing by or failing.
+        for (name, r) in state.loops.checks() {
+            if let Err(reason) = &r {
+                tracing::warn!(check = %name, %reason, "loop failing");
+            }
+            out.push((name, r.is_ok()));
+        }
+    }
     if endpoint == Endpoint::Ready {
-        out.push(("shutdown", !state.shutdown.is_cancelled()));
+        out.push(("shutdown".into(), !state.shutdown.is_cancelled()));
     }
     out
 }
@@ -79,9 +88,9 @@ async fn answer(
         .filter(|(k, _)| k.as_str() == "exclude")
         .map(|(_, v)| v.as_str())
         .collect();
-    results.retain(|(c, _)| !excluded.contains(c));
+    results.retain(|(c, _)| !excluded.contains(&c.as_str()));
     if let Some(one) = only {
-        results.retain(|(c, _)| *c == one);
+        results.retain(|(c, _)| c == one);
         if results.is_empty() {
             return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
         }

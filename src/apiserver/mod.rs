@@ -42,6 +42,8 @@ pub use self::strategy::service_alloc::ServiceNetwork;
 /// What the API server needs to know about the cluster it serves.
 #[derive(Debug, Clone, Default)]
 pub struct ApiConfig {
+    /// The in-process loops' health, reported on /healthz and /readyz.
+    pub loops: crate::lifecycle::health::LoopHealth,
     /// Where Service IPs and node ports come from.
     pub services: ServiceNetwork,
     /// The port clients reach the API server on (the `kubernetes` Service's target).
@@ -114,6 +116,7 @@ impl ApiServer {
             policy: policy.clone(),
             advertise: config.advertise,
             port: config.port,
+            loops: config.loops.clone(),
         });
         Ok(ApiServer {
             registry,

@@ -35,13 +35,14 @@ const SYNC: Duration = Duration::from_secs(15);
 const TOLERANCE: f64 = 0.1;
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     Controller::new(
         Api::<HorizontalPodAutoscaler>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
+    .for_each(crate::controllers::observe(health.clone()))
     .await;
 }
 

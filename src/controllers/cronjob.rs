@@ -26,6 +26,7 @@ use crate::resources::cron_schedule::{time_zone, Schedule};
 pub const SCHEDULED_AT: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let client = ctx.client.clone();
     Controller::new(
         Api::<CronJob>::all(client.clone()),
@@ -34,7 +35,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     .owns(Api::<Job>::all(client), watcher::Config::default())
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
+    .for_each(crate::controllers::observe(health.clone()))
     .await;
 }
 

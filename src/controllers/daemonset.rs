@@ -32,6 +32,7 @@ use crate::resources::placement::{node_selector_matches, tolerated};
 use super::history::REVISION_HASH;
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let client = ctx.client.clone();
     let controller = Controller::new(
         Api::<DaemonSet>::all(client.clone()),
@@ -54,7 +55,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         )
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(crate::controllers::observe(health.clone()))
         .await;
 }
 

@@ -25,6 +25,7 @@ const HASH_LABEL: &str = "pod-template-hash";
 const REVISION: &str = "deployment.kubernetes.io/revision";
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let client = ctx.client.clone();
     Controller::new(
         Api::<Deployment>::all(client.clone()),
@@ -33,7 +34,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     .owns(Api::<ReplicaSet>::all(client), watcher::Config::default())
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
+    .for_each(crate::controllers::observe(health.clone()))
     .await;
 }
 

@@ -31,6 +31,7 @@ use crate::resources::placement::label_selector_matches;
 const EVICTION_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let controller = Controller::new(
         Api::<PodDisruptionBudget>::all(ctx.client.clone()),
         watcher::Config::default(),
@@ -52,7 +53,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         )
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(crate::controllers::observe(health.clone()))
         .await;
 }
 

@@ -33,6 +33,7 @@ type PortSet = Vec<(String, i32, String)>;
 type Addresses = (Vec<EndpointAddress>, Vec<EndpointAddress>);
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let client = ctx.client.clone();
     let services: Api<Service> = Api::all(client.clone());
     // A pod change touches every Service in its namespace (cheap: the selector decides).
@@ -54,7 +55,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         )
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(crate::controllers::observe(health.clone()))
         .await;
 }
 

@@ -27,6 +27,7 @@ pub const PROVISIONER: &str = "rancher.io/local-path";
 pub const CLASS: &str = "local-path";
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     if let Err(e) = ensure_class(&ctx.client).await {
         tracing::warn!(error = %e, "could not create the local-path StorageClass");
     }
@@ -36,14 +37,14 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     )
     .graceful_shutdown_on(stop.clone().cancelled_owned())
     .run(provision, claim_error, ctx.clone())
-    .for_each(|_| async {});
+    .for_each(crate::controllers::observe(health.clone()));
     let volumes = Controller::new(
         Api::<PersistentVolume>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reclaim, volume_error, ctx)
-    .for_each(|_| async {});
+    .for_each(crate::controllers::observe(health.clone()));
     tokio::join!(claims, volumes);
 }
 

@@ -58,6 +58,8 @@ pub struct Context {
     pub storage_dir: Option<std::path::PathBuf>,
     /// This server's own node, when it runs an agent.
     pub local_node: Option<String>,
+    /// How this loop is doing, for /readyz.
+    pub health: crate::lifecycle::health::HealthReporter,
 }
 
 /// What the controllers are told about the cluster.
@@ -71,6 +73,8 @@ pub struct ClusterInfo {
     pub storage_dir: Option<std::path::PathBuf>,
     /// This server's own node, when it runs an agent.
     pub local_node: Option<String>,
+    /// Where each loop reports its health (`controller/<name>` checks on /readyz).
+    pub health: crate::lifecycle::health::LoopHealth,
 }
 
 /// Which loops to run.
@@ -132,7 +136,10 @@ pub async fn run(
     let mut loops = tokio::task::JoinSet::new();
     for (name, identity) in LOOPS.iter().copied().filter(|(n, _)| enabled(n)) {
         let client = client_for(identity);
+        let health = cluster.health.reporter(&check_name(name));
+        health.running();
         let ctx = Arc::new(Context {
+            health,
             events: crate::client::events::EventRecorder::new(client.clone(), identity, None),
             client,
             root_ca: cluster.root_ca.clone(),
@@ -176,6 +183,45 @@ pub async fn run(
         if let Err(e) = r {
             tracing::error!(error = %e, "a controller loop panicked");
         }
+    }
+    // Leadership lost (or shutdown): every loop stands by.
+    for (name, _) in LOOPS.iter().filter(|(n, _)| enabled(n)) {
+        cluster.health.reporter(&check_name(name));
+    }
+}
+
+/// A loop's check on /readyz.
+pub fn check_name(loop_name: &str) -> String {
+    format!("controller/{loop_name}")
+}
+
+type Outcome<K> = Result<
+    (
+        kube::runtime::reflector::ObjectRef<K>,
+        kube::runtime::controller::Action,
+    ),
+    kube::runtime::controller::Error<Error, kube::runtime::watcher::Error>,
+>;
+
+/// Follows a controller's outcomes into its health: a watch that errors, or a write the API
+/// forbids, marks it failing; anything else, running. (Other reconcile errors are retried
+/// per object and say nothing about the loop.)
+pub fn observe<K>(
+    health: crate::lifecycle::health::HealthReporter,
+) -> impl FnMut(Outcome<K>) -> std::future::Ready<()>
+where
+    K: kube::runtime::reflector::Lookup + Clone,
+{
+    use kube::runtime::controller::Error as Failure;
+    move |outcome| {
+        match &outcome {
+            Err(Failure::QueueError(e)) => health.failing(format!("watch failed: {e}")),
+            Err(Failure::ReconcilerFailed(Error::Api(kube::Error::Api(s)), _)) if s.code == 403 => {
+                health.failing(s.message.clone())
+            }
+            _ => health.running(),
+        }
+        std::future::ready(())
     }
 }
 

@@ -16,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 use super::{retry_after, Context, Error};
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     Controller::new(
         Api::<Namespace>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
+    .for_each(crate::controllers::observe(health.clone()))
     .await;
 }
 

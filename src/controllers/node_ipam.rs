@@ -21,13 +21,14 @@ const NODE_MASK_V4: u8 = 24;
 const NODE_MASK_V6: u8 = 64;
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     Controller::new(
         Api::<Node>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
+    .for_each(crate::controllers::observe(health.clone()))
     .await;
 }
 

@@ -43,6 +43,7 @@ fn quotas_of<K: Resource>(quotas: &Store<ResourceQuota>, obj: &K) -> Vec<ObjectR
 }
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let client = ctx.client.clone();
     let controller = Controller::new(
         Api::<ResourceQuota>::all(client.clone()),
@@ -89,7 +90,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         )
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(crate::controllers::observe(health.clone()))
         .await;
 }
 

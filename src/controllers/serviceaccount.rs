@@ -18,6 +18,7 @@ use super::{retry_after, Context, Error};
 const ROOT_CA: &str = "kube-root-ca.crt";
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let client = ctx.client.clone();
     let cm_watch = watcher::Config::default().fields(&format!("metadata.name={ROOT_CA}"));
     let sa_watch = watcher::Config::default().fields("metadata.name=default");
@@ -35,7 +36,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     })
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
+    .for_each(crate::controllers::observe(health.clone()))
     .await;
 }
 

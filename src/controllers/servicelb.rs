@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{retry_after, Context, Error};
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let client = ctx.client.clone();
     let controller = Controller::new(
         Api::<Service>::all(client.clone()),
@@ -40,7 +41,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         )
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(crate::controllers::observe(health.clone()))
         .await;
 }
 

@@ -33,6 +33,7 @@ pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let client = ctx.client.clone();
     Controller::new(
         Api::<StatefulSet>::all(client.clone()),
@@ -41,7 +42,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     .owns(Api::<Pod>::all(client), watcher::Config::default())
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
+    .for_each(crate::controllers::observe(health.clone()))
     .await;
 }
 

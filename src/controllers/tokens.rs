@@ -24,6 +24,7 @@ const SA_NAME: &str = "kubernetes.io/service-account.name";
 const SA_UID: &str = "kubernetes.io/service-account.uid";
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     if ctx.service_account_key.is_none() {
         tracing::info!("no service-account key: legacy token secrets are not filled");
         return;
@@ -52,7 +53,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         )
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(crate::controllers::observe(health.clone()))
         .await;
 }
 

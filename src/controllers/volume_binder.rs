@@ -30,6 +30,7 @@ const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
 const RESYNC: Duration = Duration::from_secs(15);
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let claims = Controller::new(
         Api::<PersistentVolumeClaim>::all(ctx.client.clone()),
         watcher::Config::default(),
@@ -45,7 +46,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     )
     .graceful_shutdown_on(stop.clone().cancelled_owned())
     .run(reconcile_claim, claim_error, ctx.clone())
-    .for_each(|_| async {});
+    .for_each(crate::controllers::observe(health.clone()));
     let volumes = Controller::new(
         Api::<PersistentVolume>::all(ctx.client.clone()),
         watcher::Config::default(),
@@ -62,7 +63,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     )
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reconcile_volume, volume_error, ctx)
-    .for_each(|_| async {});
+    .for_each(crate::controllers::observe(health.clone()));
     tokio::join!(claims, volumes);
 }
 

@@ -1,6 +1,8 @@
 //! The supervisor of long-lived tasks: each is named, gets the shared cancellation token, and
 //! is awaited. The first task to fail (or a signal) starts an orderly shutdown of the rest,
 //! bounded by a grace period (k3s: a background failure requests shutdown, it does not exit).
+pub mod health;
+
 use std::future::Future;
 use std::time::Duration;
 

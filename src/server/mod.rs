@@ -213,7 +213,9 @@ fn start_apiserver(
         &certs,
     )?;
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving the Kubernetes API");
+    let loops = crate::lifecycle::health::LoopHealth::default();
     let config = crate::apiserver::ApiConfig {
+        loops: loops.clone(),
         services: crate::apiserver::ServiceNetwork {
             cidrs: args.service_cidr.all(),
             node_ports: args.service_node_port_range.clone(),
@@ -234,7 +236,7 @@ fn start_apiserver(
         }),
     };
     let api = crate::apiserver::ApiServer::new(datastore, config, shutdown.clone())?;
-    start_loops(sup, args, name, &api, &certs, shutdown.clone());
+    start_loops(sup, args, name, &api, &certs, &loops, shutdown.clone());
     if !args.disable_agent {
         start_agent(sup, args, name, &api, &certs, shutdown.clone())?;
     }
@@ -330,6 +332,7 @@ fn start_loops(
     name: &str,
     api: &crate::apiserver::ApiServer,
     certs: &crate::tls::cluster::ClusterTls,
+    health: &crate::lifecycle::health::LoopHealth,
     shutdown: CancellationToken,
 ) {
     use crate::client::{in_process, LeaderElection, LeaseConfig};
@@ -360,6 +363,7 @@ fn start_loops(
         service_account_key: Some(certs.service_account.clone()),
         storage_dir: Some(args.data_dir.join("storage")),
         local_node: (!args.disable_agent).then(|| name.to_string()),
+        health: health.clone(),
     };
     use crate::controllers::MANAGER;
     let cm = in_process(api.router_as(MANAGER, &[]));
@@ -381,6 +385,12 @@ fn start_loops(
     let election = LeaderElection::new(cm, lease("kube-controller-manager"));
     let stop = shutdown.clone();
     if !args.disable_controller_manager {
+        // Every enabled loop has a check on /readyz from the start, standing by.
+        for (loop_name, _) in crate::controllers::LOOPS {
+            if !selection.disabled.iter().any(|d| d == loop_name) {
+                health.reporter(&crate::controllers::check_name(loop_name));
+            }
+        }
         sup.spawn("controllers", async move {
             election
                 .run(stop, |term| {
@@ -398,9 +408,17 @@ fn start_loops(
     if !args.disable_scheduler {
         let sched = in_process(api.router_as("system:kube-scheduler", &[]));
         let election = LeaderElection::new(sched.clone(), lease("kube-scheduler"));
+        let reporter = health.reporter("scheduler");
         sup.spawn("scheduler", async move {
             election
-                .run(shutdown, |term| crate::scheduler::run(sched.clone(), term))
+                .run(shutdown, |term| {
+                    let (sched, reporter) = (sched.clone(), reporter.clone());
+                    async move {
+                        reporter.running();
+                        crate::scheduler::run(sched, term).await;
+                        reporter.standby();
+                    }
+                })
                 .await;
             Ok(())
         });

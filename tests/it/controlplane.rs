@@ -226,6 +226,96 @@ fn loops_can_be_switched_off() {
     assert!(s.kube_ok(&["get", "rs", "-o", "name"]).trim() == "replicaset.apps/lone");
 }
 
+fn readyz(s: &Server) -> (bool, String) {
+    let out = s.kubectl(&["get", "--raw", "/readyz?verbose"]);
+    let body = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), body)
+}
+
+#[test]
+fn each_loop_acts_under_its_own_role_and_reports_on_readyz() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let (ready, body) = readyz(&s);
+    assert!(ready, "{body}");
+    for check in [
+        "[+]controller/deployment ok",
+        "[+]controller/replicaset ok",
+        "[+]scheduler ok",
+    ] {
+        assert!(body.contains(check), "{body}");
+    }
+    // Each loop is a service account of kube-system bound to kube's controller role.
+    let allowed = |group: &str, resource: &str| {
+        let sar = format!(
+            r#"{{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{{"user":"system:serviceaccount:kube-system:deployment-controller","groups":["system:serviceaccounts","system:serviceaccounts:kube-system","system:authenticated"],"resourceAttributes":{{"verb":"create","group":"{group}","resource":"{resource}","namespace":"default"}}}}}}"#
+        );
+        let f = write(dir.path(), "sar.json", &sar);
+        // kubectl validates kinds without PATCH against /openapi/v2 in protobuf, which krab
+        // does not serve yet.
+        s.kube_ok(&[
+            "create",
+            "--validate=false",
+            "-f",
+            &f,
+            "-o",
+            "jsonpath={.status.allowed}",
+        ])
+    };
+    assert_eq!(allowed("apps", "replicasets"), "true");
+    assert_eq!(allowed("", "pods"), "false");
+
+    // Without its binding the Deployment controller is refused, and says so on /readyz;
+    // the other loops go on.
+    let binding = s.kube_ok(&[
+        "get",
+        "clusterrolebinding",
+        "system:controller:deployment-controller",
+        "-o",
+        "json",
+    ]);
+    s.kube_ok(&[
+        "delete",
+        "clusterrolebinding",
+        "system:controller:deployment-controller",
+    ]);
+    register_node(&s, dir.path());
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "d.yaml", DEPLOY)]);
+    let body = wait_for(
+        "the deployment loop failing on /readyz",
+        Duration::from_secs(90),
+        || {
+            let (ready, body) = readyz(&s);
+            (!ready).then_some(body)
+        },
+    );
+    assert!(body.contains("[-]controller/deployment failed"), "{body}");
+    assert!(body.contains("[+]controller/replicaset ok"), "{body}");
+    assert_eq!(s.kube_ok(&["get", "rs", "-o", "name"]).trim(), "");
+
+    // Given its binding back, it catches up and the check passes again.
+    let restored: serde_json::Value = serde_json::from_str(&binding).unwrap();
+    let mut restored = restored;
+    for f in ["resourceVersion", "uid", "creationTimestamp"] {
+        restored["metadata"].as_object_mut().unwrap().remove(f);
+    }
+    s.kube_ok(&[
+        "create",
+        "-f",
+        &write(dir.path(), "crb.json", &restored.to_string()),
+    ]);
+    wait_for("pods of the deployment", Duration::from_secs(60), || {
+        (pods(&s).len() == 2).then_some(())
+    });
+    wait_for("readyz passing again", Duration::from_secs(30), || {
+        readyz(&s).0.then_some(())
+    });
+}
+
 #[test]
 fn namespaces_get_defaults_and_are_emptied_when_deleted_and_owners_take_dependents_along() {
     let dir = tempfile::tempdir().unwrap();

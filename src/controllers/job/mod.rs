@@ -35,12 +35,13 @@ pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let health = ctx.health.clone();
     let client = ctx.client.clone();
     let jobs = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Pod>::all(client), watcher::Config::default())
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {});
+        .for_each(crate::controllers::observe(health.clone()));
     tokio::join!(jobs, release_orphans(ctx, stop));
 }
 
