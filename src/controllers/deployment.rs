@@ -112,14 +112,23 @@ async fn scale(
     Ok(())
 }
 
+/// A condition's status as the API writes it.
+fn tf(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
 fn condition(
     type_: &str,
-    status: bool,
+    status: &str,
     reason: &str,
     message: String,
     old: Option<&DeploymentCondition>,
 ) -> DeploymentCondition {
-    let status = if status { "True" } else { "False" }.to_string();
+    let status = status.to_string();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     // Transition time moves only when the status flips; update time when anything changes.
     let unchanged = old.is_some_and(|o| o.status == status && o.reason.as_deref() == Some(reason));
@@ -138,6 +147,69 @@ fn condition(
             Some(now)
         },
     }
+}
+
+/// Paused: no rollout, but a new replica count still reaches the one active ReplicaSet
+/// (kube's sync of a paused Deployment).
+async fn scale_paused<'a>(
+    rs_api: &Api<ReplicaSet>,
+    all: impl Iterator<Item = &'a ReplicaSet>,
+    want: i32,
+    by: &Scaler<'_>,
+) -> Result<(), Error> {
+    let mut active = all.filter(|rs| replicas_of(rs) > 0);
+    if let (Some(only), None) = (active.next(), active.next()) {
+        if replicas_of(only) != want {
+            scale(rs_api, only, want, by).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The Progressing reason of a paused Deployment.
+const PAUSED: &str = "DeploymentPaused";
+
+/// A paused Deployment whose template has no ReplicaSet yet: only its generation is
+/// observed and its Progressing condition says it is paused.
+async fn pause_status(ctx: &Context, d: &Deployment) -> Result<(), Error> {
+    let prev = d.status.clone().unwrap_or_default();
+    let old = prev
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing")
+        .cloned();
+    if old.as_ref().and_then(|c| c.reason.as_deref()) == Some(PAUSED)
+        && prev.observed_generation == d.metadata.generation
+    {
+        return Ok(());
+    }
+    let mut conditions: Vec<DeploymentCondition> = prev
+        .conditions
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != "Progressing")
+        .collect();
+    conditions.push(condition(
+        "Progressing",
+        "Unknown",
+        PAUSED,
+        "Deployment is paused".into(),
+        old.as_ref(),
+    ));
+    let patch = serde_json::json!({"status": {
+        "observedGeneration": d.metadata.generation,
+        "conditions": conditions,
+    }});
+    Api::<Deployment>::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default())
+        .patch_status(
+            &d.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -191,7 +263,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     let paused = spec.paused == Some(true);
     let mut new_rs = match new_index {
         Some(i) => owned.remove(i),
-        None if paused => return Ok(Action::requeue(Duration::from_secs(300))),
+        None if paused => {
+            scale_paused(&rs_api, owned.iter(), want, &by).await?;
+            pause_status(&ctx, &d).await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
         None => {
             let collision = d.status.as_ref().and_then(|s| s.collision_count);
             let hash = template_hash::compute(&template, collision);
@@ -262,6 +338,15 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
             )
             .await?;
     }
+    // The Deployment carries its current revision too (`kubectl rollout history` and
+    // users read it there).
+    let revision = revision_of(&new_rs).to_string();
+    if d.annotations().get(REVISION) != Some(&revision) {
+        let patch = serde_json::json!({"metadata": {"annotations": {REVISION: revision}}});
+        Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
     let old = owned;
     let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
     let ru = spec
@@ -277,7 +362,15 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     if recreate {
         max_surge = 0;
     }
-    if !paused {
+    if paused {
+        scale_paused(
+            &rs_api,
+            old.iter().chain(std::iter::once(&new_rs)),
+            want,
+            &by,
+        )
+        .await?;
+    } else {
         if recreate {
             for rs in &old {
                 scale(&rs_api, rs, 0, &by).await?;
@@ -368,7 +461,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     let min_available = want - max_unavailable;
     let available_cond = condition(
         "Available",
-        available >= min_available,
+        tf(available >= min_available),
         if available >= min_available {
             "MinimumReplicasAvailable"
         } else {
@@ -384,10 +477,29 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     let complete =
         updated == want && replicas == want && available == want && replicas_of(&new_rs) == want;
     let rs_name = new_rs.name_any();
-    let progressing_cond = if complete {
+    let was_paused = prev_cond("Progressing").is_some_and(|c| c.reason.as_deref() == Some(PAUSED));
+    // While paused the rollout makes no progress, so no deadline runs (kube's
+    // checkPausedConditions); resuming restarts the clock.
+    let progressing_cond = if paused {
         condition(
             "Progressing",
-            true,
+            "Unknown",
+            PAUSED,
+            "Deployment is paused".into(),
+            prev_cond("Progressing").as_ref(),
+        )
+    } else if was_paused && !complete {
+        condition(
+            "Progressing",
+            "Unknown",
+            "DeploymentResumed",
+            "Deployment is resumed".into(),
+            prev_cond("Progressing").as_ref(),
+        )
+    } else if complete {
+        condition(
+            "Progressing",
+            "True",
             "NewReplicaSetAvailable",
             format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
             prev_cond("Progressing").as_ref(),
@@ -395,21 +507,23 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     } else {
         let deadline = spec.progress_deadline_seconds.unwrap_or(600);
         let prev_p = prev_cond("Progressing");
-        let stalled = prev_p
-            .as_ref()
-            .and_then(|c| c.last_update_time.as_ref())
-            .is_some_and(|t| {
-                k8s_openapi::jiff::Timestamp::now()
-                    .duration_since(t.0)
-                    .as_secs()
-                    > i64::from(deadline)
-            })
-            && prev.updated_replicas == Some(updated)
-            && prev.available_replicas == Some(available);
+        // Timed out: no progress for the deadline, or already timed out and still none.
+        let timed_out = prev_p.as_ref().is_some_and(|c| {
+            c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                || c.last_update_time.as_ref().is_some_and(|t| {
+                    k8s_openapi::jiff::Timestamp::now()
+                        .duration_since(t.0)
+                        .as_secs()
+                        > i64::from(deadline)
+                })
+        });
+        let stalled = timed_out
+            && prev.updated_replicas.unwrap_or(0) == updated
+            && prev.available_replicas.unwrap_or(0) == available;
         if stalled {
             condition(
                 "Progressing",
-                false,
+                "False",
                 "ProgressDeadlineExceeded",
                 format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
                 prev_p.as_ref(),
@@ -422,13 +536,15 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
             };
             let mut c = condition(
                 "Progressing",
-                true,
+                "True",
                 reason,
                 format!("ReplicaSet \"{rs_name}\" is progressing."),
                 prev_p.as_ref(),
             );
             // Progress (more updated or available pods) renews the deadline.
-            if prev.updated_replicas != Some(updated) || prev.available_replicas != Some(available)
+            // (Zero counts are omitted from the stored status: absent is 0.)
+            if prev.updated_replicas.unwrap_or(0) != updated
+                || prev.available_replicas.unwrap_or(0) != available
             {
                 c.last_update_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
             }
@@ -452,6 +568,18 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
             for c in s.conditions.iter_mut().flatten() {
                 c.last_update_time = None;
                 c.last_transition_time = None;
+            }
+            // Zero counts are stored as absent.
+            for n in [
+                &mut s.replicas,
+                &mut s.updated_replicas,
+                &mut s.ready_replicas,
+                &mut s.available_replicas,
+                &mut s.unavailable_replicas,
+            ] {
+                if *n == Some(0) {
+                    *n = None;
+                }
             }
             s
         };

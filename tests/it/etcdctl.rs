@@ -61,7 +61,8 @@ fn put_get_prefix_delete_and_revisions() {
     ]))
     .unwrap();
     let rbac = rbac["count"].as_i64().unwrap_or(0);
-    assert_eq!(rbac, 19, "the default roles (11) and bindings (8)");
+    // 10 built-in roles, the manager's, and one per controller identity (20), each bound.
+    assert_eq!(rbac, 59, "the default roles (31) and bindings (28)");
     let out = s.ok(&[
         "get",
         "/registry/",

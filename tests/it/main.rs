@@ -19,6 +19,7 @@ mod pods_support;
 mod proxy_updates;
 mod quota;
 mod rbac;
+mod rollouts;
 mod scheduling;
 mod services;
 mod storage;
