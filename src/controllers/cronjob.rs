@@ -93,12 +93,11 @@ fn due(
     (times.last().copied(), times.len(), next)
 }
 
+#[tracing::instrument(name = "reconcile", level = "debug", skip_all, fields(kind = "CronJob", namespace = ?cj.namespace(), name = %cj.name_any()))]
 async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = cj.namespace().ok_or(Error::Missing("namespace"))?;
     let name = cj.name_any();
     let uid = cj.uid().ok_or(Error::Missing("uid"))?;
-    let span = tracing::debug_span!("reconcile", kind = "CronJob", namespace = %ns, name = %name);
-    let _g = span.enter();
     if cj.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -247,12 +247,11 @@ fn scaled(v: Option<&IntOrString>, total: usize, default: usize) -> usize {
     }
 }
 
+#[tracing::instrument(name = "reconcile", level = "debug", skip_all, fields(kind = "DaemonSet", namespace = ?ds.namespace(), name = %ds.name_any()))]
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = ds.namespace().ok_or(Error::Missing("namespace"))?;
     let name = ds.name_any();
     let uid = ds.uid().ok_or(Error::Missing("uid"))?;
-    let span = tracing::debug_span!("reconcile", kind = "DaemonSet", namespace = %ns, name = %name);
-    let _g = span.enter();
     let spec = ds.spec.clone().ok_or(Error::Missing("spec"))?;
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());

@@ -212,13 +212,11 @@ async fn pause_status(ctx: &Context, d: &Deployment) -> Result<(), Error> {
     Ok(())
 }
 
+#[tracing::instrument(name = "reconcile", level = "debug", skip_all, fields(kind = "Deployment", namespace = ?d.namespace(), name = %d.name_any()))]
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = d.namespace().ok_or(Error::Missing("namespace"))?;
     let name = d.name_any();
     let uid = d.uid().ok_or(Error::Missing("uid"))?;
-    let span =
-        tracing::debug_span!("reconcile", kind = "Deployment", namespace = %ns, name = %name);
-    let _g = span.enter();
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

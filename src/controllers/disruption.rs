@@ -160,14 +160,13 @@ async fn fetch(
     }
 }
 
+#[tracing::instrument(name = "disruption", level = "debug", skip_all, fields(kind = "PodDisruptionBudget", namespace = ?pdb.namespace(), name = %pdb.name_any()))]
 async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Context>) -> Result<Action, Error> {
     if pdb.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let ns = pdb.namespace().unwrap_or_default();
     let name = pdb.name_any();
-    let span = tracing::debug_span!("disruption", kind = "PodDisruptionBudget", namespace = %ns, name = %name);
-    let _g = span.enter();
     let spec = pdb.spec.clone().unwrap_or_default();
     let pods: Vec<Pod> = match &spec.selector {
         None => Vec::new(),

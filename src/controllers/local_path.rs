@@ -88,6 +88,7 @@ fn volume_dir(root: &Path, pvc: &PersistentVolumeClaim) -> PathBuf {
     ))
 }
 
+#[tracing::instrument(name = "provision", level = "info", skip_all, fields(kind = "PersistentVolumeClaim", namespace = ?pvc.namespace(), name = %pvc.name_any()))]
 async fn provision(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ours = pvc
         .annotations()
@@ -102,8 +103,6 @@ async fn provision(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result
     if !ours || !unbound || pvc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let span = tracing::info_span!("provision", kind = "PersistentVolumeClaim", namespace = ?pvc.namespace(), name = %pvc.name_any());
-    let _g = span.enter();
     let events = ctx.events.for_component(&format!("{PROVISIONER}_krab"));
     let modes = spec.access_modes.clone().unwrap_or_default();
     if modes

@@ -32,6 +32,7 @@ fn error_policy(ns: Arc<Namespace>, e: &Error, _: Arc<Context>) -> Action {
     Action::requeue(retry_after(e))
 }
 
+#[tracing::instrument(name = "reconcile", level = "info", skip_all, fields(kind = "Namespace", name = %ns.name_any()))]
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
     if ns.metadata.deletion_timestamp.is_none() {
         return Ok(Action::await_change());
@@ -45,8 +46,6 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Erro
     if !finalizers.iter().any(|f| f == "kubernetes") {
         return Ok(Action::await_change());
     }
-    let span = tracing::info_span!("reconcile", kind = "Namespace", name = %name);
-    let _g = span.enter();
     let discovery = Discovery::new(ctx.client.clone()).run().await?;
     let mut remaining = 0usize;
     for group in discovery.groups() {

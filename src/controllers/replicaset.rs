@@ -94,12 +94,10 @@ fn deletion_rank(pod: &Pod) -> (u8, u8, u8) {
     )
 }
 
+#[tracing::instrument(name = "reconcile", level = "debug", skip_all, fields(kind = "ReplicaSet", namespace = ?rs.namespace(), name = %rs.name_any()))]
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = rs.namespace().ok_or(Error::Missing("namespace"))?;
     let name = rs.name_any();
-    let span =
-        tracing::debug_span!("reconcile", kind = "ReplicaSet", namespace = %ns, name = %name);
-    let _g = span.enter();
     let spec = rs.spec.clone().ok_or(Error::Missing("spec"))?;
     let view = Replicated {
         api_version: ReplicaSet::api_version(&()).to_string(),

@@ -36,11 +36,10 @@ fn error_policy(rc: Arc<ReplicationController>, e: &Error, _: Arc<Context>) -> A
     Action::requeue(retry_after(e))
 }
 
+#[tracing::instrument(name = "reconcile", level = "debug", skip_all, fields(kind = "ReplicationController", namespace = ?rc.namespace(), name = %rc.name_any()))]
 async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = rc.namespace().ok_or(Error::Missing("namespace"))?;
     let name = rc.name_any();
-    let span = tracing::debug_span!("reconcile", kind = "ReplicationController", namespace = %ns, name = %name);
-    let _g = span.enter();
     let spec = rc.spec.clone().ok_or(Error::Missing("spec"))?;
     let template = spec.template.clone().unwrap_or_default();
     let labels = spec

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::discovery::ApiResource;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -58,35 +59,39 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         quotas.clone(),
         quotas,
     );
+    // Only an object's namespace matters here: metadata-only watches keep the traffic
+    // small (secrets and config maps can be large).
     let cfg = watcher::Config::default;
     controller
-        .watches(Api::<Pod>::all(client.clone()), cfg(), move |o: Pod| {
-            quotas_of(&q1, &o)
-        })
         .watches(
-            Api::<Service>::all(client.clone()),
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
             cfg(),
-            move |o: Service| quotas_of(&q2, &o),
+            move |o| quotas_of(&q1, &o),
         )
         .watches(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
+            Api::<PartialObjectMeta<Service>>::all(client.clone()),
             cfg(),
-            move |o: PersistentVolumeClaim| quotas_of(&q3, &o),
+            move |o| quotas_of(&q2, &o),
         )
         .watches(
-            Api::<ConfigMap>::all(client.clone()),
+            Api::<PartialObjectMeta<PersistentVolumeClaim>>::all(client.clone()),
             cfg(),
-            move |o: ConfigMap| quotas_of(&q4, &o),
+            move |o| quotas_of(&q3, &o),
         )
         .watches(
-            Api::<Secret>::all(client.clone()).clone(),
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
             cfg(),
-            move |o: Secret| quotas_of(&q5, &o),
+            move |o| quotas_of(&q4, &o),
         )
         .watches(
-            Api::<ReplicationController>::all(client),
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             cfg(),
-            move |o: ReplicationController| quotas_of(&q6, &o),
+            move |o| quotas_of(&q5, &o),
+        )
+        .watches(
+            Api::<PartialObjectMeta<ReplicationController>>::all(client),
+            cfg(),
+            move |o| quotas_of(&q6, &o),
         )
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)

@@ -216,13 +216,11 @@ async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+#[tracing::instrument(name = "reconcile", level = "debug", skip_all, fields(kind = "StatefulSet", namespace = ?sts.namespace(), name = %sts.name_any()))]
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = sts.namespace().ok_or(Error::Missing("namespace"))?;
     let name = sts.name_any();
     let uid = sts.uid().ok_or(Error::Missing("uid"))?;
-    let span =
-        tracing::debug_span!("reconcile", kind = "StatefulSet", namespace = %ns, name = %name);
-    let _g = span.enter();
     if sts.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

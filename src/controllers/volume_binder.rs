@@ -77,6 +77,7 @@ fn volume_error(pv: Arc<PersistentVolume>, e: &Error, _: Arc<Context>) -> Action
     Action::requeue(retry_after(e))
 }
 
+#[tracing::instrument(name = "bind", level = "debug", skip_all, fields(kind = "PersistentVolumeClaim", namespace = ?pvc.namespace(), name = %pvc.name_any()))]
 async fn reconcile_claim(
     pvc: Arc<PersistentVolumeClaim>,
     ctx: Arc<Context>,
@@ -86,9 +87,6 @@ async fn reconcile_claim(
     }
     let ns = pvc.namespace().unwrap_or_default();
     let name = pvc.name_any();
-    let span =
-        tracing::debug_span!("bind", kind = "PersistentVolumeClaim", namespace = %ns, name = %name);
-    let _g = span.enter();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let classes: Api<StorageClass> = Api::all(ctx.client.clone());

@@ -203,12 +203,11 @@ fn new_pod(job: &Job, owner: &OwnerReference, index: Option<i32>) -> Pod {
     }
 }
 
+#[tracing::instrument(name = "reconcile", level = "debug", skip_all, fields(kind = "Job", namespace = ?job.namespace(), name = %job.name_any()))]
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = job.namespace().ok_or(Error::Missing("namespace"))?;
     let name = job.name_any();
     let uid = job.uid().ok_or(Error::Missing("uid"))?;
-    let span = tracing::debug_span!("reconcile", kind = "Job", namespace = %ns, name = %name);
-    let _g = span.enter();
     let spec = job.spec.clone().ok_or(Error::Missing("spec"))?;
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
