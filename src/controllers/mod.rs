@@ -3,6 +3,7 @@
 //! own client, and writes back only through the API, so validation and admission apply to it
 //! as to any client. They run while this server holds the controller lease.
 mod autoscaler;
+mod clusterrole_aggregation;
 mod cronjob;
 mod daemonset;
 mod deployment;
@@ -88,6 +89,10 @@ pub struct Selection {
 /// it acts as (kube's names, whose `system:controller:<identity>` ClusterRole it holds).
 pub const LOOPS: &[(&str, &str)] = &[
     ("deployment", "deployment-controller"),
+    (
+        "clusterrole-aggregation",
+        "clusterrole-aggregation-controller",
+    ),
     ("replicaset", "replicaset-controller"),
     ("replicationcontroller", "replication-controller"),
     ("daemonset", "daemon-set-controller"),
@@ -152,6 +157,7 @@ pub async fn run(
         let stop = stop.clone();
         match name {
             "deployment" => loops.spawn(deployment::run(ctx, stop)),
+            "clusterrole-aggregation" => loops.spawn(clusterrole_aggregation::run(ctx, stop)),
             "replicaset" => loops.spawn(replicaset::run(ctx, stop)),
             "replicationcontroller" => loops.spawn(replication_controller::run(ctx, stop)),
             "daemonset" => loops.spawn(daemonset::run(ctx, stop)),

@@ -61,8 +61,9 @@ fn put_get_prefix_delete_and_revisions() {
     ]))
     .unwrap();
     let rbac = rbac["count"].as_i64().unwrap_or(0);
-    // 10 built-in roles, the manager's, and one per controller identity (20), each bound.
-    assert_eq!(rbac, 59, "the default roles (31) and bindings (28)");
+    // 13 built-in roles (3 of them aggregated into admin/edit/view), the manager's, and one
+    // per controller identity (21), each bound.
+    assert_eq!(rbac, 64, "the default roles (35) and bindings (29)");
     let out = s.ok(&[
         "get",
         "/registry/",

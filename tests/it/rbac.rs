@@ -209,3 +209,96 @@ fn nodes_reach_only_what_their_pods_reference_and_their_own_objects() {
     assert!(!ok && out.contains("forbidden"), "{out}");
     assert!(n1(&["label", "node", "n1", "x=y"]).0);
 }
+
+const WIDGETS: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: widgets-reader
+  labels: {rbac.authorization.k8s.io/aggregate-to-view: 'true'}
+rules:
+- apiGroups: [example.com]
+  resources: [widgets]
+  verbs: [get, list, watch]
+";
+
+fn holds_widgets(s: &Server, role: &str) -> bool {
+    s.kube_ok(&[
+        "get",
+        "clusterrole",
+        role,
+        "-o",
+        "jsonpath={.rules[*].apiGroups}",
+    ])
+    .contains("example.com")
+}
+
+#[test]
+fn roles_labelled_for_aggregation_extend_view_edit_and_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &["--disable-scheduler"]);
+    // view, edit and admin are aggregated roles, as on kube.
+    let selector = s.kube_ok(&[
+        "get",
+        "clusterrole",
+        "view",
+        "-o",
+        "jsonpath={.aggregationRule.clusterRoleSelectors[0].matchLabels}",
+    ]);
+    assert_eq!(
+        selector,
+        r#"{"rbac.authorization.k8s.io/aggregate-to-view":"true"}"#
+    );
+    let f = crate::support::write(dir.path(), "widgets.yaml", WIDGETS);
+    s.kube_ok(&["apply", "-f", &f]);
+    // view takes the rule, and through it edit, and through edit admin.
+    for role in ["view", "edit", "admin"] {
+        wait_for(
+            &format!("{role} aggregating widgets"),
+            Duration::from_secs(30),
+            || holds_widgets(&s, role).then_some(()),
+        );
+    }
+    // What view held before is still there.
+    let view = s.kube_ok(&[
+        "get",
+        "clusterrole",
+        "view",
+        "-o",
+        "jsonpath={.rules[*].resources}",
+    ]);
+    assert!(
+        view.contains("deployments") && !view.contains("secrets"),
+        "{view}"
+    );
+    // A user bound to view may now read widgets.
+    s.kube_ok(&[
+        "create",
+        "rolebinding",
+        "v",
+        "--clusterrole=view",
+        "--user=alice",
+    ]);
+    let sar = r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{"user":"alice","resourceAttributes":{"verb":"list","group":"example.com","resource":"widgets","namespace":"default"}}}"#;
+    let f = crate::support::write(dir.path(), "sar.json", sar);
+    let allowed = |s: &Server| {
+        s.kube_ok(&[
+            "create",
+            "--validate=false",
+            "-f",
+            &f,
+            "-o",
+            "jsonpath={.status.allowed}",
+        ])
+    };
+    assert_eq!(allowed(&s), "true");
+    // Gone again when the labelled role goes.
+    s.kube_ok(&["delete", "clusterrole", "widgets-reader"]);
+    for role in ["view", "edit", "admin"] {
+        wait_for(
+            &format!("{role} without widgets"),
+            Duration::from_secs(30),
+            || (!holds_widgets(&s, role)).then_some(()),
+        );
+    }
+    assert_eq!(allowed(&s), "false");
+}

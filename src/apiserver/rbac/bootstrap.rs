@@ -139,6 +139,35 @@ fn user(name: &str) -> Value {
     json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name})
 }
 
+const AGGREGATE_TO: &str = "rbac.authorization.k8s.io/aggregate-to-";
+
+/// An aggregated ClusterRole (`admin`, `edit`, `view`): its selector, its initial rules, and
+/// the role it aggregates into in turn.
+fn aggregated(name: &str, rules: Vec<Value>, into: Option<&str>) -> Value {
+    let mut role = cluster_role(name, rules);
+    role["aggregationRule"] = json!({"clusterRoleSelectors": [
+        {"matchLabels": {format!("{AGGREGATE_TO}{name}"): "true"}}
+    ]});
+    if let Some(into) = into {
+        role["metadata"]["labels"][format!("{AGGREGATE_TO}{into}")] = json!("true");
+    }
+    role
+}
+
+/// `system:aggregate-to-<name>`: the rules `name` adds to what it aggregates.
+fn aggregate_to(name: &str, rules: Vec<Value>) -> Value {
+    let mut role = cluster_role(&format!("system:aggregate-to-{name}"), rules);
+    role["metadata"]["labels"][format!("{AGGREGATE_TO}{name}")] = json!("true");
+    role
+}
+
+/// What view grants (no secrets, nothing written).
+fn view_rules_only() -> Vec<Value> {
+    let mut view = workload_rules(READ, false);
+    view.push(rule(&[""], &["namespaces"], READ));
+    view
+}
+
 /// The default ClusterRoles.
 pub fn cluster_roles() -> Vec<Value> {
     let mut roles = builtin_roles();
@@ -148,8 +177,7 @@ pub fn cluster_roles() -> Vec<Value> {
 
 fn builtin_roles() -> Vec<Value> {
     let edit_verbs = all(READ, WRITE);
-    let mut view = workload_rules(READ, false);
-    view.push(rule(&[""], &["namespaces"], READ));
+    let view = view_rules_only();
     let mut edit = workload_rules(&edit_verbs, true);
     edit.push(rule(
         &[""],
@@ -176,14 +204,25 @@ fn builtin_roles() -> Vec<Value> {
         &["localsubjectaccessreviews"],
         &["create"],
     ));
+    // kube's shape: admin, edit and view are aggregated from the roles labelled
+    // `aggregate-to-<role>` (the clusterrole-aggregation controller keeps their rules); edit
+    // aggregates into admin and view into edit. Created with the rules aggregation would
+    // give them, so they work before the controller first runs.
+    let mut admin_only = admin.clone();
+    admin_only.retain(|r| !edit.contains(r));
+    let mut edit_only = edit.clone();
+    edit_only.retain(|r| !view.contains(r));
     vec![
         cluster_role(
             "cluster-admin",
             vec![rule(&["*"], &["*"], &["*"]), urls(&["*"], &["*"])],
         ),
-        cluster_role("admin", admin),
-        cluster_role("edit", edit),
-        cluster_role("view", view),
+        aggregated("admin", admin, None),
+        aggregated("edit", edit, Some("admin")),
+        aggregated("view", view.clone(), Some("edit")),
+        aggregate_to("admin", admin_only),
+        aggregate_to("edit", edit_only),
+        aggregate_to("view", view),
         cluster_role(
             "system:basic-user",
             vec![
@@ -390,6 +429,12 @@ pub async fn ensure(registry: &Registry) -> Result<(), ApiError> {
                         )
                         .and_then(Value::as_str)
                         == Some("true");
+                    // An aggregated role's rules are the aggregation controller's.
+                    let field = if obj.get("aggregationRule").is_some() {
+                        "aggregationRule"
+                    } else {
+                        field
+                    };
                     if auto && current.get(field) != obj.get(field) {
                         current[field] = obj[field].clone();
                         registry

@@ -33,6 +33,15 @@ fn events() -> Value {
 fn controller_rules() -> Vec<(&'static str, Vec<Value>)> {
     vec![
         (
+            // It must hold what it aggregates, or be allowed to escalate.
+            "clusterrole-aggregation-controller",
+            vec![rule(
+                &["rbac.authorization.k8s.io"],
+                &["clusterroles"],
+                &["escalate", "get", "list", "watch", "update", "patch"],
+            )],
+        ),
+        (
             "deployment-controller",
             vec![
                 rule(&["apps"], &["deployments"], MODIFY),
