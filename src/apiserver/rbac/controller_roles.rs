@@ -430,11 +430,15 @@ mod tests {
     fn every_role_is_bound_to_its_service_account() {
         let bindings = cluster_role_bindings();
         assert_eq!(bindings.len(), controller_rules().len());
-        let b = &bindings[0];
+        let b = bindings
+            .iter()
+            .find(|b| b["metadata"]["name"] == "system:controller:deployment-controller")
+            .expect("the deployment controller's binding");
         assert_eq!(
             b["roleRef"]["name"],
             "system:controller:deployment-controller"
         );
+        assert_eq!(b["subjects"][0]["name"], "deployment-controller");
         assert_eq!(b["subjects"][0]["kind"], "ServiceAccount");
         assert_eq!(b["subjects"][0]["namespace"], "kube-system");
     }
