@@ -84,6 +84,11 @@ async fn dispatch(State(state): State<ApiState>, request: axum::extract::Request
             None => return ApiError::unauthorized().into_response(),
         },
     };
+    let user = match super::impersonation::effective_user(&state.policy, user, &parts.headers).await
+    {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
     let span = tracing::debug_span!("request", method = %parts.method, path = parts.uri.path(), user = %user.name);
     async move {
         // Streams to and from a kubelet (logs, exec, attach, port-forward, proxy) carry their

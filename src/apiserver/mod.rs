@@ -6,6 +6,7 @@ mod discovery;
 mod eviction;
 mod handlers;
 mod health;
+mod impersonation;
 mod kubelet_proxy;
 mod node_join;
 mod objects;

@@ -302,3 +302,89 @@ fn roles_labelled_for_aggregation_extend_view_edit_and_admin() {
     }
     assert_eq!(allowed(&s), "false");
 }
+
+#[test]
+fn callers_allowed_to_impersonate_act_as_others_and_nobody_else_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &["--disable-scheduler"]);
+    // The admin may impersonate: `kubectl auth can-i --as` answers for the loop's account.
+    let sa = "--as=system:serviceaccount:kube-system:deployment-controller";
+    assert_eq!(
+        s.kube_ok(&["auth", "can-i", "create", "replicasets.apps", sa])
+            .trim(),
+        "yes"
+    );
+    let out = s.kubectl(&["auth", "can-i", "create", "pods", sa]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    let who = s.kube_ok(&[
+        "auth",
+        "whoami",
+        "--as=bob",
+        "--as-group=devs",
+        "-o",
+        "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+    ]);
+    assert_eq!(who, r#"bob ["devs","system:authenticated"]"#);
+    let err = s.kube_err(&["get", "pods", "--as=bob"]);
+    assert!(
+        err.contains(r#"pods is forbidden: User "bob" cannot list resource "pods" in API group "" in the namespace "default""#),
+        "{err}"
+    );
+    // A service account without the impersonate verb is refused, naming what it asked.
+    s.kube_ok(&["create", "serviceaccount", "robot"]);
+    let token = s.kube_ok(&["create", "token", "robot"]);
+    let (ok, _, err) = as_token(&s, token.trim(), &["get", "pods", "--as=bob"]);
+    assert!(!ok);
+    assert!(
+        err.contains(r#"users "bob" is forbidden: User "system:serviceaccount:default:robot" cannot impersonate resource "users" in API group "" at the cluster scope"#),
+        "{err}"
+    );
+    // Granted impersonation of bob alone, it may act as bob, and as nobody else.
+    s.kube_ok(&[
+        "create",
+        "clusterrole",
+        "impersonate-bob",
+        "--verb=impersonate",
+        "--resource=users",
+        "--resource-name=bob",
+    ]);
+    s.kube_ok(&[
+        "create",
+        "clusterrolebinding",
+        "robot-as-bob",
+        "--clusterrole=impersonate-bob",
+        "--serviceaccount=default:robot",
+    ]);
+    wait_for(
+        "the robot impersonating bob",
+        Duration::from_secs(15),
+        || {
+            let (ok, out, _) = as_token(
+                &s,
+                token.trim(),
+                &[
+                    "auth",
+                    "whoami",
+                    "--as=bob",
+                    "-o",
+                    "jsonpath={.status.userInfo.username}",
+                ],
+            );
+            (ok && out == "bob").then_some(())
+        },
+    );
+    let (ok, _, err) = as_token(&s, token.trim(), &["get", "pods", "--as=carol"]);
+    assert!(
+        !ok && err.contains(r#"users "carol" is forbidden"#),
+        "{err}"
+    );
+    let (ok, _, err) = as_token(
+        &s,
+        token.trim(),
+        &["get", "pods", "--as=bob", "--as-group=system:masters"],
+    );
+    assert!(
+        !ok && err.contains(r#"groups "system:masters" is forbidden"#),
+        "{err}"
+    );
+}
