@@ -23,6 +23,7 @@ mod resource_quota;
 mod serviceaccount;
 mod servicelb;
 mod statefulset;
+mod storage_protection;
 pub mod template_hash;
 mod tokens;
 mod ttl_after_finished;
@@ -112,6 +113,8 @@ pub const LOOPS: &[(&str, &str)] = &[
     ("servicelb", "service-lb-controller"),
     ("persistentvolume-binder", "persistent-volume-binder"),
     ("local-path", "local-path-provisioner"),
+    ("pvc-protection", "pvc-protection-controller"),
+    ("pv-protection", "pv-protection-controller"),
     ("disruption", "disruption-controller"),
     ("resourcequota", "resourcequota-controller"),
     ("horizontalpodautoscaling", "horizontal-pod-autoscaler"),
@@ -176,6 +179,8 @@ pub async fn run(
             "servicelb" => loops.spawn(servicelb::run(ctx, stop)),
             "persistentvolume-binder" => loops.spawn(volume_binder::run(ctx, stop)),
             "local-path" => loops.spawn(local_path::run(ctx, stop)),
+            "pvc-protection" => loops.spawn(storage_protection::run_claims(ctx, stop)),
+            "pv-protection" => loops.spawn(storage_protection::run_volumes(ctx, stop)),
             "disruption" => loops.spawn(disruption::run(ctx, stop)),
             "resourcequota" => loops.spawn(resource_quota::run(ctx, stop)),
             "horizontalpodautoscaling" => loops.spawn(autoscaler::run(ctx, stop)),

@@ -354,9 +354,8 @@ async fn set_volume_phase(
 }
 
 async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if pv.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
+    // A volume being deleted is still released when its claim goes: pv-protection holds it
+    // until it is no longer Bound.
     let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let Some(claim_ref) = pv.spec.as_ref().and_then(|s| s.claim_ref.clone()) else {
         set_volume_phase(&volumes, &pv, "Available").await?;

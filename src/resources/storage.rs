@@ -20,6 +20,29 @@ pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 pub const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 
 /// The claim's class name ("" for none).
+/// The finalizer that holds a claim while pods use it (kube's pvc-protection).
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// The finalizer that holds a volume while it is bound (kube's pv-protection).
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+
+/// The claims a pod uses: its persistentVolumeClaim volumes and, for generic ephemeral
+/// volumes, the `<pod>-<volume>` claims made for it.
+pub fn claims_of(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<String> {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| {
+            if let Some(c) = &v.persistent_volume_claim {
+                return Some(c.claim_name.clone());
+            }
+            v.ephemeral
+                .as_ref()
+                .map(|_| format!("{pod_name}-{}", v.name))
+        })
+        .collect()
+}
+
 pub fn claim_class(pvc: &PersistentVolumeClaim) -> String {
     pvc.spec
         .as_ref()

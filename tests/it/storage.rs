@@ -244,3 +244,77 @@ fn a_pod_keeps_its_data_in_a_local_path_claim() {
         (!std::path::Path::new(&path).exists()).then_some(())
     });
 }
+
+const USER: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: user}
+spec:
+  containers: [{name: c, image: busybox, volumeMounts: [{name: d, mountPath: /data}]}]
+  volumes: [{name: d, persistentVolumeClaim: {claimName: kept}}]
+";
+
+fn exists(s: &Server, kind: &str, name: &str) -> bool {
+    s.kubectl(&["get", kind, name, "-o", "name"])
+        .status
+        .success()
+}
+
+#[test]
+fn claims_in_use_and_bound_volumes_wait_for_their_users_before_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    register_node(&s, dir.path(), "n1", "");
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "pv.yaml", STATIC)]);
+    s.kube_ok(&[
+        "apply",
+        "-f",
+        &write(
+            dir.path(),
+            "kept.yaml",
+            &claim("kept", "1Gi", Some("manual")),
+        ),
+    ]);
+    wait_value(
+        &s,
+        "kept bound",
+        &["get", "pvc", "kept"],
+        "{.status.phase}",
+        "Bound",
+    );
+    // Both carry kube's protection finalizers from admission.
+    assert_eq!(
+        jsonpath(&s, &["get", "pvc", "kept"], "{.metadata.finalizers}"),
+        r#"["kubernetes.io/pvc-protection"]"#
+    );
+    assert_eq!(
+        jsonpath(&s, &["get", "pv", "small"], "{.metadata.finalizers}"),
+        r#"["kubernetes.io/pv-protection"]"#
+    );
+
+    // A pod uses the claim: deleting the claim leaves it Terminating.
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "user.yaml", USER)]);
+    wait_value(
+        &s,
+        "the user bound",
+        &["get", "pod", "user"],
+        "{.spec.nodeName}",
+        "n1",
+    );
+    s.kube_ok(&["delete", "pvc", "kept", "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(exists(&s, "pvc", "kept"), "a claim in use must not go");
+    assert!(!jsonpath(&s, &["get", "pvc", "kept"], "{.metadata.deletionTimestamp}").is_empty());
+    // The bound volume cannot go either while bound.
+    s.kube_ok(&["delete", "pv", "small", "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(exists(&s, "pv", "small"), "a bound volume must not go");
+
+    // The pod goes: the claim goes, the volume is released and then goes too.
+    s.kube_ok(&["delete", "pod", "user", "--grace-period=0", "--force"]);
+    wait_for("the claim gone", Duration::from_secs(30), || {
+        (!exists(&s, "pvc", "kept")).then_some(())
+    });
+    wait_for("the volume gone", Duration::from_secs(30), || {
+        (!exists(&s, "pv", "small")).then_some(())
+    });
+}

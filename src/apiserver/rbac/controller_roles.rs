@@ -236,6 +236,17 @@ fn controller_rules() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "pvc-protection-controller",
+            vec![
+                rule(&[""], &["persistentvolumeclaims"], MODIFY),
+                rule(&[""], &["pods"], READ),
+            ],
+        ),
+        (
+            "pv-protection-controller",
+            vec![rule(&[""], &["persistentvolumes"], MODIFY)],
+        ),
+        (
             "disruption-controller",
             vec![
                 rule(

@@ -241,6 +241,7 @@ impl Registry {
         if r.group.is_empty() && r.plural == "persistentvolumeclaims" {
             self.admit_default_class(&mut obj).await?;
         }
+        protect_storage(r, &mut obj);
         strategy::prepare_create(r, &mut obj)?;
         let key = r.key(ns, &name);
         let is_service = r.group.is_empty() && r.plural == "services";
@@ -809,6 +810,28 @@ fn deletion_complete(r: &Resource, obj: &Value) -> bool {
             .and_then(Value::as_i64)
             .unwrap_or(0)
             == 0
+}
+
+/// StorageObjectInUseProtection admission: claims and volumes are created with the finalizer
+/// the protection controllers lift once nothing uses them, so deleting a claim a pod still
+/// mounts (or a bound volume) waits instead of losing data.
+fn protect_storage(r: &Resource, obj: &mut Value) {
+    let finalizer = match (r.group, r.plural) {
+        ("", "persistentvolumeclaims") => crate::resources::storage::PVC_PROTECTION,
+        ("", "persistentvolumes") => crate::resources::storage::PV_PROTECTION,
+        _ => return,
+    };
+    if !obj["metadata"]
+        .get("finalizers")
+        .is_some_and(Value::is_array)
+    {
+        obj["metadata"]["finalizers"] = json!([]);
+    }
+    if let Some(list) = obj["metadata"]["finalizers"].as_array_mut() {
+        if !list.iter().any(|f| f == finalizer) {
+            list.push(json!(finalizer));
+        }
+    }
 }
 
 fn absent(key: &[u8]) -> Compare {
