@@ -311,8 +311,9 @@ async fn run_kubelet(
     let manifests = config.data_dir.join("agent").join("pod-manifests");
     let statics = kubelet::static_pods::run(k.clone(), manifests, shutdown.clone());
     let rotation = kubelet::log_rotation::run(k.clone(), shutdown.clone());
-    let (a, b, c, d, e, f) = tokio::join!(cni, heartbeat, pods, api, statics, rotation);
-    a.and(b).and(c).and(d).and(e).and(f)
+    let stats = kubelet::resource_stats::run(k.clone(), shutdown.clone());
+    let (a, b, c, d, e, f, g) = tokio::join!(cni, heartbeat, pods, api, statics, rotation, stats);
+    a.and(b).and(c).and(d).and(e).and(f).and(g)
 }
 
 /// Writes the CNI conflist once the node has a podCIDR (and again if it changes).

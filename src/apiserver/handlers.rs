@@ -217,6 +217,9 @@ async fn handle(
             },
         )
         .await?;
+    if r.group == "metrics.k8s.io" {
+        return super::metrics::serve(state, r, ns.as_deref(), info.name.as_deref(), query).await;
+    }
     let mut dry_run = match query.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,

@@ -252,6 +252,69 @@ async fn get(
     state.registry.get(r, ns, name).await
 }
 
+/// Where the kubelet of `node` answers `path`, over TLS with the API server's kubelet client
+/// certificate.
+fn upstream_for(
+    state: &ApiState,
+    node_name: &str,
+    node: &Value,
+    path: String,
+) -> Result<Upstream, ApiError> {
+    let (ip, port) = kubelet_address(node).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("node {node_name:?} has no address to reach its kubelet at"),
+        )
+    })?;
+    let tls = state.kubelets.tls.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "this API server has no kubelet client credentials",
+        )
+    })?;
+    let server_name = ServerName::try_from(ip.clone())
+        .map_err(|e| ApiError::internal(format!("kubelet address {ip}: {e}")))?;
+    let addr = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    };
+    Ok(Upstream {
+        addr,
+        tls: Some((tls, server_name)),
+        path_and_query: path,
+    })
+}
+
+/// A JSON document from the kubelet of `node` (e.g. `/stats/summary`).
+pub async fn fetch_json(state: &ApiState, node: &Value, path: &str) -> Result<Value, ApiError> {
+    let name = node
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let upstream = upstream_for(state, name, node, path.to_string())?;
+    let resp = proxy::forward(&upstream, Request::new(Body::empty()), &state.streams)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("error dialing backend: {e}"),
+            )
+        })?;
+    let status = resp.status();
+    if status.is_client_error() || status.is_server_error() {
+        return Err(error_from(resp).await);
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 64 << 20)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the kubelet's answer: {e}")))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::internal(format!("the kubelet's answer is not JSON: {e}")))
+}
+
 /// Turns a kubelet's error answer into a Status.
 async fn error_from(resp: Response<Body>) -> ApiError {
     let code = resp.status();
@@ -358,32 +421,7 @@ pub async fn serve(
         }
     };
     let node = get(state, "nodes", None, &node_name).await?;
-    let (ip, port) = kubelet_address(&node).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            format!("node {node_name:?} has no address to reach its kubelet at"),
-        )
-    })?;
-    let tls = state.kubelets.tls.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "this API server has no kubelet client credentials",
-        )
-    })?;
-    let server_name = ServerName::try_from(ip.clone())
-        .map_err(|e| ApiError::internal(format!("kubelet address {ip}: {e}")))?;
-    let addr = if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    };
-    let upstream = Upstream {
-        addr,
-        tls: Some((tls, server_name)),
-        path_and_query: path,
-    };
+    let upstream = upstream_for(state, &node_name, &node, path)?;
     if is_log {
         // A fresh GET: the client's own headers (Accept: application/json) are not the
         // kubelet's business.

@@ -8,6 +8,7 @@ mod handlers;
 mod health;
 mod impersonation;
 mod kubelet_proxy;
+mod metrics;
 mod node_join;
 mod objects;
 mod openapi;

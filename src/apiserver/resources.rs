@@ -264,6 +264,16 @@ pub const RESOURCES: &[Resource] = &[
         true,
     )
     .verbs(&["create"]),
+    // metrics.k8s.io/v1beta1 (virtual: read from the kubelets' resource statistics)
+    // (never stored; their own key space keeps them apart from pods and nodes)
+    res("metrics.k8s.io", "nodes", "", "NodeMetrics", false)
+        .version("v1beta1")
+        .stored_as("metrics.k8s.io/nodes")
+        .verbs(&["get", "list"]),
+    res("metrics.k8s.io", "pods", "", "PodMetrics", true)
+        .version("v1beta1")
+        .stored_as("metrics.k8s.io/pods")
+        .verbs(&["get", "list"]),
     // certificates.k8s.io/v1
     res(
         "certificates.k8s.io",

@@ -2,9 +2,11 @@
 //! target's replicas are read and written through its `scale` subresource; a count outside
 //! minReplicas..maxReplicas is brought inside at once; otherwise Resource metrics (cpu,
 //! memory) are read from the resource metrics API (`metrics.k8s.io`) and the replicas set
-//! to `ceil(current * usage / target)` outside a 10% tolerance. krab serves no metrics API
-//! of its own yet, so without one the autoscaler says so in kube's words (ScalingActive
-//! False, FailedGetResourceMetric) and leaves the replicas alone.
+//! to `ceil(current * usage / target)` outside a 10% tolerance. The API server serves that
+//! API from the kubelets' statistics; when it has no usage for the pods (no kubelet reports
+//! them yet) the autoscaler says so in kube's words (ScalingActive False,
+//! FailedGetResourceMetric) and leaves the replicas alone. Pods, Object and External
+//! metrics need custom or external metrics APIs, which krab does not serve.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 /// A quantity in thousandths (CPU in millicores; memory in milli-bytes, compared only).
 pub fn milli(q: &Quantity) -> i128 {
     let s = q.0.trim();
-    let suffixes: [(&str, f64); 13] = [
+    let suffixes: [(&str, f64); 15] = [
+        ("n", 1e-9),
+        ("u", 1e-6),
         ("Ki", 1024.0),
         ("Mi", 1024f64.powi(2)),
         ("Gi", 1024f64.powi(3)),
@@ -76,5 +78,8 @@ mod tests {
         assert_eq!(format(q("1G"), true), "1G");
         assert_eq!(format(q("1500"), true), "1500");
         assert_eq!(format(q("3000"), false), "3k");
+        // metrics-server's units: nanocores.
+        assert_eq!(q("200000000n"), 200);
+        assert_eq!(q("1500u"), 2);
     }
 }

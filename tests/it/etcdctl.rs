@@ -61,9 +61,9 @@ fn put_get_prefix_delete_and_revisions() {
     ]))
     .unwrap();
     let rbac = rbac["count"].as_i64().unwrap_or(0);
-    // 13 built-in roles (3 of them aggregated into admin/edit/view), the manager's, and one
+    // 14 built-in roles (4 of them aggregated into admin/edit/view), the manager's, and one
     // per controller identity (23), each bound.
-    assert_eq!(rbac, 68, "the default roles (37) and bindings (31)");
+    assert_eq!(rbac, 69, "the default roles (38) and bindings (31)");
     let out = s.ok(&[
         "get",
         "/registry/",

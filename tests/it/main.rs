@@ -13,6 +13,7 @@ mod failover;
 mod join;
 mod kinds;
 mod kubectl;
+mod metrics;
 mod multinode;
 mod pods;
 mod pods_support;

@@ -2,7 +2,7 @@
 //! ResourceQuota counted by its controller and charged by admission (kube's refusals word
 //! for word, usage given back when pods go), a ReplicaSet held at the quota; and the
 //! HorizontalPodAutoscaler bringing a Deployment into its bounds and saying, with no
-//! metrics API, why it cannot do more.
+//! kubelets to report usage, why it cannot do more (`metrics` has it scaling on real use).
 use std::time::Duration;
 
 use crate::support::{wait_for, write, Server};
@@ -285,7 +285,7 @@ fn an_autoscaler_keeps_its_target_within_bounds_and_says_why_it_cannot_read_metr
     assert!(events.contains("SuccessfulRescale: New size: 2; reason: Current number of replicas below Spec.MinReplicas"), "{events}");
     assert!(
         events
-            .contains("the server could not find the requested resource (get pods.metrics.k8s.io)"),
+            .contains("unable to get metrics for resource cpu: no metrics returned from resource metrics API"),
         "{events}"
     );
     // Above maxReplicas: brought down.

@@ -3,6 +3,7 @@
 //! returns krab's own view of sandboxes and containers.
 pub mod container;
 pub mod sandbox;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::path::Path;

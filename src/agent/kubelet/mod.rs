@@ -8,6 +8,7 @@ pub mod log_rotation;
 pub mod node;
 mod probes;
 mod pull_secrets;
+pub mod resource_stats;
 pub mod static_pods;
 pub mod status;
 pub mod volumes;
@@ -43,6 +44,8 @@ pub struct Kubelet {
     pub pods_dir: PathBuf,
     pub events: Recorder,
     allocatable: RwLock<BTreeMap<String, String>>,
+    /// The last CPU and memory sample of the node and its containers (`/stats/summary`).
+    pub stats: resource_stats::ResourceStats,
 }
 
 impl Kubelet {
@@ -63,6 +66,7 @@ impl Kubelet {
             sandbox,
             pods_dir,
             allocatable: RwLock::new(BTreeMap::new()),
+            stats: resource_stats::ResourceStats::default(),
         }
     }
 

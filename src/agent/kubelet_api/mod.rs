@@ -1,5 +1,6 @@
 //! The kubelet's HTTPS API (port 10250): container logs, exec, attach and port-forward
-//! (through containerd's CRI streaming server), the pods bound here, and health. Callers
+//! (through containerd's CRI streaming server), the pods bound here, resource statistics
+//! (`/stats/summary`), and health. Callers
 //! present a client certificate of the cluster's client CA; only the API server's
 //! (`system:kube-apiserver`) and `system:masters` may use it, others get 403.
 mod logs;
@@ -73,6 +74,7 @@ pub async fn serve(
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods))
+        .route("/stats/summary", get(summary))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", any(streaming::exec))
         .route("/attach/{ns}/{pod}/{container}", any(streaming::attach))
@@ -127,6 +129,17 @@ async fn pods(State(s): State<ApiState>) -> Result<Response, KubeletError> {
         "items": items,
     }))
     .into_response())
+}
+
+/// The last resource sample (kube's Summary API, CPU and memory); 503 until the first.
+async fn summary(State(s): State<ApiState>) -> Result<Response, KubeletError> {
+    match s.kubelet.stats.latest() {
+        Some(summary) => Ok(Json(&*summary).into_response()),
+        None => Err(KubeletError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "resource statistics are not collected yet".into(),
+        )),
+    }
 }
 
 /// The sandbox of pod `ns/name` on this node (the newest, ready ones first).

@@ -223,6 +223,17 @@ fn builtin_roles() -> Vec<Value> {
         aggregate_to("admin", admin_only),
         aggregate_to("edit", edit_only),
         aggregate_to("view", view),
+        // What metrics-server adds on kube: every viewer may read resource metrics.
+        {
+            let mut r = cluster_role(
+                "system:aggregated-metrics-reader",
+                vec![rule(&["metrics.k8s.io"], &["pods", "nodes"], READ)],
+            );
+            for to in ["admin", "edit", "view"] {
+                r["metadata"]["labels"][format!("{AGGREGATE_TO}{to}")] = json!("true");
+            }
+            r
+        },
         cluster_role(
             "system:basic-user",
             vec![
