@@ -284,8 +284,9 @@ fn an_autoscaler_keeps_its_target_within_bounds_and_says_why_it_cannot_read_metr
     ]);
     assert!(events.contains("SuccessfulRescale: New size: 2; reason: Current number of replicas below Spec.MinReplicas"), "{events}");
     assert!(
-        events
-            .contains("unable to get metrics for resource cpu: no metrics returned from resource metrics API"),
+        events.contains(
+            "unable to get metrics for resource cpu: no metrics returned from resource metrics API"
+        ),
         "{events}"
     );
     // Above maxReplicas: brought down.

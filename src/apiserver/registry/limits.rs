@@ -8,10 +8,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{json, Value};
 
 use super::{decode, Registry};
-use crate::apiserver::resources::{self, Resource};
+use crate::apiserver::resources::Resource;
 use crate::apiserver::status::ApiError;
 use crate::resources::quantity::{format, milli};
-use crate::store::types::{prefix_end, RangeRequest};
 
 const ANNOTATION: &str = "kubernetes.io/limit-ranger";
 
@@ -136,23 +135,12 @@ impl Registry {
         if !r.group.is_empty() || !(pod || r.plural == "persistentvolumeclaims") {
             return Ok(());
         }
-        let Some(lr) = resources::find("", "v1", "limitranges") else {
-            return Ok(());
-        };
-        let prefix = lr.prefix(Some(ns));
-        let ranges = self
-            .ds
-            .range(RangeRequest {
-                range_end: prefix_end(&prefix),
-                key: prefix,
-                ..Default::default()
-            })
-            .await?;
-        if ranges.kvs.is_empty() {
+        let ranges = self.stored_in("limitranges", ns).await?;
+        if ranges.is_empty() {
             return Ok(());
         }
         let mut items = Vec::new();
-        for kv in &ranges.kvs {
+        for kv in &ranges {
             let range = decode(kv)?;
             items.extend(
                 range

@@ -9,10 +9,10 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 use super::{at_revision, decode, encode, put, Registry};
-use crate::apiserver::resources::{self, Resource};
+use crate::apiserver::resources::Resource;
 use crate::apiserver::status::ApiError;
 use crate::resources::quota::{self, Usage};
-use crate::store::types::{prefix_end, Compare, RangeRequest, TxnOp};
+use crate::store::types::{Compare, TxnOp};
 
 /// What charging a create to its quotas adds to the create's transaction.
 #[derive(Default)]
@@ -42,19 +42,8 @@ impl Registry {
         obj: &Value,
     ) -> Result<Charges, ApiError> {
         let mut charges = Charges::default();
-        let Some(qr) = resources::find("", "v1", "resourcequotas") else {
-            return Ok(charges);
-        };
-        let prefix = qr.prefix(Some(ns));
-        let quotas = self
-            .ds
-            .range(RangeRequest {
-                range_end: prefix_end(&prefix),
-                key: prefix,
-                ..Default::default()
-            })
-            .await?;
-        if quotas.kvs.is_empty() {
+        let quotas = self.stored_in("resourcequotas", ns).await?;
+        if quotas.is_empty() {
             return Ok(charges);
         }
         let kind = (r.group.to_string(), r.plural.to_string());
@@ -72,7 +61,7 @@ impl Registry {
                 format!("{what} \"{name}\" is forbidden: {message}"),
             )
         };
-        for kv in &quotas.kvs {
+        for kv in &quotas {
             let mut q = decode(kv)?;
             let qname = q
                 .pointer("/metadata/name")
