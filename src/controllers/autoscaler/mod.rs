@@ -7,9 +7,11 @@
 //! them yet) the autoscaler says so in kube's words (ScalingActive False,
 //! FailedGetResourceMetric) and leaves the replicas alone. Pods, Object and External
 //! metrics need custom or external metrics APIs, which krab does not serve.
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+mod behavior;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::{
@@ -27,6 +29,7 @@ use kube::ResourceExt;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use self::behavior::{Behavior, Held, History};
 use super::{retry_after, Context, Error};
 use crate::client::events::reference;
 use crate::resources::quantity::milli;
@@ -36,14 +39,23 @@ const SYNC: Duration = Duration::from_secs(15);
 /// kube's `--horizontal-pod-autoscaler-tolerance`.
 const TOLERANCE: f64 = 0.1;
 
+/// Each autoscaler's recent recommendations and scale changes, by uid (kube's controller
+/// keeps them in memory too; a new leader starts without them).
+type Memory = Arc<Mutex<HashMap<String, History>>>;
+
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let health = ctx.health.clone();
+    let memory = Memory::default();
     Controller::new(
         Api::<HorizontalPodAutoscaler>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .graceful_shutdown_on(stop.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
+    .run(
+        move |hpa, ctx| reconcile(hpa, ctx, memory.clone()),
+        error_policy,
+        ctx,
+    )
     .for_each(crate::controllers::observe(health.clone()))
     .await;
 }
@@ -281,7 +293,11 @@ async fn metrics_proposal(
 }
 
 #[tracing::instrument(skip_all, fields(kind = "HorizontalPodAutoscaler", namespace = ?hpa.namespace(), name = %hpa.name_any()))]
-async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(
+    hpa: Arc<HorizontalPodAutoscaler>,
+    ctx: Arc<Context>,
+    memory: Memory,
+) -> Result<Action, Error> {
     let ns = hpa.namespace().ok_or(Error::Missing("namespace"))?;
     let spec = hpa.spec.clone().ok_or(Error::Missing("spec"))?;
     let target = &spec.scale_target_ref;
@@ -368,37 +384,11 @@ async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Context>) -> Resu
                     "ValidMetricFound",
                     "the HPA was able to successfully calculate a replica count from resource metrics",
                 );
-                let bounded = proposed.clamp(min, max);
-                if proposed > max {
-                    set_condition(
-                        &mut status,
-                        "ScalingLimited",
-                        true,
-                        "TooManyReplicas",
-                        "the desired replica count is more than the maximum replica count",
-                    );
-                } else if proposed < min {
-                    set_condition(
-                        &mut status,
-                        "ScalingLimited",
-                        true,
-                        "TooFewReplicas",
-                        "the desired replica count is less than the minimum replica count",
-                    );
-                } else {
-                    set_condition(
-                        &mut status,
-                        "ScalingLimited",
-                        false,
-                        "DesiredWithinRange",
-                        "the desired count is within the acceptable range",
-                    );
-                }
-                let why = (bounded != current).then(|| "All metrics below target".to_string());
+                let bounded = normalize(&memory, &hpa, &mut status, current, proposed, min, max);
                 let why = if bounded > current {
                     Some("resource metric above target".to_string())
                 } else {
-                    why
+                    (bounded != current).then(|| "All metrics below target".to_string())
                 };
                 (bounded, why)
             }
@@ -429,6 +419,11 @@ async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Context>) -> Resu
             .await
         {
             Ok(_) => {
+                if let Ok(mut m) = memory.lock() {
+                    m.entry(uid_of(&hpa))
+                        .or_default()
+                        .scaled(Instant::now(), current, desired);
+                }
                 let reason = reason.unwrap_or_default();
                 ctx.events
                     .normal(
@@ -469,6 +464,74 @@ async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Context>) -> Resu
     }
     write_status(&ctx, &hpa, &ns, &original, status).await?;
     Ok(Action::requeue(SYNC))
+}
+
+fn uid_of(hpa: &HorizontalPodAutoscaler) -> String {
+    hpa.metadata.uid.clone().unwrap_or_else(|| hpa.name_any())
+}
+
+/// kube's normalization of a metrics proposal: stabilized over its window, held to the
+/// rate policies and to min..max, with the AbleToScale and ScalingLimited conditions that
+/// say which applied.
+fn normalize(
+    memory: &Memory,
+    hpa: &HorizontalPodAutoscaler,
+    status: &mut HorizontalPodAutoscalerStatus,
+    current: i32,
+    proposed: i32,
+    min: i32,
+    max: i32,
+) -> i32 {
+    let behavior = Behavior::from_spec(hpa.spec.as_ref().and_then(|s| s.behavior.as_ref()));
+    let now = Instant::now();
+    let Ok(mut m) = memory.lock() else {
+        return proposed.clamp(min, max);
+    };
+    let history = m.entry(uid_of(hpa)).or_default();
+    let stabilized = history.stabilize(&behavior, now, current, proposed);
+    if stabilized > proposed {
+        set_condition(status, "AbleToScale", true, "ScaleDownStabilized", "recent recommendations were higher than current one, applying the highest recent recommendation");
+    } else if stabilized < proposed {
+        set_condition(status, "AbleToScale", true, "ScaleUpStabilized", "recent recommendations were lower than current one, applying the lowest recent recommendation");
+    } else {
+        set_condition(
+            status,
+            "AbleToScale",
+            true,
+            "ReadyForNewScale",
+            "recommended size matches current size",
+        );
+    }
+    let (desired, held) = history.limit(&behavior, now, current, stabilized, min, max);
+    let (limited, reason, message) = match held {
+        Held::UpLimit => (
+            true,
+            "ScaleUpLimit",
+            "the desired replica count is increasing faster than the maximum scale rate",
+        ),
+        Held::DownLimit => (
+            true,
+            "ScaleDownLimit",
+            "the desired replica count is decreasing faster than the maximum scale rate",
+        ),
+        _ if desired < stabilized => (
+            true,
+            "TooManyReplicas",
+            "the desired replica count is more than the maximum replica count",
+        ),
+        _ if desired > stabilized => (
+            true,
+            "TooFewReplicas",
+            "the desired replica count is less than the minimum replica count",
+        ),
+        _ => (
+            false,
+            "DesiredWithinRange",
+            "the desired count is within the acceptable range",
+        ),
+    };
+    set_condition(status, "ScalingLimited", limited, reason, message);
+    desired
 }
 
 async fn write_status(
