@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -21,17 +21,12 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let api = Api::<ClusterRole>::all(ctx.client.clone());
     let controller = Controller::new(api.clone(), watcher::Config::default());
     let roles = controller.store();
-    let reader = roles.clone();
     controller
         .watches(api, watcher::Config::default(), move |_: ClusterRole| {
             aggregated(&roles)
         })
         .graceful_shutdown_on(stop.cancelled_owned())
-        .run(
-            move |role, ctx| reconcile(role, ctx, reader.clone()),
-            error_policy,
-            ctx,
-        )
+        .run(reconcile, error_policy, ctx)
         .for_each(crate::controllers::observe(health.clone()))
         .await;
 }
@@ -75,15 +70,27 @@ pub fn rules_for(role: &ClusterRole, all: &[Arc<ClusterRole>]) -> Vec<PolicyRule
 }
 
 #[tracing::instrument(name = "aggregate", level = "debug", skip_all, fields(kind = "ClusterRole", name = %role.name_any()))]
-async fn reconcile(
-    role: Arc<ClusterRole>,
-    ctx: Arc<Context>,
-    roles: Store<ClusterRole>,
-) -> Result<Action, Error> {
+async fn reconcile(role: Arc<ClusterRole>, ctx: Arc<Context>) -> Result<Action, Error> {
     if role.aggregation_rule.is_none() {
         return Ok(Action::await_change());
     }
-    let rules = rules_for(&role, &roles.state());
+    // A fresh list, not the reflector: the change that triggered this may not have reached
+    // the store yet (a chain like view → edit → admin would stop a link short).
+    let all: Vec<Arc<ClusterRole>> = Api::<ClusterRole>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let Some(role) = all
+        .iter()
+        .find(|r| r.name_any() == role.name_any())
+        .cloned()
+    else {
+        return Ok(Action::await_change());
+    };
+    let rules = rules_for(&role, &all);
     if role.rules.clone().unwrap_or_default() == rules {
         return Ok(Action::await_change());
     }
