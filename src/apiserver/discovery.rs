@@ -68,10 +68,16 @@ pub fn core_versions() -> Value {
     })
 }
 
-/// Named groups in table order, each with its versions (preferred first).
-fn named_groups() -> Vec<(&'static str, Vec<&'static str>)> {
+/// The built-in resources, then the custom ones.
+fn served(customs: &[Resource]) -> impl Iterator<Item = &Resource> {
+    RESOURCES.iter().chain(customs.iter())
+}
+
+/// Named groups in table order (custom groups after the built-in ones), each with its
+/// versions (preferred first).
+fn named_groups(customs: &[Resource]) -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+    for r in served(customs).filter(|r| !r.group.is_empty()) {
         match out.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
             Some(_) => {}
@@ -81,8 +87,8 @@ fn named_groups() -> Vec<(&'static str, Vec<&'static str>)> {
     out
 }
 
-pub fn groups() -> Value {
-    let groups: Vec<Value> = named_groups()
+pub fn groups(customs: &[Resource]) -> Value {
+    let groups: Vec<Value> = named_groups(customs)
         .into_iter()
         .map(|(g, versions)| {
             let versions: Vec<Value> = versions
@@ -96,9 +102,8 @@ pub fn groups() -> Value {
 }
 
 /// The APIResourceList of one group version, or None if it is not served.
-pub fn resources(group: &str, version: &str) -> Option<Value> {
-    let list: Vec<Value> = RESOURCES
-        .iter()
+pub fn resources(group: &str, version: &str, customs: &[Resource]) -> Option<Value> {
+    let list: Vec<Value> = served(customs)
         .filter(|r| r.group == group && r.version == version)
         .flat_map(Resource::discovery)
         .collect();
@@ -156,19 +161,17 @@ fn aggregated_resource(r: &Resource) -> Value {
     v
 }
 
-fn aggregated_group(group: &str, versions: &[&str], api_version: &str) -> Value {
+fn aggregated_group(group: &str, versions: &[&str], customs: &[Resource]) -> Value {
     let versions: Vec<Value> = versions
         .iter()
         .map(|v| {
-            let resources: Vec<Value> = RESOURCES
-                .iter()
+            let resources: Vec<Value> = served(customs)
                 .filter(|r| r.group == group && r.version == *v)
                 .map(aggregated_resource)
                 .collect();
             json!({"version": v, "resources": resources, "freshness": "Current"})
         })
         .collect();
-    let _ = api_version;
     let mut meta = json!({"creationTimestamp": null});
     if !group.is_empty() {
         meta["name"] = json!(group);
@@ -177,18 +180,18 @@ fn aggregated_group(group: &str, versions: &[&str], api_version: &str) -> Value 
 }
 
 /// `/api` (core) or `/apis` (named groups) in the aggregated form.
-pub fn aggregated(core: bool, media_type: &str) -> Value {
+pub fn aggregated(core: bool, media_type: &str, customs: &[Resource]) -> Value {
     let api_version = if media_type == AGGREGATED_V2BETA1 {
         "apidiscovery.k8s.io/v2beta1"
     } else {
         "apidiscovery.k8s.io/v2"
     };
     let items: Vec<Value> = if core {
-        vec![aggregated_group("", &["v1"], api_version)]
+        vec![aggregated_group("", &["v1"], customs)]
     } else {
-        named_groups()
+        named_groups(customs)
             .iter()
-            .map(|(g, versions)| aggregated_group(g, versions, api_version))
+            .map(|(g, versions)| aggregated_group(g, versions, customs))
             .collect()
     };
     json!({
@@ -208,7 +211,7 @@ mod tests {
         let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
         assert_eq!(aggregated_wanted(kubectl), Some(AGGREGATED_V2));
         assert_eq!(aggregated_wanted("application/json"), None);
-        let doc = aggregated(true, AGGREGATED_V2);
+        let doc = aggregated(true, AGGREGATED_V2, &[]);
         let pods = doc["items"][0]["versions"][0]["resources"]
             .as_array()
             .unwrap()

@@ -1,5 +1,6 @@
 //! The HTTP surface: health and version for anyone, then (authenticated) discovery and the
 //! resource verbs, dispatched from the request's RequestInfo to the generic registry.
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub struct ApiState {
     pub port: u16,
     /// The in-process loops' health.
     pub loops: crate::lifecycle::health::LoopHealth,
+    /// The resources CustomResourceDefinitions define.
+    pub crds: super::crd::CustomResources,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -172,10 +175,11 @@ async fn handle(
             .await?;
     }
     if method == Method::GET {
-        if let Some(r) = serve_discovery(trimmed, accept) {
+        let customs = state.crds.rows();
+        if let Some(r) = serve_discovery(trimmed, accept, &customs) {
             return r;
         }
-        if let Some(r) = openapi::serve(trimmed, headers) {
+        if let Some(r) = openapi::serve(trimmed, headers, &customs) {
             return r;
         }
         if let Some(r) = serve_oidc(state, trimmed, headers) {
@@ -183,8 +187,19 @@ async fn handle(
         }
     }
     let info = parsed.ok_or_else(not_found_path)?;
-    let r =
-        resources::find(&info.group, &info.version, &info.resource).ok_or_else(not_found_path)?;
+    let r: Cow<'static, resources::Resource> =
+        match resources::find(&info.group, &info.version, &info.resource) {
+            Some(r) => Cow::Borrowed(r),
+            None => Cow::Owned(
+                state
+                    .crds
+                    .find_fresh(&state.registry, &info.group, &info.version, &info.resource)
+                    .await
+                    .ok_or_else(not_found_path)?,
+            ),
+        };
+    let resource = r.clone();
+    let r = &*r;
     let sub = info.subresource.as_deref();
     if sub.is_some_and(|s| !r.has_subresource(s)) {
         return Err(not_found_path());
@@ -248,7 +263,15 @@ async fn handle(
     }
     let validation = FieldValidation::parse(query.get("fieldValidation").map(String::as_str))?;
     // Decoding a body into the kind's type: unknown fields dropped (reported or refused).
-    let decode = |obj: &mut Value| openapi::normalize(r.group, r.version, r.kind, obj, validation);
+    let decode = |obj: &mut Value| match r.custom {
+        Some(_) => super::crd::decode(r, obj, validation),
+        None => openapi::normalize(r.group, r.version, r.kind, obj, validation),
+    };
+    if info.verb == "create" && r.custom.as_ref().is_some_and(|c| c.terminating) {
+        return Err(ApiError::method_not_allowed().with_message(
+            "create not allowed while custom resource definition is terminating",
+        ));
+    }
     let reg = &state.registry.for_request(dry_run);
     let shape = Representation::from_accept(accept);
     let ns = ns.as_deref();
@@ -329,7 +352,7 @@ async fn handle(
             watch::serve(
                 reg.clone(),
                 watch::WatchRequest {
-                    resource: r,
+                    resource,
                     namespace: ns.map(str::to_string),
                     resource_version: query.get("resourceVersion").cloned(),
                     filter: Filter::parse(
@@ -432,7 +455,7 @@ async fn handle(
                     r,
                     ns,
                     name,
-                    subresources::apply_scale(&current, &scale)?,
+                    subresources::apply_scale(r, &current, &scale)?,
                     Write::Main,
                 )
                 .await?;
@@ -444,6 +467,14 @@ async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let kind = PatchType::from_content_type(content_type)?;
+            if r.custom.is_some() && kind == PatchType::Strategic {
+                // Custom resources have no patch strategies to merge by, as in kube.
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                ));
+            }
             check_size(body.len())?;
             let name = name(&info)?;
             let ty = openapi::kind_type(r.group, r.version, r.kind);
@@ -459,7 +490,7 @@ async fn handle(
                     let patched = patch::apply(kind, &view, &body, scale_ty.as_ref())?;
                     let pinned = patched.pointer("/metadata/resourceVersion")
                         != view.pointer("/metadata/resourceVersion");
-                    let obj = subresources::apply_scale(&current, &patched)?;
+                    let obj = subresources::apply_scale(r, &current, &patched)?;
                     (pinned, reg.update(r, ns, name, obj, Write::Main).await)
                 } else {
                     let mut patched = patch::apply(kind, &current, &body, ty.as_ref())?;
@@ -572,11 +603,15 @@ fn serve_oidc(state: &ApiState, path: &str, headers: &HeaderMap) -> Option<Respo
     }
 }
 
-fn serve_discovery(path: &str, accept: &str) -> Option<Result<Response, ApiError>> {
+fn serve_discovery(
+    path: &str,
+    accept: &str,
+    customs: &[resources::Resource],
+) -> Option<Result<Response, ApiError>> {
     let aggregated = discovery::aggregated_wanted(accept);
     let doc = match (path, aggregated) {
         ("/api", Some(media)) | ("/apis", Some(media)) => {
-            let body = discovery::aggregated(path == "/api", media);
+            let body = discovery::aggregated(path == "/api", media, customs);
             let mut resp = Json(body).into_response();
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -585,12 +620,12 @@ fn serve_discovery(path: &str, accept: &str) -> Option<Result<Response, ApiError
             return Some(Ok(resp));
         }
         ("/api", None) => Some(discovery::core_versions()),
-        ("/apis", None) => Some(discovery::groups()),
-        ("/api/v1", _) => discovery::resources("", "v1"),
+        ("/apis", None) => Some(discovery::groups(customs)),
+        ("/api/v1", _) => discovery::resources("", "v1", customs),
         _ => {
             let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
             match parts.as_slice() {
-                ["apis", group, version] => discovery::resources(group, version),
+                ["apis", group, version] => discovery::resources(group, version, customs),
                 _ => return None,
             }
         }

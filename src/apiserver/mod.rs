@@ -2,8 +2,10 @@
 //! Status errors and writes `/registry` keys. HTTPS with client-certificate authentication
 //! for the world, and the same router in-process for krab's own loops (`router_as`).
 mod auth;
+mod crd;
 mod discovery;
 mod eviction;
+mod follow;
 mod handlers;
 mod health;
 mod impersonation;
@@ -68,6 +70,7 @@ pub struct ApiServer {
     bootstrapped: health::Bootstrapped,
     streams: crate::proxy::Streams,
     policy: rbac::PolicyCache,
+    crds: crd::CustomResources,
     port: u16,
     advertise: Option<std::net::IpAddr>,
 }
@@ -101,6 +104,7 @@ impl ApiServer {
         let bootstrapped = health::Bootstrapped::default();
         let streams = crate::proxy::Streams::new(shutdown.clone());
         let policy = rbac::PolicyCache::default();
+        let crds = crd::CustomResources::default();
         let key = match config.service_account_key {
             Some(k) => k,
             None => ServiceAccountKey::generate()?,
@@ -119,8 +123,10 @@ impl ApiServer {
             advertise: config.advertise,
             port: config.port,
             loops: config.loops.clone(),
+            crds: crds.clone(),
         });
         Ok(ApiServer {
+            crds,
             registry,
             router,
             bootstrapped,
@@ -157,6 +163,7 @@ impl ApiServer {
             &certs.client_ca_pem,
         )?;
         let policy = self.policy.run(self.registry.clone(), shutdown.clone());
+        let crds = self.crds.run(self.registry.clone(), shutdown.clone());
         let bootstrap = bootstrap(
             self.registry,
             self.port,
@@ -164,10 +171,11 @@ impl ApiServer {
             self.bootstrapped,
             shutdown.clone(),
         );
-        let (served, (), ()) = tokio::join!(
+        let (served, (), (), ()) = tokio::join!(
             crate::https::serve(listener, tls, self.router, shutdown),
             bootstrap,
-            policy
+            policy,
+            crds
         );
         // Streams to kubelets end with the shutdown; wait for them to unwind.
         self.streams.drain(std::time::Duration::from_secs(5)).await;

@@ -1,9 +1,14 @@
 //! The resources the API server serves: one table row per resource, from which discovery,
 //! routing, storage keys and validation of kind/apiVersion follow. Adding a resource is adding
 //! a row (and, where kube has special behaviour, a strategy in `strategy`).
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use serde_json::{json, Value};
 
-#[derive(Debug)]
+use super::crd::CustomKind;
+
+#[derive(Debug, Clone)]
 pub struct Resource {
     pub group: &'static str,
     pub version: &'static str,
@@ -23,6 +28,45 @@ pub struct Resource {
     pub generation: bool,
     /// Verbs, when not the full set (e.g. create-only virtual resources).
     pub verbs: &'static [&'static str],
+    /// What a CustomResourceDefinition adds (schema, printer columns, scale paths); None for
+    /// the built-in kinds.
+    pub custom: Option<Arc<CustomKind>>,
+}
+
+/// Names seen in CustomResourceDefinitions, kept for the life of the process so resource
+/// rows can hold `&'static str` like the built-in table: each distinct name is stored once,
+/// so the memory is bounded by the names ever defined, not by how often CRDs change.
+static INTERNED: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+static INTERNED_LISTS: Mutex<Option<HashSet<&'static [&'static str]>>> = Mutex::new(None);
+
+pub fn intern(s: &str) -> &'static str {
+    let Ok(mut set) = INTERNED.lock() else {
+        return "";
+    };
+    let set = set.get_or_insert_with(HashSet::new);
+    if let Some(found) = set.get(s) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(s.to_string().into_boxed_str());
+    set.insert(leaked);
+    leaked
+}
+
+pub fn intern_list(items: &[String]) -> &'static [&'static str] {
+    if items.is_empty() {
+        return &[];
+    }
+    let names: Vec<&'static str> = items.iter().map(|s| intern(s)).collect();
+    let Ok(mut set) = INTERNED_LISTS.lock() else {
+        return &[];
+    };
+    let set = set.get_or_insert_with(HashSet::new);
+    if let Some(found) = set.get(names.as_slice()) {
+        return found;
+    }
+    let leaked: &'static [&'static str] = Box::leak(names.into_boxed_slice());
+    set.insert(leaked);
+    leaked
 }
 
 pub const VERBS: &[&str] = &[
@@ -56,6 +100,7 @@ const fn res(
         storage: "",
         generation: false,
         verbs: VERBS,
+        custom: None,
     }
 }
 

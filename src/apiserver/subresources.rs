@@ -38,9 +38,42 @@ fn selector_string(sel: &Value) -> String {
     parts.join(",")
 }
 
+/// Where a resource keeps its replica counts and selector: the CRD's scale paths for a
+/// custom resource, `.spec.replicas`, `.status.replicas` and `.spec.selector` otherwise.
+fn scale_paths(r: &Resource) -> (String, String, Option<String>) {
+    use super::crd::definition::pointer_of;
+    match r.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        Some(s) => (
+            pointer_of(&s.spec_replicas),
+            pointer_of(&s.status_replicas),
+            s.label_selector.as_deref().map(pointer_of),
+        ),
+        None => ("/spec/replicas".into(), "/status/replicas".into(), None),
+    }
+}
+
+/// Sets the value at a JSON pointer, making the objects on the way.
+fn set_at(obj: &mut Value, pointer: &str, v: Value) {
+    let mut at = obj;
+    for part in pointer.trim_start_matches('/').split('/') {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        at = &mut at[part];
+    }
+    *at = v;
+}
+
 /// The Scale view of a workload.
 pub fn scale_view(r: &Resource, obj: &Value) -> Value {
+    let (spec_path, status_path, selector_path) = scale_paths(r);
     let selector = match obj.pointer("/spec/selector") {
+        // A custom resource keeps its selector as a string, where its CRD says.
+        _ if r.custom.is_some() => selector_path
+            .and_then(|p| obj.pointer(&p))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
         // A ReplicationController's selector is a plain map.
         Some(Value::Object(m)) if r.plural == "replicationcontrollers" => m
             .iter()
@@ -69,16 +102,16 @@ pub fn scale_view(r: &Resource, obj: &Value) -> Value {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": meta,
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "spec": {"replicas": obj.pointer(&spec_path).cloned().unwrap_or(json!(0))},
         "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "replicas": obj.pointer(&status_path).cloned().unwrap_or(json!(0)),
             "selector": selector,
         },
     })
 }
 
 /// The object with the replicas a Scale asks for (and its resourceVersion precondition).
-pub fn apply_scale(obj: &Value, scale: &Value) -> Result<Value, ApiError> {
+pub fn apply_scale(r: &Resource, obj: &Value, scale: &Value) -> Result<Value, ApiError> {
     let replicas = scale
         .pointer("/spec/replicas")
         .and_then(Value::as_i64)
@@ -94,7 +127,7 @@ pub fn apply_scale(obj: &Value, scale: &Value) -> Result<Value, ApiError> {
         ));
     }
     let mut out = obj.clone();
-    out["spec"]["replicas"] = json!(replicas);
+    set_at(&mut out, &scale_paths(r).0, json!(replicas));
     match scale
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -126,7 +159,7 @@ mod tests {
         assert!(s["metadata"].get("labels").is_none());
         let mut want = s.clone();
         want["spec"]["replicas"] = json!(5);
-        let out = apply_scale(&d, &want).unwrap();
+        let out = apply_scale(r, &d, &want).unwrap();
         assert_eq!(out["spec"]["replicas"], 5);
         assert_eq!(out["metadata"]["resourceVersion"], "5");
     }

@@ -56,7 +56,7 @@ fn line(kind: &str, obj: Value) -> Bytes {
 
 /// What a watch request asks for.
 pub struct WatchRequest {
-    pub resource: &'static Resource,
+    pub resource: std::borrow::Cow<'static, Resource>,
     pub namespace: Option<String>,
     pub resource_version: Option<String>,
     pub filter: Filter,
@@ -96,7 +96,9 @@ pub async fn serve(
     let from = match start {
         Some(rv) => rv + 1,
         None => {
-            let page = registry.list(r, ns.as_deref(), &ListOptions::all()).await?;
+            let page = registry
+                .list(&r, ns.as_deref(), &ListOptions::all())
+                .await?;
             initial = page.items;
             page.revision + 1
         }
@@ -116,7 +118,7 @@ pub async fn serve(
     tokio::spawn(async move {
         let _guard = cancel.clone().drop_guard();
         for obj in initial {
-            if filter.matches(&obj) && tx.send(Ok(event(r, rep, "ADDED", obj))).await.is_err() {
+            if filter.matches(&obj) && tx.send(Ok(event(&r, rep, "ADDED", obj))).await.is_err() {
                 return;
             }
         }
@@ -124,7 +126,7 @@ pub async fn serve(
         let mut delivered = from - 1;
         if send_initial_events
             && tx
-                .send(Ok(bookmark(r, rep, delivered, true)))
+                .send(Ok(bookmark(&r, rep, delivered, true)))
                 .await
                 .is_err()
         {
@@ -139,7 +141,7 @@ pub async fn serve(
                 _ = &mut deadline => return,
                 _ = cancel.cancelled() => return,
                 _ = ticks.tick(), if bookmarks => {
-                    if tx.send(Ok(bookmark(r, rep, delivered, false))).await.is_err() {
+                    if tx.send(Ok(bookmark(&r, rep, delivered, false))).await.is_err() {
                         return;
                     }
                     continue;
@@ -151,7 +153,9 @@ pub async fn serve(
                     for e in events {
                         delivered = delivered.max(e.kv.mod_revision);
                         let decode = |kv: &crate::store::types::KeyValue| {
-                            serde_json::from_slice::<Value>(&kv.value).ok()
+                            let mut obj = serde_json::from_slice::<Value>(&kv.value).ok()?;
+                            super::registry::served_at(&r, &mut obj);
+                            Some(obj)
                         };
                         let prev = e.prev_kv.as_ref().and_then(decode);
                         let prev_matched = prev.as_ref().is_some_and(|p| filter.matches(p));
@@ -174,7 +178,7 @@ pub async fn serve(
                         };
                         // A deleted object carries the deletion's revision.
                         let obj = objects::with_resource_version(obj, e.kv.mod_revision);
-                        if tx.send(Ok(event(r, rep, kind, obj))).await.is_err() {
+                        if tx.send(Ok(event(&r, rep, kind, obj))).await.is_err() {
                             return;
                         }
                     }

@@ -34,8 +34,9 @@ struct Node {
 #[derive(Default)]
 struct Graph {
     nodes: HashMap<String, Node>,
-    /// Watches that have not finished their initial list: nothing is collected until all have.
-    syncing: usize,
+    /// Watches (by resource) that have not finished their initial list: nothing is
+    /// collected until all have.
+    syncing: HashSet<String>,
 }
 
 type Shared = Arc<Mutex<Graph>>;
@@ -45,21 +46,55 @@ type Dependent = (String, Node, bool);
 /// An owner being deleted, with its dependents.
 type Deleting = (String, Node, Vec<Dependent>);
 
+/// How often the served resources are discovered again, so the kinds CRDs add (and take
+/// away) are followed, as kube's garbage collector resyncs its monitors.
+const REDISCOVER_EVERY: Duration = Duration::from_secs(15);
+
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
-    let discovery = loop {
-        match Discovery::new(ctx.client.clone()).run().await {
-            Ok(d) => break d,
-            Err(e) => {
-                tracing::warn!(error = %e, "discovery failed; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+    let graph: Shared = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut watched: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+    let mut next_discovery = tokio::time::Instant::now();
+    loop {
+        if tokio::time::Instant::now() >= next_discovery {
+            match Discovery::new(ctx.client.clone()).run().await {
+                Ok(d) => {
+                    follow_kinds(&ctx, &d, &graph, &mut tasks, &mut watched, &stop);
+                    next_discovery = tokio::time::Instant::now() + REDISCOVER_EVERY;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "discovery failed; retrying");
+                    next_discovery = tokio::time::Instant::now() + Duration::from_secs(2);
                 }
             }
         }
-    };
-    let graph: Shared = Arc::default();
-    let mut tasks = tokio::task::JoinSet::new();
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if watched.is_empty() {
+            continue;
+        }
+        if let Err(e) = collect(&ctx.client, &graph).await {
+            tracing::warn!(error = %e, "garbage collection pass failed");
+        }
+        // Finished watches (none end on their own) are only reaped here.
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks.shutdown().await;
+}
+
+/// Starts watching the kinds discovery lists that are not watched yet, and stops watching
+/// the kinds it no longer lists.
+fn follow_kinds(
+    ctx: &Arc<Context>,
+    discovery: &Discovery,
+    graph: &Shared,
+    tasks: &mut tokio::task::JoinSet<()>,
+    watched: &mut HashMap<String, tokio::task::AbortHandle>,
+    stop: &CancellationToken,
+) {
+    let mut listed = HashSet::new();
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
             let usable = [verbs::LIST, verbs::WATCH, verbs::DELETE]
@@ -68,40 +103,43 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
             if !usable {
                 continue;
             }
+            let key = format!("{}/{}", ar.api_version, ar.plural);
+            listed.insert(key.clone());
+            if watched.contains_key(&key) {
+                continue;
+            }
             let namespaced = caps.scope == Scope::Namespaced;
             if let Ok(mut g) = graph.lock() {
-                g.syncing += 1;
+                g.syncing.insert(key.clone());
             }
-            tasks.spawn(watch_kind(
+            let handle = tasks.spawn(watch_kind(
                 ctx.client.clone(),
                 Arc::new(ar),
+                key.clone(),
                 namespaced,
                 graph.clone(),
                 stop.clone(),
             ));
+            watched.insert(key, handle);
         }
     }
-    let collector = async {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            if let Err(e) = collect(&ctx.client, &graph).await {
-                tracing::warn!(error = %e, "garbage collection pass failed");
+    watched.retain(|key, handle| {
+        let keep = listed.contains(key);
+        if !keep {
+            tracing::debug!(resource = %key, "no longer served; not followed");
+            handle.abort();
+            if let Ok(mut g) = graph.lock() {
+                g.syncing.remove(key);
             }
         }
-    };
-    tokio::select! {
-        _ = collector => {}
-        _ = stop.cancelled() => {}
-    }
-    tasks.shutdown().await;
+        keep
+    });
 }
 
 async fn watch_kind(
     client: kube::Client,
     ar: Arc<ApiResource>,
+    key: String,
     namespaced: bool,
     graph: Shared,
     stop: CancellationToken,
@@ -144,7 +182,7 @@ async fn watch_kind(
                 });
                 if !synced {
                     synced = true;
-                    g.syncing = g.syncing.saturating_sub(1);
+                    g.syncing.remove(&key);
                 }
             }
         }
@@ -178,7 +216,7 @@ fn api_for(client: &kube::Client, n: &Node) -> Api<DynamicObject> {
 async fn collect(client: &kube::Client, graph: &Shared) -> Result<(), kube::Error> {
     let (orphans, foreground, orphaning) = {
         let Ok(g) = graph.lock() else { return Ok(()) };
-        if g.syncing > 0 {
+        if !g.syncing.is_empty() {
             return Ok(());
         }
         // Dependents whose every owner is gone.

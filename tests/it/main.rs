@@ -5,6 +5,7 @@ mod busybox_image;
 mod cluster;
 mod controlplane;
 mod crash;
+mod crds;
 mod datastore;
 mod disruption;
 mod dualstack;

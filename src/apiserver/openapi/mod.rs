@@ -12,9 +12,10 @@ use axum::response::{IntoResponse, Response};
 use sha2::Digest;
 
 use self::model::{Def, Field, Model, Ty};
+use super::resources::Resource;
 use super::status::ApiError;
 
-pub use self::normalize::{normalize, FieldValidation};
+pub use self::normalize::{normalize, normalize_metadata, FieldValidation};
 
 static MODEL_BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/schema_model.bin"));
 
@@ -138,16 +139,8 @@ static V3: &[(&str, &[u8])] = &[
 ];
 
 /// Each v3 document's hash, as the index advertises it (clients cache by it).
-static V3_HASHES: LazyLock<Vec<String>> = LazyLock::new(|| {
-    V3.iter()
-        .map(|(_, gz)| {
-            sha2::Sha256::digest(gz)
-                .iter()
-                .map(|b| format!("{b:02X}"))
-                .collect()
-        })
-        .collect()
-});
+static V3_HASHES: LazyLock<Vec<String>> =
+    LazyLock::new(|| V3.iter().map(|(_, gz)| hash_of(gz)).collect());
 
 fn accepts_gzip(headers: &HeaderMap) -> bool {
     headers
@@ -184,8 +177,60 @@ fn document(gz: &'static [u8], headers: &HeaderMap) -> Result<Response, ApiError
         .into_response())
 }
 
-/// Serves `/openapi/v2`, `/openapi/v3` and `/openapi/v3/<group-version>`; None for other paths.
-pub fn serve(path: &str, headers: &HeaderMap) -> Option<Result<Response, ApiError>> {
+/// The meta.k8s.io schemas a custom resource's document refers to (ObjectMeta and what it
+/// holds, ListMeta, Status, Patch, DeleteOptions), taken from an embedded document.
+static META_SCHEMAS: LazyLock<serde_json::Map<String, serde_json::Value>> = LazyLock::new(|| {
+    let Some((_, gz)) = V3.iter().find(|(p, _)| *p == "apis/apps/v1") else {
+        return serde_json::Map::new();
+    };
+    let doc: serde_json::Value = match serde_json::from_reader(flate2::read::GzDecoder::new(*gz)) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "the embedded apps/v1 OpenAPI document does not decode");
+            return serde_json::Map::new();
+        }
+    };
+    let all = doc
+        .pointer("/components/schemas")
+        .and_then(serde_json::Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    super::crd::openapi::closure(
+        &all,
+        &["ObjectMeta", "ListMeta", "Status", "Patch", "DeleteOptions"],
+    )
+});
+
+/// The v3 documents of the custom resources' group versions, by path (`apis/<g>/<v>`).
+fn custom_documents(customs: &[Resource]) -> Vec<(String, serde_json::Value)> {
+    let mut gvs: Vec<(&str, &str)> = customs.iter().map(|r| (r.group, r.version)).collect();
+    gvs.dedup();
+    gvs.into_iter()
+        .filter_map(|(g, v)| {
+            let rows: Vec<&Resource> = customs
+                .iter()
+                .filter(|r| r.group == g && r.version == v)
+                .collect();
+            let doc = super::crd::openapi::document(&rows, &META_SCHEMAS)?;
+            Some((format!("apis/{g}/{v}"), doc))
+        })
+        .collect()
+}
+
+fn hash_of(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
+/// Serves `/openapi/v2`, `/openapi/v3` and `/openapi/v3/<group-version>` (the custom
+/// resources' too); None for other paths.
+pub fn serve(
+    path: &str,
+    headers: &HeaderMap,
+    customs: &[Resource],
+) -> Option<Result<Response, ApiError>> {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -206,7 +251,7 @@ pub fn serve(path: &str, headers: &HeaderMap) -> Option<Result<Response, ApiErro
         return Some(document(SWAGGER, headers));
     }
     if path == "/openapi/v3" {
-        let paths: serde_json::Map<String, serde_json::Value> = V3
+        let mut paths: serde_json::Map<String, serde_json::Value> = V3
             .iter()
             .zip(V3_HASHES.iter())
             .map(|((gv, _), hash)| {
@@ -216,11 +261,21 @@ pub fn serve(path: &str, headers: &HeaderMap) -> Option<Result<Response, ApiErro
                 )
             })
             .collect();
+        for (gv, doc) in custom_documents(customs) {
+            let hash = hash_of(doc.to_string().as_bytes());
+            paths.insert(
+                gv.clone(),
+                serde_json::json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}")}),
+            );
+        }
         return Some(Ok(
             axum::Json(serde_json::json!({"paths": paths})).into_response()
         ));
     }
     let gv = path.strip_prefix("/openapi/v3/")?;
+    if let Some((_, doc)) = custom_documents(customs).into_iter().find(|(p, _)| p == gv) {
+        return Some(Ok(axum::Json(doc).into_response()));
+    }
     let Some((_, gz)) = V3.iter().find(|(p, _)| *p == gv) else {
         return Some(Err(ApiError::new(
             StatusCode::NOT_FOUND,

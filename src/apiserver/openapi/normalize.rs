@@ -218,6 +218,27 @@ pub fn normalize(
     }
 }
 
+/// Normalizes an object's `metadata` as an ObjectMeta (what a custom resource's decoding
+/// does to it), adding its unknown fields (`metadata.x`) to `unknown`.
+pub fn normalize_metadata(
+    kind: &str,
+    obj: &mut Value,
+    unknown: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    let model = super::model();
+    let Some(def) = model
+        .defs
+        .iter()
+        .position(|d| d.name == "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+    else {
+        return Ok(());
+    };
+    let Some(meta) = obj.get_mut("metadata") else {
+        return Ok(());
+    };
+    Walk { unknown, kind }.walk(meta, &Ty::Ref(def as u32), ".metadata", "metadata")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,6 @@
 //! watch), so a decision never reads the store.
 pub mod bootstrap;
 mod controller_roles;
-mod follow;
 mod node;
 pub mod review;
 pub mod rules;
@@ -17,9 +16,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use self::follow::Change;
 use self::rules::{rule_allows, subject_is, Attributes};
 use super::auth::User;
+use super::follow::{self, Change};
 use super::registry::Registry;
 use super::resources;
 use super::status::ApiError;

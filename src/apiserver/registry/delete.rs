@@ -192,6 +192,17 @@ impl Registry {
             obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
             changed = true;
         }
+        if r.group == "apiextensions.k8s.io"
+            && r.plural == "customresourcedefinitions"
+            && !was_deleting
+        {
+            // Held until its custom resources are gone (`crd` reconciles).
+            add_finalizer(
+                &mut obj,
+                crate::apiserver::crd::definition::CLEANUP_FINALIZER,
+            );
+            changed = true;
+        }
         let waits = has_finalizers(&obj) || grace > 0;
         if !waits {
             let gone = self

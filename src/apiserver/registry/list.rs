@@ -138,7 +138,8 @@ impl Registry {
         opts: &ListOptions,
     ) -> Result<Page, ApiError> {
         self.page(r, ns, opts, |kv| {
-            let obj = objects::with_resource_version(decode(kv)?, kv.mod_revision);
+            let mut obj = objects::with_resource_version(decode(kv)?, kv.mod_revision);
+            super::served_at(r, &mut obj);
             Ok(opts.filter.matches(&obj).then_some(obj))
         })
         .await
@@ -151,6 +152,20 @@ impl Registry {
         ns: Option<&str>,
         opts: &ListOptions,
     ) -> Result<Page<Vec<u8>>, ApiError> {
+        if super::converts(r) {
+            // Each item's apiVersion changes: build them.
+            let page = self.list(r, ns, opts).await?;
+            return Ok(Page {
+                items: page
+                    .items
+                    .iter()
+                    .map(|o| serde_json::to_vec(o).unwrap_or_default())
+                    .collect(),
+                revision: page.revision,
+                continue_token: page.continue_token,
+                remaining: page.remaining,
+            });
+        }
         self.page(r, ns, opts, |kv| raw_item(kv, &opts.filter))
             .await
     }

@@ -54,6 +54,32 @@ fn encode(obj: &Value) -> Vec<u8> {
     serde_json::to_vec(obj).unwrap_or_default()
 }
 
+/// Whether objects of `r` change apiVersion between the store and the client: a custom
+/// resource served at several versions is stored at one (its conversion is None, so the
+/// apiVersion is all that differs).
+pub fn converts(r: &Resource) -> bool {
+    r.custom.as_ref().is_some_and(|c| c.multi_version)
+}
+
+/// A stored object as `r` serves it.
+pub fn served_at(r: &Resource, obj: &mut Value) {
+    if converts(r) {
+        obj["apiVersion"] = json!(r.api_version());
+    }
+}
+
+/// An object of `r` as it is stored.
+fn encode_for(r: &Resource, obj: &Value) -> Vec<u8> {
+    match &r.custom {
+        Some(c) if c.multi_version => {
+            let mut stored = obj.clone();
+            stored["apiVersion"] = json!(format!("{}/{}", r.group, c.storage_version));
+            encode(&stored)
+        }
+        _ => encode(obj),
+    }
+}
+
 /// Objects are stored without resourceVersion (it is the key's mod revision).
 fn strip_resource_version(obj: &mut Value) {
     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -151,7 +177,8 @@ impl Registry {
             .read(r.key(ns, name))
             .await?
             .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
-        let obj = decode(&kv)?;
+        let mut obj = decode(&kv)?;
+        served_at(r, &mut obj);
         Ok((kv, obj))
     }
 
@@ -285,7 +312,7 @@ impl Registry {
             let charged = !charges.compare.is_empty();
             let lease = self.lease_for(r).await?;
             let mut compare = vec![absent(&key)];
-            let mut success = vec![put_leased(&key, encode(&obj), lease)];
+            let mut success = vec![put_leased(&key, encode_for(r, &obj), lease)];
             for k in &reserved {
                 compare.push(absent(k));
                 success.push(put(k, key.clone()));
@@ -399,7 +426,7 @@ impl Registry {
         }
         let lease = self.lease_for(r).await?;
         let mut compare = vec![at_revision(&key, current.mod_revision)];
-        let mut success = vec![put_leased(&key, encode(&obj), lease)];
+        let mut success = vec![put_leased(&key, encode_for(r, &obj), lease)];
         if is_service {
             let old_keys = service::reserved_keys(&self.services, &stored);
             let new_keys = service::reserved_keys(&self.services, &obj);
@@ -466,7 +493,7 @@ impl Registry {
         let resp = self
             .commit(TxnRequest {
                 compare: vec![at_revision(&key, mod_revision)],
-                success: vec![put(&key, encode(obj))],
+                success: vec![put(&key, encode_for(r, obj))],
                 failure: vec![],
             })
             .await?;

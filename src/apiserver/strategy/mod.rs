@@ -53,6 +53,7 @@ pub fn prepare_create(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
             _ => core::default(r, obj)?,
         },
         "apps" | "batch" => workload::default(r, obj),
+        "apiextensions.k8s.io" => super::crd::definition::default(obj),
         _ => {}
     }
     validate(r, obj, None)
@@ -102,11 +103,15 @@ pub fn prepare_update(
     }
     if r.generation {
         let changed = {
+            // A custom resource without a status subresource counts status changes too.
+            let status_apart = r.custom.is_none() || r.has_subresource("status");
             let strip = |v: &Value| {
                 let mut v = v.clone();
                 if let Some(o) = v.as_object_mut() {
                     o.remove("metadata");
-                    o.remove("status");
+                    if status_apart {
+                        o.remove("status");
+                    }
                 }
                 v
             };
@@ -127,6 +132,9 @@ pub fn prepare_update(
             ("", "pods") => pod::prepare_update(old, new)?,
             ("", "services") => service::prepare_update(old, new),
             ("", "secrets") => core::normalize_secret(new)?,
+            ("apiextensions.k8s.io", "customresourcedefinitions") => {
+                super::crd::definition::default(new)
+            }
             ("", "namespaces") => {
                 // Phase belongs to the namespace lifecycle, not the writer.
                 if let Some(s) = old.get("status") {
@@ -151,6 +159,10 @@ fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), ApiErr
         ("", "nodes") => core::validate_node(obj, old, &mut errs),
         ("", "replicationcontrollers") => workload::validate_rc(obj, &mut errs),
         ("apps" | "batch", _) => workload::validate(r, obj, old, &mut errs),
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            super::crd::definition::validate(obj, old, &mut errs)
+        }
+        _ if r.custom.is_some() => super::crd::validate(r, obj, &mut errs),
         _ => {}
     }
     errs.into_result(r.kind, super::objects::name_of(obj), r.group)

@@ -111,9 +111,25 @@ pub fn age(obj: &Value) -> String {
     )
 }
 
+/// The cells of one row.
+type RowCells = Box<dyn Fn(&Value) -> Vec<Value>>;
+
 /// A Table of `items` (one object for a GET, a list's items otherwise).
 pub fn build(r: &Resource, items: &[Value], resource_version: Option<String>) -> Value {
-    let (columns, cells) = printers::printer(r);
+    // A custom resource prints its CRD's columns; a built-in kind, kube's printer's.
+    let (definitions, cells): (Vec<Value>, RowCells) = match &r.custom {
+        Some(c) => {
+            let cols = crate::apiserver::crd::columns::columns_of(&c.columns);
+            (
+                crate::apiserver::crd::columns::definitions(&cols),
+                Box::new(move |o| crate::apiserver::crd::columns::cells(&cols, o)),
+            )
+        }
+        None => {
+            let (columns, cells) = printers::printer(r);
+            (columns.iter().map(column_json).collect(), Box::new(cells))
+        }
+    };
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
@@ -135,7 +151,7 @@ pub fn build(r: &Resource, items: &[Value], resource_version: Option<String>) ->
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": meta,
-        "columnDefinitions": columns.iter().map(column_json).collect::<Vec<_>>(),
+        "columnDefinitions": definitions,
         "rows": rows,
     })
 }
