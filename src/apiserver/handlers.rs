@@ -268,11 +268,26 @@ async fn handle(
         None => openapi::normalize(r.group, r.version, r.kind, obj, validation),
     };
     if info.verb == "create" && r.custom.as_ref().is_some_and(|c| c.terminating) {
-        return Err(ApiError::method_not_allowed().with_message(
-            "create not allowed while custom resource definition is terminating",
-        ));
+        return Err(ApiError::method_not_allowed()
+            .with_message("create not allowed while custom resource definition is terminating"));
     }
-    let reg = &state.registry.for_request(dry_run);
+    let manager = match query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(m) if m.chars().count() > 128 => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "fieldManager: Too long: may not be more than 128 bytes",
+            ))
+        }
+        Some(m) => m.clone(),
+        None => super::apply::default_manager(
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+            &user.name,
+        ),
+    };
+    let reg = &state.registry.for_request(dry_run).managed_by(&manager);
     let shape = Representation::from_accept(accept);
     let ns = ns.as_deref();
     match (info.verb, sub) {
@@ -467,6 +482,11 @@ async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let kind = PatchType::from_content_type(content_type)?;
+            if kind == PatchType::Apply {
+                let name = name(&info)?;
+                let applied = decode_apply(&body, r, name, ns, sub)?;
+                return server_side_apply(reg, r, ns, name, sub, applied, query, &decode).await;
+            }
             if r.custom.is_some() && kind == PatchType::Strategic {
                 // Custom resources have no patch strategies to merge by, as in kube.
                 return Err(ApiError::new(
@@ -525,6 +545,139 @@ async fn handle(
             Ok(Json(reg.delete_collection(r, ns, &opts, &delete_opts).await?).into_response())
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// An apply patch's body as the object to apply: JSON or YAML, with the kind's apiVersion
+/// and kind, the URL's name; only status for the status subresource, no status otherwise
+/// (when the kind has a status subresource).
+fn decode_apply(
+    body: &[u8],
+    r: &resources::Resource,
+    name: &str,
+    ns: Option<&str>,
+    sub: Option<&str>,
+) -> Result<Value, ApiError> {
+    check_size(body.len())?;
+    let mut applied: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+    };
+    let Some(o) = applied.as_object_mut() else {
+        return Err(ApiError::bad_request("the apply patch must be an object"));
+    };
+    for f in ["apiVersion", "kind"] {
+        if o.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Err(ApiError::bad_request(format!(
+                "{f} must be set in an apply patch"
+            )));
+        }
+    }
+    let meta = o.entry("metadata").or_insert_with(|| json!({}));
+    match meta.get("name").and_then(Value::as_str) {
+        Some(n) if n != name => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )))
+        }
+        _ => meta["name"] = json!(name),
+    }
+    if let Some(ns) = ns.filter(|_| r.namespaced) {
+        meta["namespace"] = json!(ns);
+    }
+    match sub {
+        Some("status") => {
+            let keep = ["apiVersion", "kind", "metadata", "status"];
+            o.retain(|k, _| keep.contains(&k.as_str()));
+            if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "resourceVersion"));
+            }
+        }
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!("apply patches are not supported on the {other} subresource"),
+            ))
+        }
+        None => {
+            if r.has_subresource("status") {
+                o.remove("status");
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// PATCH with `application/apply-patch+yaml`: merged into the live object by
+/// `apiserver::apply` (or creating it), retried when another write slips in between.
+#[allow(clippy::too_many_arguments)]
+async fn server_side_apply(
+    reg: &Registry,
+    r: &resources::Resource,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+    mut applied: Value,
+    query: &HashMap<String, String>,
+    decode: &(dyn Fn(&mut Value) -> Result<Vec<String>, ApiError> + Sync),
+) -> Result<Response, ApiError> {
+    let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
+    };
+    let force = flag(query, "force");
+    let warnings = decode(&mut applied)?;
+    let pinned = applied
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|rv| !rv.is_empty());
+    let subresource = sub.unwrap_or("");
+    let mut attempts = 0;
+    loop {
+        let (result, created) = match reg.get(r, ns, name).await {
+            Ok(live) => {
+                let mut merged = super::apply::apply(
+                    r,
+                    Some(&live),
+                    applied.clone(),
+                    manager,
+                    force,
+                    subresource,
+                )?;
+                if !pinned {
+                    merged["metadata"]["resourceVersion"] = live
+                        .pointer("/metadata/resourceVersion")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                }
+                (reg.update(r, ns, name, merged, write_of(sub)).await, false)
+            }
+            Err(e) if e.code == StatusCode::NOT_FOUND && sub.is_none() => {
+                let obj = super::apply::apply(r, None, applied.clone(), manager, force, "")?;
+                (reg.create(r, ns, obj).await, true)
+            }
+            Err(e) => return Err(e),
+        };
+        match result {
+            Err(e) if e.reason == "Conflict" && e.causes.is_empty() && !pinned && attempts < 5 => {
+                attempts += 1;
+            }
+            Err(e) if e.reason == "AlreadyExists" && attempts < 5 => attempts += 1,
+            Err(e) => return Err(e),
+            Ok(obj) => {
+                let code = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                return Ok(warn((code, Json(obj)).into_response(), &warnings));
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Kubernetes API server: the only module that speaks Kubernetes HTTP, writes metav1
 //! Status errors and writes `/registry` keys. HTTPS with client-certificate authentication
 //! for the world, and the same router in-process for krab's own loops (`router_as`).
+mod apply;
 mod auth;
 mod crd;
 mod discovery;

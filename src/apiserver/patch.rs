@@ -1,6 +1,6 @@
 //! PATCH bodies: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and strategic merge patch
-//! (kube's, in `strategic`, driven by the schema's merge keys). Apply patch (server-side
-//! apply) is not here yet and is refused with 415.
+//! (kube's, in `strategic`, driven by the schema's merge keys). Apply patches (server-side
+//! apply) are recognised here and carried out by `apiserver::apply`.
 use serde_json::{Map, Value};
 
 use super::openapi::model::Ty;
@@ -11,6 +11,8 @@ pub enum PatchType {
     Merge,
     Json,
     Strategic,
+    /// `application/apply-patch+yaml`: server-side apply.
+    Apply,
 }
 
 impl PatchType {
@@ -20,13 +22,15 @@ impl PatchType {
             "application/merge-patch+json" => Ok(PatchType::Merge),
             "application/json-patch+json" => Ok(PatchType::Json),
             "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchType::Apply),
             other => Err(ApiError::new(
                 axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",
                 format!(
                     "the body of the request was in an unknown format - accepted media types \
                      include: application/json-patch+json, application/merge-patch+json, \
-                     application/strategic-merge-patch+json (got {other})"
+                     application/apply-patch+yaml, application/strategic-merge-patch+json \
+                     (got {other})"
                 ),
             )),
         }
@@ -47,6 +51,9 @@ pub fn apply(
         PatchType::Merge => Ok(merge(target, &p)),
         PatchType::Strategic => super::strategic::apply(target, &p, ty),
         PatchType::Json => json_patch(target, &p),
+        PatchType::Apply => Err(ApiError::internal(
+            "an apply patch is not applied as a patch document",
+        )),
     }
 }
 

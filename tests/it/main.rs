@@ -23,6 +23,7 @@ mod quota;
 mod rbac;
 mod rollouts;
 mod scheduling;
+mod server_side_apply;
 mod services;
 mod storage;
 mod support;

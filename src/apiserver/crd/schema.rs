@@ -42,6 +42,8 @@ pub struct Schema {
     pub embedded_resource: bool,
     pub list_type: Option<String>,
     pub list_map_keys: Vec<String>,
+    /// `x-kubernetes-map-type: atomic`: the object is owned whole by server-side apply.
+    pub map_type_atomic: bool,
     pub all_of: Vec<Schema>,
     pub any_of: Vec<Schema>,
     pub one_of: Vec<Schema>,
@@ -141,6 +143,8 @@ impl Schema {
                         .collect()
                 })
                 .unwrap_or_default(),
+            map_type_atomic: v.get("x-kubernetes-map-type").and_then(Value::as_str)
+                == Some("atomic"),
             ..Schema::default()
         };
         if let Some(p) = v.get("pattern").and_then(Value::as_str) {

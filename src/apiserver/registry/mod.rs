@@ -31,6 +31,9 @@ pub struct Registry {
     pub ds: Datastore,
     /// `dryRun=All`: every check runs, nothing is written.
     pub dry_run: bool,
+    /// Who this request's writes are managed by (managedFields); the API server itself when
+    /// None.
+    manager: Option<Arc<str>>,
     pub services: Arc<ServiceNetwork>,
     /// The lease events are currently attached to, and when it was granted.
     event_lease: Arc<std::sync::Mutex<Option<(i64, std::time::Instant)>>>,
@@ -92,6 +95,7 @@ impl Registry {
         Registry {
             ds,
             dry_run: false,
+            manager: None,
             services: Arc::new(services),
             event_lease: Arc::default(),
         }
@@ -121,6 +125,16 @@ impl Registry {
             dry_run,
             ..self.clone()
         }
+    }
+
+    /// This registry writing as `manager` (the request's field manager).
+    pub fn managed_by(mut self, manager: &str) -> Registry {
+        self.manager = Some(Arc::from(manager));
+        self
+    }
+
+    fn manager(&self) -> &str {
+        self.manager.as_deref().unwrap_or("kube-apiserver")
     }
 
     /// The lease a write of `r` attaches to: events expire after an hour; nothing else does.
@@ -289,6 +303,7 @@ impl Registry {
         }
         protect_storage(r, &mut obj);
         strategy::prepare_create(r, &mut obj)?;
+        super::apply::track_update(r, None, &mut obj, self.manager(), "");
         let key = r.key(ns, &name);
         let is_service = r.group.is_empty() && r.plural == "services";
         // Allocation can race another create for the same address: choose again then.
@@ -411,6 +426,8 @@ impl Registry {
         }
         check_finalizers_while_deleting(r, &stored, &obj)?;
         strategy::prepare_update(r, write, &stored, &mut obj)?;
+        let subresource = if write == Write::Status { "status" } else { "" };
+        super::apply::track_update(r, Some(&stored), &mut obj, self.manager(), subresource);
         let is_service = r.group.is_empty() && r.plural == "services";
         if is_service {
             service::allocate(&self.ds, &self.services, &mut obj, Some(&stored)).await?;
