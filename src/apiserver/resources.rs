@@ -478,6 +478,10 @@ pub const RESOURCES: &[Resource] = &[
         false,
     )
     .generation(),
+    // events.k8s.io/v1: core/v1 Events under newer field names, kept once (`/registry/events`).
+    res("events.k8s.io", "events", "event", "Event", true)
+        .short(&["ev"])
+        .stored_as("events"),
     // apiextensions.k8s.io/v1
     res(
         "apiextensions.k8s.io",
@@ -623,7 +627,9 @@ mod tests {
                     "{} twice",
                     a.plural
                 );
-                if a.verbs.contains(&"get") && b.verbs.contains(&"get") {
+                // events.k8s.io/v1 Events are core/v1 Events seen another way.
+                let same_events = a.plural == "events" && b.plural == "events";
+                if a.verbs.contains(&"get") && b.verbs.contains(&"get") && !same_events {
                     let (pa, pb) = (a.prefix(None), b.prefix(None));
                     assert!(
                         !pa.starts_with(&pb) && !pb.starts_with(&pa),

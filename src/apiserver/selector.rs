@@ -120,6 +120,18 @@ fn field_labels(r: &Resource) -> &'static [&'static str] {
             "status.podIPs",
             "status.nominatedNodeName",
         ],
+        ("events.k8s.io", "events") => &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "type",
+        ],
         ("", "events") => &[
             "involvedObject.kind",
             "involvedObject.namespace",

@@ -605,6 +605,74 @@ fn events_expire_after_an_hour_like_kube_apiservers() {
 }
 
 #[test]
+fn events_k8s_io_events_are_core_events_under_their_newer_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), crate::support::QUIET);
+    let ev = write(
+        dir.path(),
+        "ev.yaml",
+        "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {name: synced}\neventTime: \"2026-01-01T00:00:00.000000Z\"\nreportingController: example.com/ctl\nreportingInstance: ctl-1\naction: Sync\nreason: Synced\nnote: all good\ntype: Normal\nregarding: {apiVersion: v1, kind: ConfigMap, name: c1, namespace: default}\n",
+    );
+    assert!(s
+        .kube_ok(&["apply", "-f", &ev])
+        .contains("event.events.k8s.io/synced created"));
+    // The same object through core/v1, kept once in core/v1's form with the events' lease.
+    let core: serde_json::Value =
+        serde_json::from_str(&s.kube_ok(&["get", "events.v1.", "synced", "-o", "json"])).unwrap();
+    assert_eq!(core["apiVersion"], "v1");
+    assert_eq!(core["message"], "all good");
+    assert_eq!(core["involvedObject"]["name"], "c1");
+    assert_eq!(core["reportingComponent"], "example.com/ctl");
+    let stored = s.ok(&[
+        "get",
+        "/registry/events/default/synced",
+        "--print-value-only",
+    ]);
+    assert!(stored.contains("\"involvedObject\""), "{stored}");
+    let new: serde_json::Value =
+        serde_json::from_str(&s.kube_ok(&["get", "events.events.k8s.io", "synced", "-o", "json"]))
+            .unwrap();
+    assert_eq!(new["note"], "all good");
+    assert_eq!(new["regarding"]["kind"], "ConfigMap");
+    // Core events read through events.k8s.io; field selectors by each API's names.
+    let old = write(dir.path(), "old.yaml", "apiVersion: v1\nkind: Event\nmetadata: {name: old}\ninvolvedObject: {kind: Pod, name: p, namespace: default}\nreason: Testing\nmessage: hello\ntype: Warning\n");
+    s.kube_ok(&["create", "-f", &old]);
+    let listed = s.kube_ok(&[
+        "get",
+        "events.events.k8s.io",
+        "--field-selector",
+        "regarding.kind=Pod",
+        "-o",
+        "jsonpath={.items[*].note}",
+    ]);
+    assert_eq!(listed, "hello");
+    let listed = s.kube_ok(&[
+        "get",
+        "events.v1.",
+        "--field-selector",
+        "reason=Synced",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(listed.trim(), "event/synced");
+    // events.k8s.io's own rules for new events.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {name: bad}\nreason: R\ntype: Sometimes\nregarding: {kind: Pod, name: p}\n",
+    );
+    let err = s.kube_err(&["apply", "-f", &bad]);
+    for expected in [
+        "eventTime: Required value",
+        "type: Unsupported value: \"Sometimes\"",
+        "reportingController: Required value",
+        "action: Required value",
+    ] {
+        assert!(err.contains(expected), "{expected:?} not in {err}");
+    }
+}
+
+#[test]
 fn priority_classes_set_pod_priority_and_the_kubernetes_service_has_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("d"), &[]);

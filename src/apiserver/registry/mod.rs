@@ -61,18 +61,28 @@ fn encode(obj: &Value) -> Vec<u8> {
 /// resource served at several versions is stored at one (its conversion is None, so the
 /// apiVersion is all that differs).
 pub fn converts(r: &Resource) -> bool {
-    r.custom.as_ref().is_some_and(|c| c.multi_version)
+    r.custom.as_ref().is_some_and(|c| c.multi_version) || is_events_v1(r)
+}
+
+/// events.k8s.io/v1 Events are core/v1 Events under other field names.
+fn is_events_v1(r: &Resource) -> bool {
+    r.group == "events.k8s.io" && r.plural == "events"
 }
 
 /// A stored object as `r` serves it.
 pub fn served_at(r: &Resource, obj: &mut Value) {
-    if converts(r) {
+    if is_events_v1(r) {
+        *obj = strategy::event::to_v1(obj);
+    } else if converts(r) {
         obj["apiVersion"] = json!(r.api_version());
     }
 }
 
 /// An object of `r` as it is stored.
 fn encode_for(r: &Resource, obj: &Value) -> Vec<u8> {
+    if is_events_v1(r) {
+        return encode(&strategy::event::to_core(obj));
+    }
     match &r.custom {
         Some(c) if c.multi_version => {
             let mut stored = obj.clone();
@@ -139,7 +149,7 @@ impl Registry {
 
     /// The lease a write of `r` attaches to: events expire after an hour; nothing else does.
     async fn lease_for(&self, r: &Resource) -> Result<i64, ApiError> {
-        if !(r.group.is_empty() && r.plural == "events") || self.dry_run {
+        if !((r.group.is_empty() || is_events_v1(r)) && r.plural == "events") || self.dry_run {
             return Ok(0);
         }
         let reusable = self

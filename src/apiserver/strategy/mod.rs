@@ -3,6 +3,7 @@
 //! status versus spec, and metadata.generation. The generic registry calls these hooks and
 //! knows nothing about any particular kind.
 mod core;
+pub mod event;
 mod pod;
 pub mod service;
 pub mod service_alloc;
@@ -162,6 +163,7 @@ fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), ApiErr
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             super::crd::definition::validate(obj, old, &mut errs)
         }
+        ("events.k8s.io", "events") if old.is_none() => event::validate_v1(obj, &mut errs),
         _ if r.custom.is_some() => super::crd::validate(r, obj, &mut errs),
         _ => {}
     }

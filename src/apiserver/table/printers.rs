@@ -611,7 +611,7 @@ pub fn printer(r: &Resource) -> (Vec<Column>, Cells) {
             vec![name(o), json!(arr(o, "/secrets").len()), json!(age(o))]
         }),
         ("", "endpoints") => (vec![NAME, col("Endpoints"), AGE], endpoints_cells),
-        ("", "events") => (
+        ("" | "events.k8s.io", "events") => (
             vec![
                 col("Last Seen"),
                 col("Type"),
@@ -628,7 +628,11 @@ pub fn printer(r: &Resource) -> (Vec<Column>, Cells) {
                 },
                 wide("Name"),
             ],
-            event_cells,
+            if r.group.is_empty() {
+                event_cells
+            } else {
+                |o| event_cells(&crate::apiserver::strategy::event::to_core(o))
+            },
         ),
         ("", "replicationcontrollers") | ("apps", "replicasets") => (
             vec![
