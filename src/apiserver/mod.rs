@@ -31,6 +31,7 @@ mod table;
 mod tokens;
 mod validation;
 mod watch;
+mod watch_cache;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,8 @@ pub struct ApiConfig {
     pub kubelet_client: Option<KubeletClientTls>,
     /// Lets agents join with the node token; None on servers that take no agents.
     pub node_join: Option<NodeJoin>,
+    /// Whether LISTs and WATCHes are answered from the watch cache.
+    pub watch_cache: bool,
 }
 
 /// The API server: its router (also reachable in-process, see `router_as`) and the tasks
@@ -72,6 +75,7 @@ pub struct ApiServer {
     streams: crate::proxy::Streams,
     policy: rbac::PolicyCache,
     crds: crd::CustomResources,
+    watch_cache: bool,
     port: u16,
     advertise: Option<std::net::IpAddr>,
 }
@@ -128,6 +132,7 @@ impl ApiServer {
         });
         Ok(ApiServer {
             crds,
+            watch_cache: config.watch_cache,
             registry,
             router,
             bootstrapped,
@@ -165,6 +170,17 @@ impl ApiServer {
         )?;
         let policy = self.policy.run(self.registry.clone(), shutdown.clone());
         let crds = self.crds.run(self.registry.clone(), shutdown.clone());
+        let cache = {
+            let cache = self.registry.cache.clone();
+            let ds = self.registry.ds.clone();
+            let shutdown = shutdown.clone();
+            let enabled = self.watch_cache;
+            async move {
+                if enabled {
+                    cache.run(ds, shutdown).await
+                }
+            }
+        };
         let bootstrap = bootstrap(
             self.registry,
             self.port,
@@ -172,11 +188,12 @@ impl ApiServer {
             self.bootstrapped,
             shutdown.clone(),
         );
-        let (served, (), (), ()) = tokio::join!(
+        let (served, (), (), (), ()) = tokio::join!(
             crate::https::serve(listener, tls, self.router, shutdown),
             bootstrap,
             policy,
-            crds
+            crds,
+            cache
         );
         // Streams to kubelets end with the shutdown; wait for them to unwind.
         self.streams.drain(std::time::Duration::from_secs(5)).await;

@@ -18,8 +18,8 @@ use super::representation::Representation;
 use super::resources::Resource;
 use super::selector::Filter;
 use super::status::ApiError;
-use crate::store::types::{prefix_end, EventKind, Revision};
-use crate::store::watch::{WatchMessage, WatchSpec};
+use crate::store::types::{EventKind, Revision};
+use crate::store::watch::WatchMessage;
 
 /// One event line, the object in the representation the client asked for.
 fn event(r: &Resource, rep: Representation, kind: &str, obj: Value) -> Bytes {
@@ -105,16 +105,7 @@ pub async fn serve(
     };
     let prefix = r.prefix(ns.as_deref());
     let cancel = shutdown.child_token();
-    let mut events = registry.ds.watch(
-        WatchSpec {
-            range_end: prefix_end(&prefix),
-            key: prefix,
-            start_revision: from,
-            prev_kv: true,
-            ..Default::default()
-        },
-        cancel.clone(),
-    );
+    let mut events = registry.watch_events(prefix, from, cancel.clone());
     tokio::spawn(async move {
         let _guard = cancel.clone().drop_guard();
         for obj in initial {

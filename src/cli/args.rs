@@ -69,6 +69,10 @@ pub struct ServerArgs {
     /// Port the API server listens on.
     #[arg(long, env = "KRAB_HTTPS_LISTEN_PORT", default_value_t = 6443)]
     pub https_listen_port: u16,
+    /// Answer LISTs and WATCHes from an in-memory mirror of the datastore (kube-apiserver's
+    /// --watch-cache); `--watch-cache=false` reads the datastore instead, saving memory.
+    #[arg(long, env = "KRAB_WATCH_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_cache: bool,
     /// Shared secret used to join a server or agent to a cluster.
     #[arg(long, short = 't', env = "KRAB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

@@ -222,6 +222,7 @@ fn start_apiserver(
             cluster_dns: Some(args.cluster_dns.into()),
         },
         port: args.https_listen_port,
+        watch_cache: args.watch_cache,
         advertise: Some(advertised_api(args)),
         service_account_key: Some(certs.service_account.clone()),
         node_join: Some(crate::apiserver::NodeJoin {

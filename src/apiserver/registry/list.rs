@@ -178,6 +178,24 @@ impl Registry {
         item: impl Fn(&KeyValue) -> Result<Option<T>, ApiError>,
     ) -> Result<Page<T>, ApiError> {
         let prefix = r.prefix(ns);
+        if opts.revision == 0 && opts.limit == 0 && opts.continue_token.is_none() {
+            // The current state of a whole collection: from memory once the cache has
+            // caught up with the store.
+            if let Some((revision, kvs)) = self.cache.list(&self.ds, &prefix, 0).await {
+                let mut items = Vec::new();
+                for kv in &kvs {
+                    if let Some(x) = item(kv)? {
+                        items.push(x);
+                    }
+                }
+                return Ok(Page {
+                    items,
+                    revision,
+                    continue_token: None,
+                    remaining: None,
+                });
+            }
+        }
         let end = prefix_end(&prefix);
         let (mut revision, mut start) = match &opts.continue_token {
             Some(t) => {

@@ -35,6 +35,8 @@ pub struct Registry {
     /// None.
     manager: Option<Arc<str>>,
     pub services: Arc<ServiceNetwork>,
+    /// LISTs and WATCHes answered from memory (`watch_cache`), filled once the server runs.
+    pub cache: super::watch_cache::WatchCache,
     /// The lease events are currently attached to, and when it was granted.
     event_lease: Arc<std::sync::Mutex<Option<(i64, std::time::Instant)>>>,
 }
@@ -107,6 +109,7 @@ impl Registry {
             dry_run: false,
             manager: None,
             services: Arc::new(services),
+            cache: super::watch_cache::WatchCache::default(),
             event_lease: Arc::default(),
         }
     }
@@ -127,6 +130,30 @@ impl Registry {
             },
             cancel,
         )
+    }
+
+    /// The events under `prefix` from revision `from`: from the watch cache when it holds
+    /// them, else from the store.
+    pub fn watch_events(
+        &self,
+        prefix: Vec<u8>,
+        from: i64,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> super::watch_cache::EventSource {
+        use super::watch_cache::EventSource;
+        if let Some(w) = self.cache.watch(&prefix, from) {
+            return EventSource::Cache(w);
+        }
+        EventSource::Store(self.ds.watch(
+            crate::store::watch::WatchSpec {
+                range_end: crate::store::types::prefix_end(&prefix),
+                key: prefix,
+                start_revision: from,
+                prev_kv: true,
+                ..Default::default()
+            },
+            cancel,
+        ))
     }
 
     /// This registry for one request, honouring its dryRun.
