@@ -62,6 +62,29 @@ pub struct AgentConfig {
     pub network_policy: bool,
     /// The cluster DNS server's settings; None without the service proxy.
     pub dns: Option<dns::DnsConfig>,
+    /// The kubelet's hard eviction thresholds (`--kubelet-arg=eviction-hard=...`).
+    pub eviction: kubelet::eviction::Thresholds,
+}
+
+/// The kubelet settings `--kubelet-arg` gives (k3s's flag, `name=value` as the kubelet's own
+/// flags); the ones krab's kubelet does not have are refused by name.
+pub fn kubelet_settings(args: &[String]) -> anyhow::Result<kubelet::eviction::Thresholds> {
+    let mut eviction = kubelet::eviction::Thresholds::default();
+    for arg in args {
+        let arg = arg.trim_start_matches("--");
+        let (name, value) = arg.split_once('=').unwrap_or((arg, ""));
+        match name {
+            "eviction-hard" => {
+                eviction = kubelet::eviction::Thresholds::parse(value).map_err(|e| {
+                    anyhow::anyhow!("--kubelet-arg eviction-hard={value:?}: {e}")
+                })?
+            }
+            other => anyhow::bail!(
+                "--kubelet-arg {other:?} is not a setting krab's kubelet has (it takes eviction-hard)"
+            ),
+        }
+    }
+    Ok(eviction)
 }
 
 impl AgentConfig {
@@ -244,6 +267,7 @@ async fn run_kubelet(
             kubelet_version: config.kubelet_version.clone(),
             extra_labels: config.node_labels.clone(),
             kubelet_port: config.kubelet_port,
+            eviction: config.eviction,
         },
     );
     // The API may still be bootstrapping (kube-node-lease, the node's namespace objects).
@@ -262,7 +286,7 @@ async fn run_kubelet(
     let host_resolv = host_resolv_conf();
     let host_search = resolv_entries(&host_resolv, "search");
     let host_nameservers = resolv_entries(&host_resolv, "nameserver");
-    let k = Arc::new(kubelet::Kubelet::new(
+    let mut kubelet = kubelet::Kubelet::new(
         client.clone(),
         cri,
         config.node_name.clone(),
@@ -276,7 +300,9 @@ async fn run_kubelet(
             node_name: config.node_name.clone(),
         },
         config.data_dir.join("agent").join("pods"),
-    ));
+    );
+    kubelet.thresholds = config.eviction;
+    let k = Arc::new(kubelet);
     k.set_allocatable(&node);
     let ipam_dir = config.data_dir.join("agent").join("cni").join("networks");
     let cni_options = cni::Options {

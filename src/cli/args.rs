@@ -261,6 +261,14 @@ pub struct NodeNetworkArgs {
     /// Do not enforce NetworkPolicies.
     #[arg(long, env = "KRAB_DISABLE_NETWORK_POLICY")]
     pub disable_network_policy: bool,
+    /// A kubelet setting as `name=value` (k3s's flag; repeatable), e.g.
+    /// `eviction-hard=memory.available<200Mi,nodefs.available<10%`.
+    #[arg(
+        long = "kubelet-arg",
+        env = "KRAB_KUBELET_ARG",
+        value_name = "NAME=VALUE"
+    )]
+    pub kubelet_arg: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -35,6 +35,28 @@ pub fn milli(q: &Quantity) -> i128 {
         .unwrap_or(0)
 }
 
+/// A byte amount written as a quantity (`100Mi`, or a plain number; None when it is not
+/// one): what flags like `--eviction-hard` take.
+pub fn parse_bytes(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let digits = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits);
+    let known = [
+        "", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    if number.is_empty() || number.parse::<f64>().is_err() || !known.contains(&suffix) {
+        return None;
+    }
+    i64::try_from(milli(&Quantity(s.to_string())) / 1000).ok()
+}
+
+/// A byte amount in kube's canonical form (`100Mi`, `91392Ki`).
+pub fn format_bytes(bytes: i64) -> String {
+    format(i128::from(bytes) * 1000, true)
+}
+
 /// A quantity in thousandths written back in kube's canonical form: millis when fractional
 /// (`1500m`), else the largest suffix that keeps it whole. Byte-like amounts (`binary`) use
 /// 1024-based suffixes when a multiple of 1 Ki (`64Mi`), else decimal ones (`1G`).

@@ -92,7 +92,7 @@ fn the_local_agent_registers_a_ready_node_with_containerd() {
     });
 }
 
-fn ctr(data: &std::path::Path, args: &[&str]) -> String {
+pub fn ctr(data: &std::path::Path, args: &[&str]) -> String {
     let mut cmd = Command::new("ctr");
     cmd.arg("-a")
         .arg(data.join("agent/run/containerd/containerd.sock"))

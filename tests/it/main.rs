@@ -10,6 +10,7 @@ mod datastore;
 mod disruption;
 mod dualstack;
 mod etcdctl;
+mod eviction;
 mod failover;
 mod join;
 mod kinds;

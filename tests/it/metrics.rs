@@ -67,6 +67,24 @@ spec:
     assert!(cols.len() >= 5, "{node}");
     assert!(millicores(cols[1]).is_some_and(|m| m >= 50), "{node}");
     assert!(cols[3].ends_with("Mi"), "{node}");
+    // The same samples in Prometheus' format on the kubelet's /metrics/resource, through the
+    // API server's node proxy.
+    let node_name = cols[0];
+    let text = s.kube_ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node_name}/proxy/metrics/resource"),
+    ]);
+    assert!(text.contains("resource_scrape_error 0"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("container_cpu_usage_seconds_total{container=\"spin\",namespace=\"default\",pod=\"burn-")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("node_memory_working_set_bytes ")),
+        "{text}"
+    );
     // Utilization far above 50% of the 50m request: the autoscaler scales to its maximum.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while s.kube_ok(&[

@@ -4,10 +4,12 @@
 mod actions;
 mod env;
 mod events;
+pub mod eviction;
 pub mod log_rotation;
 pub mod node;
 mod probes;
 mod pull_secrets;
+pub mod resource_metrics;
 pub mod resource_stats;
 pub mod static_pods;
 pub mod status;
@@ -46,6 +48,10 @@ pub struct Kubelet {
     allocatable: RwLock<BTreeMap<String, String>>,
     /// The last CPU and memory sample of the node and its containers (`/stats/summary`).
     pub stats: resource_stats::ResourceStats,
+    /// `--eviction-hard`.
+    pub thresholds: eviction::Thresholds,
+    /// Pods chosen for eviction, for their workers to stop.
+    pub evictions: eviction::Evictions,
 }
 
 impl Kubelet {
@@ -67,6 +73,8 @@ impl Kubelet {
             pods_dir,
             allocatable: RwLock::new(BTreeMap::new()),
             stats: resource_stats::ResourceStats::default(),
+            thresholds: eviction::Thresholds::default(),
+            evictions: eviction::Evictions::default(),
         }
     }
 
@@ -235,12 +243,57 @@ pub async fn run(k: Arc<Kubelet>, shutdown: CancellationToken) -> anyhow::Result
             }
             _ = housekeeping.tick(), if synced => {
                 orphans(&k, &store, &mut workers, &mut running, &stop).await;
+                evict_under_pressure(&k, &store, &workers);
             }
         }
     }
     stop.cancel();
     while running.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The eviction manager's round: under memory or disk pressure one pod is chosen (none
+/// while an earlier choice is still being carried out) and its worker woken.
+fn evict_under_pressure(k: &Kubelet, store: &Store<Pod>, workers: &HashMap<String, WorkerHandle>) {
+    if k.evictions.any_pending() {
+        return;
+    }
+    let signals = node::signals(&k.pods_dir);
+    let pressure = if k.thresholds.memory_pressure(&signals) {
+        eviction::Pressure::Memory
+    } else if k.thresholds.disk_pressure(&signals) {
+        eviction::Pressure::Disk
+    } else {
+        return;
+    };
+    let usage: HashMap<String, u64> = k
+        .stats
+        .latest()
+        .map(|s| {
+            s.pods
+                .iter()
+                .map(|p| {
+                    (
+                        p.pod_ref.uid.clone(),
+                        p.memory.working_set_bytes.unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pods = store.state();
+    let Some((pod, message)) = eviction::victim(&pods, &usage, pressure, &k.thresholds, &signals)
+    else {
+        return;
+    };
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
+    tracing::warn!(namespace = %pod.metadata.namespace.clone().unwrap_or_default(), pod = %pod.metadata.name.clone().unwrap_or_default(), ?pressure, "evicting");
+    k.evictions.mark(&uid, message);
+    if let Some(h) = workers.get(&uid) {
+        let _ = h.wake.try_send(());
+    }
 }
 
 /// Sandboxes whose pods are not bound here any more get a worker that tears them down.

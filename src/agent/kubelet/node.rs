@@ -16,11 +16,6 @@ use crate::agent::cri::Cri;
 
 /// Pods per node, the kubelet's default.
 const MAX_PODS: i64 = 110;
-/// The hard eviction thresholds k3s gives its kubelet (memory.available<100Mi,
-/// nodefs.available<5%), subtracted from capacity; below them the node reports pressure
-/// (and is tainted for it).
-const EVICTION_MEMORY: i64 = 100 << 20;
-const EVICTION_DISK_PERCENT: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -36,6 +31,19 @@ pub struct NodeConfig {
     pub extra_labels: BTreeMap<String, String>,
     /// Where the kubelet API listens (status.daemonEndpoints).
     pub kubelet_port: u16,
+    /// The hard eviction thresholds: pressure conditions and what is allocatable.
+    pub eviction: super::eviction::Thresholds,
+}
+
+/// The eviction signals of the node whose data lives at `dir`.
+pub fn signals(dir: &std::path::Path) -> super::eviction::Signals {
+    let m = machine(dir);
+    super::eviction::Signals {
+        memory: m.memory,
+        memory_available: m.memory_available,
+        disk: m.disk,
+        disk_available: m.disk_available,
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -224,19 +232,29 @@ impl NodeAgent {
             ("hugepages-2Mi".to_string(), q("0")),
         ]);
         let mut allocatable = capacity.clone();
+        let thresholds = &self.config.eviction;
         allocatable.insert(
             "memory".into(),
-            q(format!("{}Ki", (m.memory - EVICTION_MEMORY).max(0) / 1024)),
+            q(format!(
+                "{}Ki",
+                thresholds.allocatable_memory(m.memory) / 1024
+            )),
         );
         allocatable.insert(
             "ephemeral-storage".into(),
-            q((m.disk / 100 * (100 - EVICTION_DISK_PERCENT)).to_string()),
+            q(thresholds.allocatable_disk(m.disk).to_string()),
         );
-        let disk_pressure = m.disk > 0 && m.disk_available * 100 < m.disk * EVICTION_DISK_PERCENT;
+        let signals = super::eviction::Signals {
+            memory: m.memory,
+            memory_available: m.memory_available,
+            disk: m.disk,
+            disk_available: m.disk_available,
+        };
+        let disk_pressure = thresholds.disk_pressure(&signals);
         let mut conditions = vec![
             condition(
                 "MemoryPressure",
-                m.memory_available > 0 && m.memory_available < EVICTION_MEMORY,
+                thresholds.memory_pressure(&signals),
                 "KubeletHasSufficientMemory",
                 "kubelet has sufficient memory available",
                 "KubeletHasInsufficientMemory",

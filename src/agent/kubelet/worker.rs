@@ -315,6 +315,11 @@ impl PodWorker {
             .unwrap_or_default();
         let mut next = Duration::from_secs(10);
 
+        if let Some(message) = k.evictions.take(&self.uid) {
+            self.evict(pod, &message).await?;
+            return Ok(Next::After(Duration::from_secs(60)));
+        }
+
         // A finished pod keeps its containers (for logs) but not its sandbox.
         if phase == "Succeeded" || phase == "Failed" {
             for s in k
@@ -688,6 +693,60 @@ impl PodWorker {
             }
         }
         Ok(Next::After(next))
+    }
+
+    /// Evicts the pod (the eviction manager chose it): its containers stop at once, it is
+    /// marked Failed with reason Evicted and kube's DisruptionTarget condition, and an
+    /// Evicted event says why.
+    async fn evict(&self, pod: &Pod, message: &str) -> Result<(), crate::agent::cri::Error> {
+        let k = &self.k;
+        for s in k
+            .cri
+            .list_sandboxes()
+            .await?
+            .into_iter()
+            .filter(|s| s.uid == self.uid && s.ready)
+        {
+            k.cri.stop_sandbox(&s.id).await?;
+        }
+        k.events.pod(pod, None, true, "Evicted", message).await;
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let mut conditions: Vec<serde_json::Value> = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.type_ != "DisruptionTarget")
+            .filter_map(|mut c| {
+                if matches!(c.type_.as_str(), "Ready" | "ContainersReady") {
+                    c.status = "False".into();
+                    c.reason = Some("PodFailed".into());
+                    c.last_transition_time = Some(now.clone());
+                }
+                serde_json::to_value(c).ok()
+            })
+            .collect();
+        conditions.push(serde_json::json!({
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "TerminationByKubelet",
+            "message": message,
+            "lastTransitionTime": now,
+        }));
+        let (ns, name) = ns_name(pod);
+        let patch = serde_json::json!({
+            "metadata": {"uid": self.uid},
+            "status": {"phase": "Failed", "reason": "Evicted", "message": message, "conditions": conditions},
+        });
+        let api: Api<Pod> = Api::namespaced(k.client.clone(), &ns);
+        if let Err(e) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(namespace = %ns, pod = %name, error = %e, "recording the eviction failed");
+        }
+        Ok(())
     }
 
     async fn write_status(&self, pod: &Pod, obs: Observed) {

@@ -1,6 +1,6 @@
 //! The kubelet's HTTPS API (port 10250): container logs, exec, attach and port-forward
 //! (through containerd's CRI streaming server), the pods bound here, resource statistics
-//! (`/stats/summary`), and health. Callers
+//! (`/stats/summary`, and `/metrics/resource` for Prometheus), and health. Callers
 //! present a client certificate of the cluster's client CA; only the API server's
 //! (`system:kube-apiserver`) and `system:masters` may use it, others get 403.
 mod logs;
@@ -75,6 +75,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods))
         .route("/stats/summary", get(summary))
+        .route("/metrics/resource", get(resource_metrics))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", any(streaming::exec))
         .route("/attach/{ns}/{pod}/{container}", any(streaming::attach))
@@ -140,6 +141,20 @@ async fn summary(State(s): State<ApiState>) -> Result<Response, KubeletError> {
             "resource statistics are not collected yet".into(),
         )),
     }
+}
+
+/// `/metrics/resource`: the last sample in Prometheus' text format.
+async fn resource_metrics(State(s): State<ApiState>) -> Response {
+    let summary = s.kubelet.stats.latest();
+    let body = crate::agent::kubelet::resource_metrics::render(summary.as_deref());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// The sandbox of pod `ns/name` on this node (the newest, ready ones first).
