@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::datastore::Datastore;
@@ -18,6 +18,8 @@ use crate::store::watch::{WatchMessage, WatchSpec};
 
 /// How many recent events the cache keeps for watches that resume from a revision.
 const HISTORY: usize = 4096;
+/// How many batches a watch may fall behind before it is ended (its client lists again).
+const WATCH_BACKLOG: usize = 256;
 /// How long a LIST waits for the cache to reach the store's revision before reading the
 /// store itself.
 const CATCH_UP: Duration = Duration::from_secs(3);
@@ -27,7 +29,14 @@ pub struct WatchCache {
     state: Arc<RwLock<State>>,
     /// The revision the cache has applied (0 while it is not ready).
     applied: watch::Sender<Revision>,
-    batches: broadcast::Sender<Arc<Vec<Event>>>,
+    /// The live watches, each sent only the events under its prefix.
+    watchers: Arc<std::sync::Mutex<Vec<Watcher>>>,
+}
+
+struct Watcher {
+    prefix: Vec<u8>,
+    end: Vec<u8>,
+    tx: mpsc::Sender<Vec<Event>>,
 }
 
 #[derive(Default)]
@@ -45,7 +54,7 @@ impl Default for WatchCache {
         WatchCache {
             state: Arc::default(),
             applied: watch::channel(0).0,
-            batches: broadcast::channel(1024).0,
+            watchers: Arc::default(),
         }
     }
 }
@@ -72,18 +81,16 @@ impl EventSource {
 
 /// A watch served from the cache: the replayed history, then the live batches.
 pub struct CacheWatch {
-    prefix: Vec<u8>,
-    end: Vec<u8>,
     from: Revision,
     replay: Option<Vec<Event>>,
-    live: broadcast::Receiver<Arc<Vec<Event>>>,
+    live: mpsc::Receiver<Vec<Event>>,
+}
+
+fn under(key: &[u8], prefix: &[u8], end: &[u8]) -> bool {
+    key >= prefix && below(key, end)
 }
 
 impl CacheWatch {
-    fn wanted(&self, e: &Event) -> bool {
-        e.kv.mod_revision >= self.from && e.kv.key >= self.prefix && below(&e.kv.key, &self.end)
-    }
-
     async fn recv(&mut self) -> Option<WatchMessage> {
         if let Some(events) = self.replay.take() {
             if let Some(last) = events.last() {
@@ -93,26 +100,16 @@ impl CacheWatch {
                 });
             }
         }
-        loop {
-            match self.live.recv().await {
-                Ok(batch) => {
-                    let events: Vec<Event> =
-                        batch.iter().filter(|e| self.wanted(e)).cloned().collect();
-                    if let Some(last) = events.last() {
-                        return Some(WatchMessage::Events {
-                            revision: last.kv.mod_revision,
-                            events,
-                        });
-                    }
-                }
-                // A watcher too slow to keep up starts over from a fresh list, as kube's do.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Some(WatchMessage::Compacted {
-                        compact_revision: self.from,
-                    })
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+        match self.live.recv().await {
+            Some(events) => Some(WatchMessage::Events {
+                revision: events.last().map(|e| e.kv.mod_revision).unwrap_or(self.from),
+                events,
+            }),
+            // Dropped for falling too far behind, or the cache started over: the client
+            // lists again, as kube's watchers do.
+            None => Some(WatchMessage::Compacted {
+                compact_revision: self.from,
+            }),
         }
     }
 }
@@ -168,22 +165,25 @@ impl WatchCache {
         if !state.ready || from <= state.oldest {
             return None;
         }
-        let mut w = CacheWatch {
-            prefix: prefix.to_vec(),
-            end: prefix_end(prefix),
-            from,
-            replay: None,
-            // Subscribed under the lock: nothing applied after the replay is missed.
-            live: self.batches.subscribe(),
-        };
+        let end = prefix_end(prefix);
         let replay: Vec<Event> = state
             .history
             .iter()
-            .filter(|e| w.wanted(e))
+            .filter(|e| e.kv.mod_revision >= from && under(&e.kv.key, prefix, &end))
             .cloned()
             .collect();
-        w.replay = Some(replay);
-        Some(w)
+        // Registered under the state lock: nothing applied after the replay is missed.
+        let (tx, live) = mpsc::channel(WATCH_BACKLOG);
+        self.watchers.lock().ok()?.push(Watcher {
+            prefix: prefix.to_vec(),
+            end,
+            tx,
+        });
+        Some(CacheWatch {
+            from,
+            replay: Some(replay),
+            live,
+        })
     }
 
     /// Mirrors the store until `shutdown`, starting over when its watch ends.
@@ -193,6 +193,10 @@ impl WatchCache {
                 tracing::debug!(error = %e, "watch cache starting over");
                 if let Ok(mut s) = self.state.write() {
                     s.ready = false;
+                }
+                // Watches served so far end; their clients list again.
+                if let Ok(mut w) = self.watchers.lock() {
+                    w.clear();
                 }
                 self.applied.send_replace(0);
                 tokio::select! {
@@ -277,7 +281,21 @@ impl WatchCache {
                     s.oldest = s.oldest.max(old.kv.mod_revision);
                 }
             }
-            let _ = self.batches.send(Arc::new(events));
+            // Each watch gets the events under its prefix; one that is gone or too far
+            // behind is dropped.
+            if let Ok(mut watchers) = self.watchers.lock() {
+                watchers.retain(|w| {
+                    if w.tx.is_closed() {
+                        return false;
+                    }
+                    let mine: Vec<Event> = events
+                        .iter()
+                        .filter(|e| under(&e.kv.key, &w.prefix, &w.end))
+                        .cloned()
+                        .collect();
+                    mine.is_empty() || w.tx.try_send(mine).is_ok()
+                });
+            }
             s.revision
         };
         self.applied.send_replace(revision);
