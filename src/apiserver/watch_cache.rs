@@ -102,7 +102,10 @@ impl CacheWatch {
         }
         match self.live.recv().await {
             Some(events) => Some(WatchMessage::Events {
-                revision: events.last().map(|e| e.kv.mod_revision).unwrap_or(self.from),
+                revision: events
+                    .last()
+                    .map(|e| e.kv.mod_revision)
+                    .unwrap_or(self.from),
                 events,
             }),
             // Dropped for falling too far behind, or the cache started over: the client

@@ -66,6 +66,18 @@ fn f64_at(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
 }
 
+fn strings_at(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn flag(v: &Value, key: &str) -> bool {
     v.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
@@ -97,16 +109,7 @@ impl Schema {
         let mut s = Schema {
             ty,
             format: v.get("format").and_then(Value::as_str).map(str::to_string),
-            required: v
-                .get("required")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            required: strings_at(v, "required"),
             enumeration: v
                 .get("enum")
                 .and_then(Value::as_array)
@@ -133,16 +136,7 @@ impl Schema {
                 .get("x-kubernetes-list-type")
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            list_map_keys: v
-                .get("x-kubernetes-list-map-keys")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            list_map_keys: strings_at(v, "x-kubernetes-list-map-keys"),
             map_type_atomic: v.get("x-kubernetes-map-type").and_then(Value::as_str)
                 == Some("atomic"),
             ..Schema::default()
