@@ -51,16 +51,15 @@ fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
+/// The strings of the list at a JSON pointer (`/spec/names/shortNames`).
 fn strings(v: &Value, pointer: &str) -> Vec<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    match pointer.rsplit_once('/') {
+        Some((parent, key)) => v
+            .pointer(parent)
+            .map(|p| super::schema::strings_at(p, key))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    }
 }
 
 /// Whether the CRD's Established condition is True.

@@ -216,19 +216,7 @@ pub fn decode(
         }
         o.extend(held);
     }
-    let messages: Vec<String> = unknown
-        .iter()
-        .map(|f| format!("unknown field \"{f}\""))
-        .collect();
-    match validation {
-        FieldValidation::Ignore => Ok(Vec::new()),
-        FieldValidation::Warn => Ok(messages),
-        FieldValidation::Strict if messages.is_empty() => Ok(Vec::new()),
-        FieldValidation::Strict => Err(cannot_handle(&format!(
-            "strict decoding error: {}",
-            messages.join(", ")
-        ))),
-    }
+    validation.outcome(r.kind, r.version, &unknown)
 }
 
 fn openapi_meta(kind: &str, obj: &mut Value, unknown: &mut Vec<String>) -> Result<(), ApiError> {

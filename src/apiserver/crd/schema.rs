@@ -66,7 +66,8 @@ fn f64_at(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
 }
 
-fn strings_at(v: &Value, key: &str) -> Vec<String> {
+/// The strings of a list at `key` (other items skipped).
+pub fn strings_at(v: &Value, key: &str) -> Vec<String> {
     v.get(key)
         .and_then(Value::as_array)
         .map(|a| {

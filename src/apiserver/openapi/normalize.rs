@@ -28,6 +28,31 @@ impl FieldValidation {
     }
 }
 
+impl FieldValidation {
+    /// What the unknown fields found while decoding an object of `kind` come to: nothing
+    /// (Ignore), warnings (Warn), or kube's strict decoding error (Strict).
+    pub fn outcome(
+        self,
+        kind: &str,
+        version: &str,
+        unknown: &[String],
+    ) -> Result<Vec<String>, ApiError> {
+        let messages: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        match self {
+            FieldValidation::Ignore => Ok(Vec::new()),
+            FieldValidation::Warn => Ok(messages),
+            FieldValidation::Strict if messages.is_empty() => Ok(Vec::new()),
+            FieldValidation::Strict => Err(ApiError::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                messages.join(", ")
+            ))),
+        }
+    }
+}
+
 fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -203,19 +228,7 @@ pub fn normalize(
     }
     .walk(obj, &ty, "", "")
     .map_err(cannot_handle)?;
-    let messages: Vec<String> = unknown
-        .iter()
-        .map(|f| format!("unknown field \"{f}\""))
-        .collect();
-    match validation {
-        FieldValidation::Ignore => Ok(Vec::new()),
-        FieldValidation::Warn => Ok(messages),
-        FieldValidation::Strict if messages.is_empty() => Ok(Vec::new()),
-        FieldValidation::Strict => Err(ApiError::bad_request(format!(
-            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
-            messages.join(", ")
-        ))),
-    }
+    validation.outcome(kind, version, &unknown)
 }
 
 /// Normalizes an object's `metadata` as an ObjectMeta (what a custom resource's decoding
