@@ -322,15 +322,7 @@ impl PodWorker {
 
         // A finished pod keeps its containers (for logs) but not its sandbox.
         if phase == "Succeeded" || phase == "Failed" {
-            for s in k
-                .cri
-                .list_sandboxes()
-                .await?
-                .into_iter()
-                .filter(|s| s.uid == self.uid && s.ready)
-            {
-                k.cri.stop_sandbox(&s.id).await?;
-            }
+            self.stop_sandboxes().await?;
             return Ok(Next::After(Duration::from_secs(60)));
         }
 
@@ -695,20 +687,27 @@ impl PodWorker {
         Ok(Next::After(next))
     }
 
-    /// Evicts the pod (the eviction manager chose it): its containers stop at once, it is
-    /// marked Failed with reason Evicted and kube's DisruptionTarget condition, and an
-    /// Evicted event says why.
-    async fn evict(&self, pod: &Pod, message: &str) -> Result<(), crate::agent::cri::Error> {
-        let k = &self.k;
-        for s in k
+    /// Stops this pod's ready sandboxes (and so every container in them).
+    async fn stop_sandboxes(&self) -> Result<(), crate::agent::cri::Error> {
+        for s in self
+            .k
             .cri
             .list_sandboxes()
             .await?
             .into_iter()
             .filter(|s| s.uid == self.uid && s.ready)
         {
-            k.cri.stop_sandbox(&s.id).await?;
+            self.k.cri.stop_sandbox(&s.id).await?;
         }
+        Ok(())
+    }
+
+    /// Evicts the pod (the eviction manager chose it): its containers stop at once, it is
+    /// marked Failed with reason Evicted and kube's DisruptionTarget condition, and an
+    /// Evicted event says why.
+    async fn evict(&self, pod: &Pod, message: &str) -> Result<(), crate::agent::cri::Error> {
+        let k = &self.k;
+        self.stop_sandboxes().await?;
         k.events.pod(pod, None, true, "Evicted", message).await;
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let mut conditions: Vec<serde_json::Value> = pod
