@@ -1,7 +1,7 @@
 #!/bin/sh
 # Refreshes the Kubernetes protobuf definitions (Apache-2.0) krab decodes request bodies
-# with, from the Go module proxy. Only the group versions krab serves (and what they import)
-# are kept. Run from the repository root.
+# with, and gnostic's OpenAPI v2 messages (Apache-2.0), from the Go module proxy. Only the
+# group versions krab serves (and what they import) are kept. Run from the repository root.
 set -eu
 API=${1:-v0.32.0}
 tmp=$(mktemp -d)
@@ -22,6 +22,13 @@ for p in pkg/api/resource pkg/apis/meta/v1 pkg/runtime pkg/runtime/schema pkg/ut
   copy apimachinery "apimachinery/$p" "$p"
 done
 copy apiextensions-apiserver apiextensions-apiserver/pkg/apis/apiextensions/v1 pkg/apis/apiextensions/v1
+# gnostic's OpenAPI v2 messages: the protobuf form of /openapi/v2 that kubectl asks for.
+GNOSTIC=v0.6.9
+curl -fsSL -o "$tmp/gnostic.zip" "https://proxy.golang.org/github.com/google/gnostic-models/@v/$GNOSTIC.zip"
+(cd "$tmp" && unzip -q -o gnostic.zip '*/openapiv2/OpenAPIv2.proto')
+mkdir -p "$dest/github.com/google/gnostic-models/openapiv2"
+cp "$tmp/github.com/google/gnostic-models@$GNOSTIC/openapiv2/OpenAPIv2.proto" \
+  "$dest/github.com/google/gnostic-models/openapiv2/OpenAPIv2.proto"
 echo "$API" > "$dest/VERSION"
 for m in api apimachinery apiextensions-apiserver; do
   (cd "$tmp" && unzip -q -o "$m.zip" '*.go')

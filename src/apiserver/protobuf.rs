@@ -68,6 +68,11 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 /// The message type of a kind in an API version.
+/// A message of the embedded descriptors by its full name (`openapi.v2.Document`).
+pub fn message_named(full_name: &str) -> Option<MessageDescriptor> {
+    POOL.as_ref()?.get_message_by_name(full_name)
+}
+
 fn message_for(pool: &DescriptorPool, api_version: &str, kind: &str) -> Option<MessageDescriptor> {
     let (group, version) = match api_version.split_once('/') {
         Some((g, v)) => (g, v),

@@ -490,3 +490,46 @@ fn api_groups_are_discovered_and_served() {
         "{keys}"
     );
 }
+
+/// kubectl validates a `List` (which no v3 document describes) against the v2 document, and
+/// asks for it only in gnostic's protobuf form.
+#[test]
+fn lists_are_validated_against_the_openapi_v2_protobuf_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let list = "apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: ConfigMap, metadata: {name: one}, data: {a: \"1\"}}
+- {apiVersion: v1, kind: ConfigMap, metadata: {name: two}, data: {a: \"2\"}}
+";
+    let f = write(dir.path(), "list.yaml", list);
+    let out = s.kube_ok(&["create", "-f", &f]);
+    assert!(out.contains("configmap/one created") && out.contains("configmap/two created"));
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &list
+            .replace("name: one}, data", "name: three}, datta")
+            .replace("name: two", "name: four"),
+    );
+    let err = s.kube_err(&["apply", "-f", &bad]);
+    assert!(
+        err.contains("unknown field \"datta\" in io.k8s.api.core.v1.ConfigMap"),
+        "{err}"
+    );
+    assert!(s.kube_err(&["get", "cm", "four"]).contains("not found"));
+    let explained = s.kube_ok(&[
+        "explain",
+        "pods.spec.containers.ports",
+        "--output=plaintext-openapiv2",
+    ]);
+    assert!(
+        explained.contains("RESOURCE: ports <[]Object>"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("containerPort\t<integer> -required-"),
+        "{explained}"
+    );
+}

@@ -2,6 +2,7 @@
 //! published spec, embedded compressed and served as is, so `kubectl explain` and kubectl's
 //! validation see exactly kube-apiserver's schemas), and the compact schema model built
 //! from them that drives pruning, field validation and strategic merge patch.
+mod gnostic;
 pub mod model;
 mod normalize;
 
@@ -228,6 +229,27 @@ fn hash_of(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The v2 document in gnostic's protobuf form, encoded on first use and kept.
+fn v2_protobuf() -> Result<Response, ApiError> {
+    static ENCODED: LazyLock<Option<axum::body::Bytes>> = LazyLock::new(|| {
+        let mut json = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(SWAGGER), &mut json).ok()?;
+        let doc: serde_json::Value = serde_json::from_slice(&json).ok()?;
+        gnostic::encode(&doc).map(axum::body::Bytes::from)
+    });
+    match ENCODED.as_ref() {
+        Some(bytes) => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, gnostic::MEDIA_TYPE)],
+            bytes.clone(),
+        )
+            .into_response()),
+        None => Err(ApiError::internal(
+            "the OpenAPI v2 document could not be encoded as protobuf",
+        )),
+    }
+}
+
 /// Serves `/openapi/v2`, `/openapi/v3` and `/openapi/v3/<group-version>` (the custom
 /// resources' too); None for other paths.
 pub fn serve(
@@ -240,19 +262,43 @@ pub fn serve(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if path == "/openapi/v2" {
-        let json_ok = accept.is_empty()
-            || accept
+        // The first clause (by q, then as listed) naming a form served, as kube-openapi
+        // negotiates: JSON, or gnostic's protobuf under either of its names.
+        let mut clauses: Vec<(f32, &str)> = if accept.trim().is_empty() {
+            vec![(1.0, "*/*")]
+        } else {
+            accept
                 .split(',')
-                .any(|a| a.contains("json") || a.trim().starts_with("*/*"));
-        if !json_ok {
-            // The protobuf (gnostic) form is not served: say so, so clients use JSON.
-            return Some(Err(ApiError::new(
-                StatusCode::NOT_ACCEPTABLE,
-                "NotAcceptable",
-                "only the following media types are accepted: application/json",
-            )));
+                .map(|c| {
+                    let mut parts = c.split(';');
+                    let media = parts.next().unwrap_or("").trim();
+                    let q = parts
+                        .filter_map(|p| p.trim().strip_prefix("q="))
+                        .find_map(|q| q.parse::<f32>().ok())
+                        .unwrap_or(1.0);
+                    (q, media)
+                })
+                .filter(|(q, _)| *q > 0.0)
+                .collect()
+        };
+        clauses.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (_, media) in clauses {
+            match media {
+                "*/*" | "application/*" | "application/json" => {
+                    return Some(document(SWAGGER, headers))
+                }
+                gnostic::MEDIA_TYPE | gnostic::MEDIA_TYPE_DEPRECATED => return Some(v2_protobuf()),
+                _ => {}
+            }
         }
-        return Some(document(SWAGGER, headers));
+        return Some(Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "NotAcceptable",
+            format!(
+                "only the following media types are accepted: application/json, {}",
+                gnostic::MEDIA_TYPE
+            ),
+        )));
     }
     if path == "/openapi/v3" {
         let mut paths: serde_json::Map<String, serde_json::Value> = V3
