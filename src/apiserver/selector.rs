@@ -56,9 +56,19 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        let labels = meta(obj)
-            .and_then(|m| m.get("labels"))
-            .and_then(Value::as_object);
+        self.matches_labels(
+            meta(obj)
+                .and_then(|m| m.get("labels"))
+                .and_then(Value::as_object),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether an object with these labels is selected.
+    pub fn matches_labels(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|r| match r {
             Requirement::Eq(k, v) => get(k) == Some(v.as_str()),

@@ -279,3 +279,47 @@ spec:
         "b.example went with team-b's manifest; a.example is shared"
     );
 }
+
+/// A create's manager owns what it sent and the kind's defaults, as in kube; what admission
+/// added (the token volume, default tolerations, priority) and the status are not its.
+#[test]
+fn a_create_owns_what_it_sent_and_its_defaults_not_what_admission_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    s.kube_ok(&["run", "p", "--image=busybox:1.36", "--", "sleep", "1"]);
+    let pod = json(
+        &s,
+        &["get", "pod", "p", "-o", "json", "--show-managed-fields"],
+    );
+    let entries = pod["metadata"]["managedFields"].as_array().unwrap();
+    let run = entries
+        .iter()
+        .find(|e| e["manager"] == "kubectl-run")
+        .unwrap_or_else(|| panic!("{entries:?}"));
+    assert_eq!(run["operation"], "Update");
+    let f = &run["fieldsV1"];
+    let mut spec: Vec<&String> = f["f:spec"].as_object().unwrap().keys().collect();
+    spec.sort();
+    assert_eq!(
+        spec,
+        [
+            "f:containers",
+            "f:dnsPolicy",
+            "f:enableServiceLinks",
+            "f:restartPolicy",
+            "f:schedulerName",
+            "f:securityContext",
+            "f:terminationGracePeriodSeconds"
+        ]
+    );
+    let container = &f["f:spec"]["f:containers"]["k:{\"name\":\"p\"}"];
+    assert!(container.get("f:args").is_some() && container.get("f:imagePullPolicy").is_some());
+    assert!(container.get("f:volumeMounts").is_none(), "{container}");
+    assert!(f.get("f:status").is_none(), "{f}");
+    // The pod does have what admission added.
+    assert!(pod["spec"]["volumes"][0]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("kube-api-access-"));
+    assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
+}

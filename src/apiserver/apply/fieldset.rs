@@ -66,13 +66,14 @@ pub fn key_of(item: &Value, keys: &[String]) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
-/// Every leaf of `obj` (a whole object of its kind) with its value.
-pub fn leaves<'v>(obj: &'v Value, shape: &Shape) -> Leaves<'v> {
+/// Every leaf of `obj` (a whole object of its kind) with its value, except under the
+/// top-level fields `reset` names (what the write cannot set: kube's reset fields).
+pub fn leaves<'v>(obj: &'v Value, shape: &Shape, reset: &[&str]) -> Leaves<'v> {
     let mut out = BTreeMap::new();
     if let Some(m) = obj.as_object() {
         let mut path = Vec::new();
         for (k, x) in m {
-            if k == "apiVersion" || k == "kind" {
+            if k == "apiVersion" || k == "kind" || reset.contains(&k.as_str()) {
                 continue;
             }
             path.push(Element::Field(k.clone()));
@@ -149,6 +150,10 @@ impl FieldSet {
 
     pub fn union(&self, other: &FieldSet) -> FieldSet {
         FieldSet(self.0.union(&other.0).cloned().collect())
+    }
+
+    pub fn is_disjoint(&self, other: &FieldSet) -> bool {
+        self.0.is_disjoint(&other.0)
     }
 
     pub fn minus(&self, other: &FieldSet) -> FieldSet {
@@ -336,7 +341,7 @@ mod tests {
             },
         });
         let shape = Shape::of_kind("apps", "v1", "Deployment", None);
-        let set = FieldSet::of(&leaves(&d, &shape));
+        let set = FieldSet::of(&leaves(&d, &shape, &[]));
         let v1 = set.to_fields_v1();
         assert_eq!(
             v1,

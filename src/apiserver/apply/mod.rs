@@ -116,6 +116,17 @@ fn shape_of(r: &Resource) -> Shape<'_> {
     Shape::of_kind(r.group, r.version, r.kind, custom)
 }
 
+/// The top-level fields a write cannot set and so never owns (kube's reset fields): a kind's
+/// status through the main resource when it has a status subresource, its spec through the
+/// status subresource.
+fn reset_fields(r: &Resource, subresource: &str) -> &'static [&'static str] {
+    match subresource {
+        "status" => &["spec"],
+        "" if r.has_subresource("status") => &["status"],
+        _ => &[],
+    }
+}
+
 fn now() -> String {
     let t = time::OffsetDateTime::now_utc();
     objects::rfc3339(t.replace_nanosecond(0).unwrap_or(t))
@@ -151,26 +162,28 @@ pub fn track_update(
     manager: &str,
     subresource: &str,
 ) {
-    let given = new.pointer("/metadata/managedFields").cloned();
-    let stored = old
-        .and_then(|o| o.pointer("/metadata/managedFields"))
-        .cloned();
-    if let Some(Value::Array(list)) = &given {
-        if list.len() == 1 && list[0].as_object().is_some_and(|o| o.is_empty()) {
-            if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.remove("managedFields");
-            }
-            return;
+    let stored = old.and_then(|o| o.pointer("/metadata/managedFields"));
+    let (clears, keeps_given) = match new.pointer("/metadata/managedFields") {
+        Some(given @ Value::Array(list)) => (
+            list.len() == 1 && list[0].as_object().is_some_and(|o| o.is_empty()),
+            !list.is_empty() && Some(given) != stored,
+        ),
+        _ => (false, false),
+    };
+    if clears {
+        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
         }
-        if !list.is_empty() && given != stored {
-            return;
-        }
+        return;
     }
-    let mut entries = old.map(entries_of).unwrap_or_default();
+    if keeps_given {
+        return;
+    }
     let shape = shape_of(r);
+    let reset = reset_fields(r, subresource);
     let empty = Value::Null;
-    let old_leaves = leaves(old.unwrap_or(&empty), &shape);
-    let new_leaves = leaves(new, &shape);
+    let old_leaves = leaves(old.unwrap_or(&empty), &shape, reset);
+    let new_leaves = leaves(new, &shape, reset);
     let changed: FieldSet = FieldSet(
         new_leaves
             .iter()
@@ -178,14 +191,33 @@ pub fn track_update(
             .map(|(p, _)| p.clone())
             .collect(),
     );
-    let removed = FieldSet::of(&old_leaves).minus(&FieldSet::of(&new_leaves));
+    let removed = FieldSet(
+        old_leaves
+            .keys()
+            .filter(|p| !new_leaves.contains_key(*p))
+            .cloned()
+            .collect(),
+    );
+    if changed.is_empty() && removed.is_empty() {
+        // Nothing this write could own changed: the entries stay exactly as stored.
+        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            match stored {
+                Some(list) => m.insert("managedFields".into(), list.clone()),
+                None => m.remove("managedFields"),
+            };
+        }
+        return;
+    }
+    let mut entries = old.map(entries_of).unwrap_or_default();
     let api_version = r.api_version();
     let mut mine = None;
     for (i, e) in entries.iter_mut().enumerate() {
-        e.fields = e.fields.minus(&removed);
+        if !removed.is_empty() {
+            e.fields = e.fields.minus(&removed);
+        }
         if e.is(manager, "Update", &api_version, subresource) {
             mine = Some(i);
-        } else {
+        } else if !e.fields.is_disjoint(&changed) {
             e.fields = e.fields.minus(&changed);
         }
     }
@@ -232,7 +264,13 @@ pub fn apply(
             m.remove(f);
         }
     }
-    let applied_leaves = leaves(&applied, &shape);
+    let reset = reset_fields(r, subresource);
+    if let Some(o) = applied.as_object_mut() {
+        for f in reset {
+            o.remove(*f);
+        }
+    }
+    let applied_leaves = leaves(&applied, &shape, reset);
     let applied_set = FieldSet::of(&applied_leaves);
     let mut entries = live.map(entries_of).unwrap_or_default();
     let api_version = r.api_version();
@@ -299,7 +337,7 @@ pub fn apply(
         }
     }
     // Others keep only what is still there; this manager owns what it applied.
-    let present = FieldSet::of(&leaves(&merged, &shape));
+    let present = FieldSet::of(&leaves(&merged, &shape, reset));
     // The entry's time moves only when what it owns changes, so a repeated apply is a no-op.
     let time = entries
         .iter()

@@ -66,12 +66,11 @@ fn decode_continue(token: &str) -> Result<(Revision, String), ApiError> {
     Ok((rv, start.to_string()))
 }
 
-/// A stored object's JSON with its resourceVersion set, decoding only its metadata (the
-/// rest is copied as it is: lists of many large objects stay cheap). None when the filter
-/// does not select it.
+/// A stored object's JSON with its resourceVersion set, copying every field as it is and
+/// decoding only the labels a selector reads (lists of many large objects stay cheap). None
+/// when the filter does not select it.
 fn raw_item(kv: &KeyValue, filter: &Filter) -> Result<Option<Vec<u8>>, ApiError> {
     use serde_json::value::RawValue;
-    use std::collections::BTreeMap;
     let bad = |e: serde_json::Error| {
         ApiError::internal(format!(
             "stored object at {} is not valid JSON: {e}",
@@ -85,49 +84,88 @@ fn raw_item(kv: &KeyValue, filter: &Filter) -> Result<Option<Vec<u8>>, ApiError>
             .matches(&obj)
             .then(|| serde_json::to_vec(&obj).unwrap_or_default()));
     }
-    let top: BTreeMap<String, &RawValue> = serde_json::from_slice(&kv.value).map_err(bad)?;
-    let mut meta: serde_json::Map<String, Value> = match top.get("metadata") {
-        Some(m) => serde_json::from_str(m.get()).map_err(bad)?,
-        None => serde_json::Map::new(),
+    let top: Vec<(String, &RawValue)> = entries(&kv.value).map_err(bad)?;
+    let meta: Vec<(String, &RawValue)> = match top.iter().find(|(k, _)| k == "metadata") {
+        Some((_, m)) => entries(m.get().as_bytes()).map_err(bad)?,
+        None => Vec::new(),
     };
-    meta.insert(
-        "resourceVersion".into(),
-        Value::String(kv.mod_revision.to_string()),
-    );
-    let meta = Value::Object(meta);
-    if !filter.labels.matches(&json!({"metadata": &meta})) {
-        return Ok(None);
-    }
-    let mut out = Vec::with_capacity(kv.value.len() + 32);
-    out.push(b'{');
-    let mut first = true;
-    let mut put = |out: &mut Vec<u8>, k: &str, v: &[u8]| {
-        if !first {
-            out.push(b',');
+    if !filter.labels.is_empty() {
+        let labels: Option<serde_json::Map<String, Value>> =
+            match meta.iter().find(|(k, _)| k == "labels") {
+                Some((_, l)) => serde_json::from_str(l.get()).map_err(bad)?,
+                None => None,
+            };
+        if !filter.labels.matches_labels(labels.as_ref()) {
+            return Ok(None);
         }
-        first = false;
-        out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
-        out.push(b':');
-        out.extend_from_slice(v);
+    }
+    let rv = format!("\"{}\"", kv.mod_revision);
+    let mut out = Vec::with_capacity(kv.value.len() + 32);
+    let write_meta = |out: &mut Vec<u8>| {
+        out.push(b'{');
+        for (k, v) in meta.iter().filter(|(k, _)| k != "resourceVersion") {
+            put(out, k, v.get().as_bytes());
+        }
+        put(out, "resourceVersion", rv.as_bytes());
+        out.push(b'}');
     };
-    let mut wrote_meta = false;
+    out.push(b'{');
     for (k, v) in &top {
         if k == "metadata" {
-            put(&mut out, k, &serde_json::to_vec(&meta).unwrap_or_default());
-            wrote_meta = true;
+            put_key(&mut out, k);
+            write_meta(&mut out);
         } else {
             put(&mut out, k, v.get().as_bytes());
         }
     }
-    if !wrote_meta {
-        put(
-            &mut out,
-            "metadata",
-            &serde_json::to_vec(&meta).unwrap_or_default(),
-        );
+    if !top.iter().any(|(k, _)| k == "metadata") {
+        put_key(&mut out, "metadata");
+        write_meta(&mut out);
     }
     out.push(b'}');
     Ok(Some(out))
+}
+
+/// The members of a JSON object, in order, with their values left as raw JSON.
+fn entries(bytes: &[u8]) -> Result<Vec<(String, &serde_json::value::RawValue)>, serde_json::Error> {
+    struct Members<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+    impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+                type Value = Members<'a>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<M: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: M,
+                ) -> Result<Self::Value, M::Error> {
+                    let mut out = Vec::new();
+                    while let Some(entry) = m.next_entry()? {
+                        out.push(entry);
+                    }
+                    Ok(Members(out))
+                }
+            }
+            d.deserialize_map(Visit(std::marker::PhantomData))
+        }
+    }
+    serde_json::from_slice::<Members>(bytes).map(|m| m.0)
+}
+
+/// Writes `"key":` after a comma unless the object so far is only its `{`.
+fn put_key(out: &mut Vec<u8>, key: &str) {
+    if out.last() != Some(&b'{') {
+        out.push(b',');
+    }
+    out.extend_from_slice(serde_json::to_string(key).unwrap_or_default().as_bytes());
+    out.push(b':');
+}
+
+fn put(out: &mut Vec<u8>, key: &str, raw: &[u8]) {
+    put_key(out, key);
+    out.extend_from_slice(raw);
 }
 
 impl Registry {

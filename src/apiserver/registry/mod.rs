@@ -329,6 +329,10 @@ impl Registry {
         if let Some(ns) = ns.filter(|_| r.namespaced) {
             self.check_namespace(ns).await?;
         }
+        // Field management sees the object as decoded and defaulted, before admission
+        // changes it (kube's order).
+        strategy::default_create(r, &mut obj)?;
+        super::apply::track_update(r, None, &mut obj, self.manager(), "");
         if let Some(ns) = ns.filter(|_| r.namespaced) {
             self.admit_limits(r, ns, &name, &mut obj).await?;
         }
@@ -339,8 +343,7 @@ impl Registry {
             self.admit_default_class(&mut obj).await?;
         }
         protect_storage(r, &mut obj);
-        strategy::prepare_create(r, &mut obj)?;
-        super::apply::track_update(r, None, &mut obj, self.manager(), "");
+        strategy::admit_create(r, &mut obj)?;
         let key = r.key(ns, &name);
         let is_service = r.group.is_empty() && r.plural == "services";
         // Allocation can race another create for the same address: choose again then.

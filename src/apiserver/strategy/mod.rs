@@ -33,8 +33,9 @@ fn set_default(o: &mut serde_json::Map<String, Value>, key: &str, v: Value) {
     }
 }
 
-/// Defaults and resets on create; then validation.
-pub fn prepare_create(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
+/// Defaults and resets on create (kube's scheme defaulting and PrepareForCreate), before
+/// field management sees the new object.
+pub fn default_create(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
     if r.has_subresource("status") && r.plural != "pods" && r.plural != "namespaces" {
         // Status is the controllers' to write, through the status subresource.
         if let Some(o) = obj.as_object_mut() {
@@ -56,6 +57,15 @@ pub fn prepare_create(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
         "apps" | "batch" => workload::default(r, obj),
         "apiextensions.k8s.io" => super::crd::definition::default(obj),
         _ => {}
+    }
+    Ok(())
+}
+
+/// What admission adds to a new object (after field management has seen it, so its
+/// writer does not own what admission added, as in kube), then validation.
+pub fn admit_create(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
+    if r.group.is_empty() && r.plural == "pods" {
+        pod::admit(obj);
     }
     validate(r, obj, None)
 }

@@ -130,16 +130,24 @@ pub fn default_spec(spec: &mut Map<String, Value>) {
     }
 }
 
-/// Create-time defaults and the admission plugins that shape a new pod.
+/// A new pod's defaults (kube's scheme defaulting).
 pub fn default(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    default_spec(spec);
+    set_default(spec, "enableServiceLinks", json!(true));
+}
+
+/// The admission plugins that shape a new pod (Priority, ServiceAccount,
+/// DefaultTolerationSeconds), and its first status.
+pub fn admit(obj: &mut Value) {
     let is_mirror = obj
         .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
         .is_some();
     let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
-    default_spec(spec);
-    set_default(spec, "enableServiceLinks", json!(true));
     set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     set_default(spec, "priority", json!(0));
     // ServiceAccount admission: the default account and its token volume; mirror pods of
@@ -535,11 +543,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_match_kube() {
+    fn defaults_then_admission_match_kube() {
         let mut p = json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
         default(&mut p);
         assert_eq!(p["spec"]["restartPolicy"], "Always");
         assert_eq!(p["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert!(p["spec"].get("tolerations").is_none());
+        admit(&mut p);
         assert_eq!(p["spec"]["tolerations"].as_array().unwrap().len(), 2);
         assert_eq!(p["status"]["qosClass"], "BestEffort");
         assert_eq!(
