@@ -62,29 +62,47 @@ pub struct AgentConfig {
     pub network_policy: bool,
     /// The cluster DNS server's settings; None without the service proxy.
     pub dns: Option<dns::DnsConfig>,
-    /// The kubelet's hard eviction thresholds (`--kubelet-arg=eviction-hard=...`).
-    pub eviction: kubelet::eviction::Thresholds,
+    /// The hard eviction thresholds and when unused images are deleted (`--kubelet-arg`).
+    pub kubelet: KubeletSettings,
 }
 
 /// The kubelet settings `--kubelet-arg` gives (k3s's flag, `name=value` as the kubelet's own
 /// flags); the ones krab's kubelet does not have are refused by name.
-pub fn kubelet_settings(args: &[String]) -> anyhow::Result<kubelet::eviction::Thresholds> {
-    let mut eviction = kubelet::eviction::Thresholds::default();
+pub fn kubelet_settings(args: &[String]) -> anyhow::Result<KubeletSettings> {
+    let mut settings = KubeletSettings::default();
     for arg in args {
         let arg = arg.trim_start_matches("--");
         let (name, value) = arg.split_once('=').unwrap_or((arg, ""));
-        match name {
+        let known = match name {
             "eviction-hard" => {
-                eviction = kubelet::eviction::Thresholds::parse(value).map_err(|e| {
-                    anyhow::anyhow!("--kubelet-arg eviction-hard={value:?}: {e}")
-                })?
+                settings.eviction = kubelet::eviction::Thresholds::parse(value)
+                    .map_err(|e| anyhow::anyhow!("--kubelet-arg eviction-hard={value:?}: {e}"))?;
+                true
             }
-            other => anyhow::bail!(
-                "--kubelet-arg {other:?} is not a setting krab's kubelet has (it takes eviction-hard)"
-            ),
+            other => settings
+                .image_gc
+                .set(other, value)
+                .map_err(|e| anyhow::anyhow!("--kubelet-arg {other}={value:?}: {e}"))?,
+        };
+        if !known {
+            anyhow::bail!(
+                "--kubelet-arg {name:?} is not a setting krab's kubelet has (it takes eviction-hard, \
+                 image-gc-high-threshold, image-gc-low-threshold, image-minimum-gc-age)"
+            );
         }
     }
-    Ok(eviction)
+    settings
+        .image_gc
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--kubelet-arg: {e}"))?;
+    Ok(settings)
+}
+
+/// The kubelet settings `--kubelet-arg` can change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KubeletSettings {
+    pub eviction: kubelet::eviction::Thresholds,
+    pub image_gc: kubelet::image_gc::ImageGcPolicy,
 }
 
 impl AgentConfig {
@@ -243,7 +261,7 @@ async fn run_kubelet(
     let images_dir = config.images_dir();
     std::fs::create_dir_all(&images_dir)
         .with_context(|| format!("failed to create {}", images_dir.display()))?;
-    images::import_all(&socket, &images_dir)
+    let imported = images::import_all(&socket, &images_dir)
         .await
         .context("failed to import the pause image into containerd")?;
     let cri = cri::Cri::connect(&socket).await?;
@@ -267,7 +285,7 @@ async fn run_kubelet(
             kubelet_version: config.kubelet_version.clone(),
             extra_labels: config.node_labels.clone(),
             kubelet_port: config.kubelet_port,
-            eviction: config.eviction,
+            eviction: config.kubelet.eviction,
         },
     );
     // The API may still be bootstrapping (kube-node-lease, the node's namespace objects).
@@ -301,7 +319,8 @@ async fn run_kubelet(
         },
         config.data_dir.join("agent").join("pods"),
     );
-    kubelet.thresholds = config.eviction;
+    kubelet.thresholds = config.kubelet.eviction;
+    kubelet.image_gc = kubelet::image_gc::ImageGc::new(config.kubelet.image_gc, imported);
     let k = Arc::new(kubelet);
     k.set_allocatable(&node);
     let ipam_dir = config.data_dir.join("agent").join("cni").join("networks");

@@ -83,7 +83,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         registries: std::path::PathBuf::from("/etc/krab/registries.yaml"),
         pod_log_root: std::path::PathBuf::from("/var/log/pods"),
         node_labels: Default::default(),
-        eviction: crate::agent::kubelet_settings(&args.network.kubelet_arg)?,
+        kubelet: crate::agent::kubelet_settings(&args.network.kubelet_arg)?,
         kubelet_port: args.kubelet_port,
         kubelet_tls: Some(KubeletServingTls {
             cert_pem: joined.credentials.serving_certificate.clone(),

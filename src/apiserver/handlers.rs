@@ -346,7 +346,10 @@ async fn handle(
                 "apiVersion": r.api_version(),
                 "metadata": meta(page.revision, &page.continue_token, page.remaining),
             });
-            let mut body = serde_json::to_vec(&head).unwrap_or_default();
+            let head = serde_json::to_vec(&head).unwrap_or_default();
+            let size = head.len() + page.items.iter().map(|i| i.len() + 1).sum::<usize>() + 16;
+            let mut body = Vec::with_capacity(size);
+            body.extend_from_slice(&head);
             body.pop();
             body.extend_from_slice(b",\"items\":[");
             for (i, item) in page.items.iter().enumerate() {

@@ -261,8 +261,9 @@ pub struct NodeNetworkArgs {
     /// Do not enforce NetworkPolicies.
     #[arg(long, env = "KRAB_DISABLE_NETWORK_POLICY")]
     pub disable_network_policy: bool,
-    /// A kubelet setting as `name=value` (k3s's flag; repeatable), e.g.
-    /// `eviction-hard=memory.available<200Mi,nodefs.available<10%`.
+    /// A kubelet setting as `name=value` (k3s's flag; repeatable): `eviction-hard`
+    /// (`memory.available<200Mi,nodefs.available<10%`), `image-gc-high-threshold` (85),
+    /// `image-gc-low-threshold` (80), `image-minimum-gc-age` (2m0s).
     #[arg(
         long = "kubelet-arg",
         env = "KRAB_KUBELET_ARG",

@@ -2,6 +2,7 @@
 //! with no I/O (but the time zone database): quantities, where pods may be placed, cron
 //! schedules, which volume serves which claim.
 pub mod cron_schedule;
+pub mod duration;
 pub mod placement;
 pub mod pod_resources;
 pub mod quantity;

@@ -291,7 +291,7 @@ fn start_agent(
         registries: std::path::PathBuf::from("/etc/krab/registries.yaml"),
         pod_log_root: std::path::PathBuf::from("/var/log/pods"),
         node_labels: Default::default(),
-        eviction: crate::agent::kubelet_settings(&args.network.kubelet_arg)?,
+        kubelet: crate::agent::kubelet_settings(&args.network.kubelet_arg)?,
         kubelet_port: args.kubelet_port,
         kubelet_tls: Some(crate::agent::kubelet_api::KubeletServingTls {
             cert_pem: serving.cert_pem,

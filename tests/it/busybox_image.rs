@@ -69,8 +69,21 @@ fn busybox_layer() -> Vec<u8> {
 /// Writes `busybox.tar` (OCI image layout, named docker.io/library/busybox:1.35) into
 /// `images_dir`, where the agent imports archives from at start.
 pub fn write_busybox_image(images_dir: &Path) {
+    write_image(
+        images_dir,
+        "busybox.tar",
+        "docker.io/library/busybox:1.35",
+        "IMAGE=busybox",
+    );
+}
+
+/// Writes `file` into `dir`: the busybox image named `name` (OCI layout), whose config
+/// carries `env`, so images of different `env` are different images.
+#[allow(dead_code)]
+pub fn write_image(dir: &Path, file: &str, name: &str, env: &str) {
+    let images_dir = dir;
     std::fs::create_dir_all(images_dir).unwrap();
-    let file = std::fs::File::create(images_dir.join("busybox.tar")).unwrap();
+    let file = std::fs::File::create(images_dir.join(file)).unwrap();
     let mut out = tar::Builder::new(file);
     let layer = busybox_layer();
     let diff_id = format!("sha256:{:x}", Sha256::digest(&layer));
@@ -83,7 +96,7 @@ pub fn write_busybox_image(images_dir: &Path) {
     let config = serde_json::json!({
         "architecture": arch,
         "os": "linux",
-        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin", env]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
     let (config_digest, config_size) = blob(&mut out, config.to_string().as_bytes());
@@ -100,8 +113,8 @@ pub fn write_busybox_image(images_dir: &Path) {
         "schemaVersion": 2,
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
                        "digest": manifest_digest, "size": manifest_size,
-                       "annotations": {"io.containerd.image.name": "docker.io/library/busybox:1.35",
-                                       "org.opencontainers.image.ref.name": "1.35"}}],
+                       "annotations": {"io.containerd.image.name": name,
+                                       "org.opencontainers.image.ref.name": name.rsplit(':').next().unwrap_or("latest")}}],
     });
     for (name, body) in [
         (

@@ -12,6 +12,7 @@ mod dualstack;
 mod etcdctl;
 mod eviction;
 mod failover;
+mod image_gc;
 mod join;
 mod kinds;
 mod kubectl;

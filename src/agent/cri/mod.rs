@@ -79,6 +79,19 @@ pub struct Container {
     pub attempt: u32,
     pub state: State,
     pub created_at: i64,
+    /// The id of the image it was created from.
+    pub image_ref: String,
+    /// The image as the pod named it.
+    pub image: String,
+}
+
+/// An image on the node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub size: u64,
+    pub pinned: bool,
 }
 
 /// A container's full status (times in nanoseconds since the epoch).
@@ -228,6 +241,8 @@ impl Cri {
                     name: meta.name,
                     attempt: meta.attempt,
                     created_at: c.created_at,
+                    image_ref: c.image_ref,
+                    image: c.image.map(|i| i.image).unwrap_or_default(),
                 }
             })
             .collect())
@@ -471,6 +486,53 @@ impl Cri {
             .await?
             .into_inner();
         Ok(r.url)
+    }
+
+    /// Every image on the node.
+    pub async fn list_images(&self) -> Result<Vec<ImageInfo>, Error> {
+        let images = self
+            .images
+            .clone()
+            .list_images(pb::ListImagesRequest { filter: None })
+            .await?
+            .into_inner()
+            .images;
+        Ok(images
+            .into_iter()
+            .map(|i| ImageInfo {
+                id: i.id,
+                tags: i.repo_tags,
+                size: i.size,
+                pinned: i.pinned,
+            })
+            .collect())
+    }
+
+    /// Removes an image (every name it has).
+    pub async fn remove_image(&self, id: &str) -> Result<(), Error> {
+        self.images
+            .clone()
+            .remove_image(pb::RemoveImageRequest {
+                image: Some(pb::ImageSpec {
+                    image: id.into(),
+                    ..Default::default()
+                }),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Where the runtime keeps its images (the image filesystem's mountpoint).
+    pub async fn image_fs_mountpoint(&self) -> Result<Option<String>, Error> {
+        let r = self
+            .images
+            .clone()
+            .image_fs_info(pb::ImageFsInfoRequest {})
+            .await?
+            .into_inner();
+        Ok(r.image_filesystems
+            .into_iter()
+            .find_map(|f| f.fs_id.map(|id| id.mountpoint)))
     }
 
     /// The image's id when it is present on the node.

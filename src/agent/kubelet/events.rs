@@ -35,4 +35,21 @@ impl Recorder {
         };
         self.events.record(&regarding, type_, reason, message).await;
     }
+
+    /// Records one event about the node (kube's node reference: the node's name as its uid).
+    pub async fn node(&self, node: &str, warning: bool, reason: &str, message: &str) {
+        let regarding = k8s_openapi::api::core::v1::ObjectReference {
+            kind: Some("Node".into()),
+            api_version: Some("v1".into()),
+            name: Some(node.into()),
+            uid: Some(node.into()),
+            ..Default::default()
+        };
+        let type_ = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        self.events.record(&regarding, type_, reason, message).await;
+    }
 }

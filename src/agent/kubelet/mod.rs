@@ -5,6 +5,7 @@ mod actions;
 mod env;
 mod events;
 pub mod eviction;
+pub mod image_gc;
 pub mod log_rotation;
 pub mod node;
 mod probes;
@@ -52,6 +53,8 @@ pub struct Kubelet {
     pub thresholds: eviction::Thresholds,
     /// Pods chosen for eviction, for their workers to stop.
     pub evictions: eviction::Evictions,
+    /// Unused images deleted when the image filesystem fills.
+    pub image_gc: image_gc::ImageGc,
 }
 
 impl Kubelet {
@@ -75,6 +78,7 @@ impl Kubelet {
             stats: resource_stats::ResourceStats::default(),
             thresholds: eviction::Thresholds::default(),
             evictions: eviction::Evictions::default(),
+            image_gc: image_gc::ImageGc::new(image_gc::ImageGcPolicy::default(), []),
         }
     }
 
@@ -148,6 +152,8 @@ pub async fn run(k: Arc<Kubelet>, shutdown: CancellationToken) -> anyhow::Result
     let mut relist = tokio::time::interval(Duration::from_secs(1));
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
+    // kube's image record period.
+    let mut image_gc = tokio::time::interval(Duration::from_secs(30));
     let mut seen_states: HashMap<String, (String, State)> = HashMap::new();
     let mut synced = false;
     let notify =
@@ -243,8 +249,9 @@ pub async fn run(k: Arc<Kubelet>, shutdown: CancellationToken) -> anyhow::Result
             }
             _ = housekeeping.tick(), if synced => {
                 orphans(&k, &store, &mut workers, &mut running, &stop).await;
-                evict_under_pressure(&k, &store, &workers);
+                evict_under_pressure(&k, &store, &workers).await;
             }
+            _ = image_gc.tick(), if synced => collect_images(&k).await,
         }
     }
     stop.cancel();
@@ -252,9 +259,28 @@ pub async fn run(k: Arc<Kubelet>, shutdown: CancellationToken) -> anyhow::Result
     Ok(())
 }
 
+/// The image collector's round; a shortfall is a Warning event on the node, as kube's.
+async fn collect_images(k: &Kubelet) {
+    match k.image_gc.collect(&k.cri).await {
+        Ok(_) => {}
+        Err(e @ image_gc::Error::NotEnough { .. }) => {
+            tracing::warn!(error = %e, "image garbage collection fell short");
+            k.events
+                .node(&k.node_name, true, "ImageGCFailed", &e.to_string())
+                .await;
+        }
+        Err(e) => tracing::debug!(error = %e, "image garbage collection skipped"),
+    }
+}
+
 /// The eviction manager's round: under memory or disk pressure one pod is chosen (none
-/// while an earlier choice is still being carried out) and its worker woken.
-fn evict_under_pressure(k: &Kubelet, store: &Store<Pod>, workers: &HashMap<String, WorkerHandle>) {
+/// while an earlier choice is still being carried out) and its worker woken. Under disk
+/// pressure, unused images go first; a pod is chosen only if none could be deleted.
+async fn evict_under_pressure(
+    k: &Kubelet,
+    store: &Store<Pod>,
+    workers: &HashMap<String, WorkerHandle>,
+) {
     if k.evictions.any_pending() {
         return;
     }
@@ -266,6 +292,20 @@ fn evict_under_pressure(k: &Kubelet, store: &Store<Pod>, workers: &HashMap<Strin
     } else {
         return;
     };
+    if pressure == eviction::Pressure::Disk {
+        match k.image_gc.delete_unused(&k.cri).await {
+            Ok(done) if done.freed > 0 => {
+                tracing::info!(
+                    freed = done.freed,
+                    images = done.deleted.len(),
+                    "disk pressure: reclaimed unused images before evicting"
+                );
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "disk pressure: images not reclaimed"),
+        }
+    }
     let usage: HashMap<String, u64> = k
         .stats
         .latest()

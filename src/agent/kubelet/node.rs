@@ -103,7 +103,7 @@ fn machine(data_dir: &std::path::Path) -> Machine {
     }
 }
 
-fn statvfs(path: &std::path::Path) -> Option<(u64, u64)> {
+pub(super) fn statvfs(path: &std::path::Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes into a zeroed struct we own, with a valid C string.

@@ -84,6 +84,11 @@ fn raw_item(kv: &KeyValue, filter: &Filter) -> Result<Option<Vec<u8>>, ApiError>
             .matches(&obj)
             .then(|| serde_json::to_vec(&obj).unwrap_or_default()));
     }
+    if filter.labels.is_empty() {
+        if let Some(out) = with_resource_version(&kv.value, kv.mod_revision) {
+            return Ok(Some(out));
+        }
+    }
     let top: Vec<(String, &RawValue)> = entries(&kv.value).map_err(bad)?;
     let meta: Vec<(String, &RawValue)> = match top.iter().find(|(k, _)| k == "metadata") {
         Some((_, m)) => entries(m.get().as_bytes()).map_err(bad)?,
@@ -124,6 +129,116 @@ fn raw_item(kv: &KeyValue, filter: &Filter) -> Result<Option<Vec<u8>>, ApiError>
     }
     out.push(b'}');
     Ok(Some(out))
+}
+
+/// The stored JSON with `"resourceVersion":"<rev>"` put first in its metadata, found by
+/// scanning only the members before `metadata` (stored objects are written with sorted keys:
+/// `apiVersion`, `kind`, then `metadata`). None when the object does not have that shape or
+/// mentions a resourceVersion anywhere (the caller then rebuilds the metadata).
+fn with_resource_version(json: &[u8], revision: Revision) -> Option<Vec<u8>> {
+    if memchr::memmem::find(json, b"\"resourceVersion\"").is_some() {
+        return None;
+    }
+    let at = metadata_body(json)?;
+    let rv = format!("\"resourceVersion\":\"{revision}\"");
+    let mut out = Vec::with_capacity(json.len() + rv.len() + 1);
+    out.extend_from_slice(&json[..at]);
+    out.extend_from_slice(rv.as_bytes());
+    let rest = &json[at..];
+    if rest.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// Where the members of the top-level `metadata` object start (just past its `{`).
+fn metadata_body(json: &[u8]) -> Option<usize> {
+    let mut i = skip_ws(json, 0);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(json, i);
+        let key_start = i;
+        i = skip_string(json, i)?;
+        let key = &json[key_start..i];
+        i = skip_ws(json, i);
+        if json.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(json, i + 1);
+        if key == b"\"metadata\"" {
+            return (json.get(i) == Some(&b'{')).then_some(i + 1);
+        }
+        i = skip_value(json, i)?;
+        i = skip_ws(json, i);
+        match json.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(json: &[u8], mut i: usize) -> usize {
+    while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// Past the string starting at `i` (its opening quote).
+fn skip_string(json: &[u8], i: usize) -> Option<usize> {
+    if json.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut j = i + 1;
+    loop {
+        match json.get(j)? {
+            b'"' => return Some(j + 1),
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
+}
+
+/// Past the value starting at `i`: strings, nested objects and arrays, literals.
+fn skip_value(json: &[u8], i: usize) -> Option<usize> {
+    match json.get(i)? {
+        b'"' => skip_string(json, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match json.get(j)? {
+                    b'"' => {
+                        j = skip_string(json, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while json
+                .get(j)
+                .is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace())
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
 }
 
 /// The members of a JSON object, in order, with their values left as raw JSON.
@@ -303,6 +418,49 @@ impl Registry {
                     })
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(json: &str, filter: &Filter) -> Option<Value> {
+        let kv = KeyValue {
+            key: b"/registry/pods/default/p".to_vec(),
+            value: json.as_bytes().to_vec(),
+            mod_revision: 42,
+            ..Default::default()
+        };
+        raw_item(&kv, filter)
+            .unwrap()
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    #[test]
+    fn items_get_their_resource_version_whatever_their_shape() {
+        let all = Filter::default();
+        for (stored, meta) in [
+            (
+                r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{}}"#,
+                json!({"name": "p", "resourceVersion": "42"}),
+            ),
+            (
+                r#" { "apiVersion" : "v\"1" , "kind":"Pod", "metadata" : { } }"#,
+                json!({"resourceVersion": "42"}),
+            ),
+            (
+                r#"{"a":[1,{"b":"}"}],"n":-1.5e3,"t":true,"metadata":{"x":1}}"#,
+                json!({"x": 1, "resourceVersion": "42"}),
+            ),
+            (r#"{"spec":{}}"#, json!({"resourceVersion": "42"})),
+            (
+                r#"{"metadata":{"name":"p","resourceVersion":"7"}}"#,
+                json!({"name": "p", "resourceVersion": "42"}),
+            ),
+        ] {
+            assert_eq!(item(stored, &all).unwrap()["metadata"], meta, "{stored}");
         }
     }
 }
