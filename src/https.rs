@@ -51,12 +51,32 @@ pub fn tls_config(
     key_pem: &str,
     client_ca_pem: &str,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("serving certificate: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| anyhow::anyhow!("serving key: {e}"))?;
+    let mut config = config_builder(client_ca_pem)?.with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// As `tls_config`, with the serving certificate chosen per connection by `resolver` (one
+/// that is renewed while serving).
+pub fn tls_config_resolved(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    client_ca_pem: &str,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut config = config_builder(client_ca_pem)?.with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Client certificates from `client_ca_pem` are verified when presented, not required.
+fn config_builder(
+    client_ca_pem: &str,
+) -> anyhow::Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
         roots
@@ -67,12 +87,9 @@ pub fn tls_config(
         .allow_unauthenticated()
         .build()
         .map_err(|e| anyhow::anyhow!("client verifier: {e}"))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+        .with_client_cert_verifier(verifier))
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains connections (10 s at most).

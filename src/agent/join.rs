@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::tls::cluster::NodeCredentials;
 use crate::tls::token::{ca_hash, Token};
@@ -46,6 +45,8 @@ pub enum JoinError {
 pub struct Joined {
     pub client: kube::Client,
     pub credentials: NodeCredentials,
+    /// The certificates the client and the kubelet API present, renewed in place.
+    pub identity: std::sync::Arc<super::credentials::NodeIdentity>,
 }
 
 fn b64(s: &str) -> String {
@@ -136,24 +137,73 @@ pub async fn join(
     }
 
     // 2. The node's credentials, over a connection verified against that CA.
-    let verified = raw_client(url, Some(&ca_pem), Some(&token.secret))?;
+    let credentials = request_credentials(url, &ca_pem, &token.secret, node, addresses).await?;
+    // 3. Written where k3s keeps them, and the node's client.
+    write_credentials(data_dir, url, node, &credentials)?;
+    let identity = super::credentials::NodeIdentity::new(&credentials)
+        .map_err(|e| JoinError::Kubeconfig(e.to_string()))?;
+    let client = super::credentials::node_client(url, &credentials.server_ca, &identity)
+        .map_err(|e| JoinError::Kubeconfig(e.to_string()))?;
+    tracing::info!(server = %url, node, "joined: credentials written to {}", data_dir.join("agent").display());
+    Ok(Joined {
+        client,
+        credentials,
+        identity,
+    })
+}
+
+/// New credentials for a node that has joined (the CA it already trusts, the same token),
+/// written in place of the old ones.
+pub async fn renew(
+    url: &str,
+    token: &str,
+    node: &str,
+    addresses: &[String],
+    data_dir: &Path,
+) -> Result<NodeCredentials, JoinError> {
+    let url = url.trim_end_matches('/');
+    let path = data_dir.join("agent").join("server-ca.crt");
+    let ca_pem = std::fs::read_to_string(&path).map_err(|error| JoinError::Io { path, error })?;
+    let token = Token::parse(token);
+    let credentials = request_credentials(url, &ca_pem, &token.secret, node, addresses).await?;
+    write_credentials(data_dir, url, node, &credentials)?;
+    Ok(credentials)
+}
+
+async fn request_credentials(
+    url: &str,
+    ca_pem: &str,
+    secret: &str,
+    node: &str,
+    addresses: &[String],
+) -> Result<NodeCredentials, JoinError> {
+    let unreachable = |e: kube::Error| JoinError::Unreachable {
+        url: url.to_string(),
+        message: e.to_string(),
+    };
+    let verified = raw_client(url, Some(ca_pem), Some(secret))?;
     let body = serde_json::json!({"nodeName": node, "addresses": addresses}).to_string();
     let request = axum::http::Request::post("/v1-krab/node-credentials")
         .header(axum::http::header::CONTENT_TYPE, "application/json")
         .body(body.into_bytes())
         .map_err(|e| JoinError::Kubeconfig(e.to_string()))?;
-    let credentials: NodeCredentials = match verified.request(request).await {
-        Ok(c) => c,
-        Err(kube::Error::Api(s)) => {
-            return Err(JoinError::Refused {
-                url: url.to_string(),
-                message: s.message,
-            })
-        }
-        Err(e) => return Err(unreachable(e)),
-    };
+    match verified.request(request).await {
+        Ok(c) => Ok(c),
+        Err(kube::Error::Api(s)) => Err(JoinError::Refused {
+            url: url.to_string(),
+            message: s.message,
+        }),
+        Err(e) => Err(unreachable(e)),
+    }
+}
 
-    // 3. Written where k3s keeps them, and the node's kubeconfig.
+/// The credentials and the node's kubeconfig, where k3s keeps them.
+fn write_credentials(
+    data_dir: &Path,
+    url: &str,
+    node: &str,
+    credentials: &NodeCredentials,
+) -> Result<(), JoinError> {
     let dir = data_dir.join("agent");
     write(&dir.join("server-ca.crt"), &credentials.server_ca, false)?;
     write(&dir.join("client-ca.crt"), &credentials.client_ca, false)?;
@@ -186,18 +236,6 @@ pub async fn join(
         b64(&credentials.client_certificate),
         b64(&credentials.client_key),
     );
-    let path = dir.join("kubelet.kubeconfig");
-    write(&path, &kubeconfig, true)?;
-    let parsed =
-        Kubeconfig::from_yaml(&kubeconfig).map_err(|e| JoinError::Kubeconfig(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| JoinError::Kubeconfig(e.to_string()))?;
-    let client =
-        kube::Client::try_from(config).map_err(|e| JoinError::Kubeconfig(e.to_string()))?;
-    tracing::info!(server = %url, node, "joined: credentials written to {}", dir.display());
-    Ok(Joined {
-        client,
-        credentials,
-    })
+    write(&dir.join("kubelet.kubeconfig"), &kubeconfig, true)?;
+    Ok(())
 }

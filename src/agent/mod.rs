@@ -3,6 +3,7 @@
 //! workers. Reaches cluster state only through the Kubernetes API.
 pub mod cni;
 pub mod containerd;
+pub mod credentials;
 pub mod cri;
 pub mod dns;
 pub mod images;

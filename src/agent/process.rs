@@ -50,18 +50,10 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         .first()
         .map(ToString::to_string)
         .unwrap_or_else(|| "127.0.0.1".into());
-    let joined = join::join(
-        server,
-        token,
-        &node_name,
-        &addresses
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-        &args.data_dir,
-    )
-    .await
-    .with_context(|| format!("failed to join the cluster at {server}"))?;
+    let address_strings: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    let joined = join::join(server, token, &node_name, &address_strings, &args.data_dir)
+        .await
+        .with_context(|| format!("failed to join the cluster at {server}"))?;
     let node_ip_for_proxy = node_ip.clone();
     let node_name_for_net = node_name.clone();
     let config = AgentConfig {
@@ -89,6 +81,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
             cert_pem: joined.credentials.serving_certificate.clone(),
             key_pem: joined.credentials.serving_key.clone(),
             client_ca_pem: joined.credentials.client_ca.clone(),
+            identity: Some(joined.identity.clone()),
         }),
         service_proxy: (!args.network.disable_kube_proxy).then(|| {
             super::service_proxy::ProxyConfig::new(
@@ -116,6 +109,15 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         }),
     };
     let mut sup = Supervisor::new(shutdown.clone());
+    let renewer = super::credentials::CredentialRenewer {
+        url: server.clone(),
+        token: token.clone(),
+        node: config.node_name.clone(),
+        addresses: address_strings,
+        data_dir: args.data_dir.clone(),
+        identity: joined.identity.clone(),
+    };
+    sup.spawn("credential-renewer", renewer.run(shutdown.clone()));
     super::spawn(&mut sup, config, joined.client, shutdown).context("failed to start the agent")?;
     sup.wait().await
 }

@@ -21,6 +21,9 @@ pub struct NodeJoin {
     /// The data dir whose `server/tls` holds the cluster CAs.
     pub data_dir: PathBuf,
     pub server_ca_pem: String,
+    /// How long node certificates are valid (kube-controller-manager's
+    /// `cluster-signing-duration`); agents renew them before they expire.
+    pub signing_duration: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,8 +118,9 @@ async fn issue(state: &ApiState, headers: &HeaderMap, body: &[u8]) -> Result<Res
     }
     let dir = join.data_dir.clone();
     let node = req.node_name.clone();
+    let validity = join.signing_duration;
     let creds = tokio::task::spawn_blocking(move || {
-        crate::tls::cluster::issue_node_credentials(&dir, &node, &req.addresses)
+        crate::tls::cluster::issue_node_credentials(&dir, &node, &req.addresses, validity)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?

@@ -174,6 +174,15 @@ pub struct ServerArgs {
     /// Do not run the controller manager (none of its loops).
     #[arg(long, env = "KRAB_DISABLE_CONTROLLER_MANAGER")]
     pub disable_controller_manager: bool,
+    /// A kube-controller-manager setting as `name=value` (k3s's flag; repeatable):
+    /// `cluster-signing-duration` (8760h0m0s), how long the node certificates agents are
+    /// issued last (they renew them before they expire).
+    #[arg(
+        long = "kube-controller-manager-arg",
+        env = "KRAB_KUBE_CONTROLLER_MANAGER_ARG",
+        value_name = "NAME=VALUE"
+    )]
+    pub kube_controller_manager_arg: Vec<String>,
     /// Do not run the scheduler.
     #[arg(long, env = "KRAB_DISABLE_SCHEDULER")]
     pub disable_scheduler: bool,
@@ -351,6 +360,34 @@ pub fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String
         ));
     }
     Ok(a..=b)
+}
+
+/// How long signed node certificates last, from `--kube-controller-manager-arg`; the
+/// controller manager's settings krab does not have are refused by name.
+pub fn cluster_signing_duration(args: &[String]) -> Result<Duration, String> {
+    let mut duration = Duration::from_secs(365 * 24 * 3600);
+    for arg in args {
+        let arg = arg.trim_start_matches("--");
+        let (name, value) = arg.split_once('=').unwrap_or((arg, ""));
+        match name {
+            "cluster-signing-duration" => {
+                duration = crate::resources::duration::parse_go(value)
+                    .map_err(|e| format!("--kube-controller-manager-arg {name}: {e}"))?;
+                if duration.is_zero() {
+                    return Err(format!(
+                        "--kube-controller-manager-arg {name}: must be more than zero"
+                    ));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "--kube-controller-manager-arg {other:?} is not a setting krab's controller \
+                     manager has (it takes cluster-signing-duration)"
+                ))
+            }
+        }
+    }
+    Ok(duration)
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

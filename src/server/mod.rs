@@ -229,6 +229,10 @@ fn start_apiserver(
             secret: node_token(args, &certs.server_ca_pem)?,
             data_dir: args.data_dir.clone(),
             server_ca_pem: certs.server_ca_pem.clone(),
+            signing_duration: crate::cli::args::cluster_signing_duration(
+                &args.kube_controller_manager_arg,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
         }),
         kubelet_client: Some(crate::apiserver::KubeletClientTls {
             cert_pem: certs.kubelet_client.cert_pem.clone(),
@@ -297,6 +301,7 @@ fn start_agent(
             cert_pem: serving.cert_pem,
             key_pem: serving.key_pem,
             client_ca_pem: certs.client_ca_pem.clone(),
+            identity: None,
         }),
         service_proxy: (!args.network.disable_kube_proxy).then(|| {
             crate::agent::service_proxy::ProxyConfig::new(

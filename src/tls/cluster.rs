@@ -110,20 +110,22 @@ pub struct NodeCredentials {
 }
 
 /// Issues the credentials of node `node` reachable at `addresses`, from the cluster CAs in
-/// `<data-dir>/server/tls`.
+/// `<data-dir>/server/tls`, valid for `validity` (kube's `cluster-signing-duration`).
 pub fn issue_node_credentials(
     data_dir: &Path,
     node: &str,
     addresses: &[String],
+    validity: std::time::Duration,
 ) -> Result<NodeCredentials> {
     let dir = data_dir.join("server").join("tls");
     let server_ca = Ca::ensure(&dir, "server-ca", "krab-server-ca")?;
     let client_ca = Ca::ensure(&dir, "client-ca", "krab-client-ca")?;
-    let (client_certificate, client_key) = client_ca.issue(
+    let (client_certificate, client_key) = client_ca.issue_valid_for(
         &format!("system:node:{node}"),
         Some("system:nodes"),
         &[],
         Usage::Client,
+        Some(validity),
     )?;
     let mut sans = addresses.to_vec();
     for extra in [node, "localhost", "127.0.0.1"] {
@@ -131,7 +133,8 @@ pub fn issue_node_credentials(
             sans.push(extra.to_string());
         }
     }
-    let (serving_certificate, serving_key) = server_ca.issue(node, None, &sans, Usage::Server)?;
+    let (serving_certificate, serving_key) =
+        server_ca.issue_valid_for(node, None, &sans, Usage::Server, Some(validity))?;
     Ok(NodeCredentials {
         client_certificate,
         client_key,

@@ -168,6 +168,19 @@ impl Ca {
         sans: &[String],
         usage: Usage,
     ) -> Result<(String, String)> {
+        self.issue_valid_for(common_name, organization, sans, usage, None)
+    }
+
+    /// As `issue`, valid for `validity` from now (backdated by a tenth of it, at most five
+    /// minutes, for clocks a little behind, as kube's signer does) when given.
+    pub fn issue_valid_for(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+        sans: &[String],
+        usage: Usage,
+        validity: Option<std::time::Duration>,
+    ) -> Result<(String, String)> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
@@ -195,8 +208,18 @@ impl Ca {
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
         };
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = years_from_now(1);
+        match validity.and_then(|v| time::Duration::try_from(v).ok()) {
+            Some(v) => {
+                let now = time::OffsetDateTime::now_utc();
+                let backdate: time::Duration = (v / 10_i32).min(time::Duration::minutes(5));
+                params.not_before = now - backdate;
+                params.not_after = now + v;
+            }
+            None => {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = years_from_now(1);
+            }
+        }
         let ca_key = KeyPair::from_pem(&self.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
         let cert = params.signed_by(&key, &issuer)?;

@@ -141,3 +141,71 @@ fn an_agent_joins_and_runs_pods_reached_through_the_server() {
     );
     s.kube_ok(&["delete", "pod", "hello", "--timeout=60s"]);
 }
+
+/// With node certificates that last 30 s (`cluster-signing-duration`), a joined agent renews
+/// them at 70–90% of their life without restarting, and keeps working past the first ones'
+/// expiry: its Lease heartbeat (client certificate) and the API server's calls to its
+/// kubelet API (serving certificate).
+#[test]
+fn an_agent_renews_its_certificates_before_they_expire() {
+    let _net = PodNetwork::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &dir.path().join("d"),
+        &["--kube-controller-manager-arg=cluster-signing-duration=30s"],
+    );
+    let data = dir.path().join("a");
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let _agent = Agent(
+        agent_command(&s, &data, &node_token(&s))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let agent_log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    let cert = data.join("agent/client-kubelet.crt");
+    let first = wait_for("the agent to join", Duration::from_secs(60), || {
+        std::fs::read_to_string(&cert).ok()
+    });
+    let joined = std::time::Instant::now();
+    let renewed = wait_for("a renewed certificate", Duration::from_secs(60), || {
+        std::fs::read_to_string(&cert).ok().filter(|c| *c != first)
+    });
+    assert!(renewed.contains("BEGIN CERTIFICATE"));
+    assert!(
+        agent_log().contains("node certificates renewed"),
+        "{}",
+        agent_log()
+    );
+    // Past the first certificates' expiry (30 s after issue), the node still works.
+    if let Some(left) = Duration::from_secs(35).checked_sub(joined.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let renew_time = || {
+        s.kube_ok(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "worker-1",
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ])
+    };
+    let before = renew_time();
+    wait_for("a heartbeat after expiry", Duration::from_secs(30), || {
+        (renew_time() != before).then_some(())
+    });
+    let healthz = wait_for(
+        "the kubelet API after expiry",
+        Duration::from_secs(20),
+        || {
+            let out = s.kubectl(&["get", "--raw", "/api/v1/nodes/worker-1/proxy/healthz"]);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+    );
+    assert_eq!(healthz, "ok", "{}", agent_log());
+}

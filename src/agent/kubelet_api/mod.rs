@@ -32,6 +32,9 @@ pub struct KubeletServingTls {
     pub cert_pem: String,
     pub key_pem: String,
     pub client_ca_pem: String,
+    /// A joined node's certificates, renewed while serving (then `cert_pem`/`key_pem` are
+    /// only the first ones).
+    pub identity: Option<std::sync::Arc<crate::agent::credentials::NodeIdentity>>,
 }
 
 #[derive(Clone)]
@@ -65,7 +68,12 @@ pub async fn serve(
     kubelet: Arc<Kubelet>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = crate::https::tls_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)?;
+    let config = match &tls.identity {
+        Some(identity) => {
+            crate::https::tls_config_resolved(identity.serving_resolver(), &tls.client_ca_pem)?
+        }
+        None => crate::https::tls_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)?,
+    };
     let streams = Streams::new(shutdown.clone());
     let state = ApiState {
         kubelet,
