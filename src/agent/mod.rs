@@ -44,7 +44,6 @@ pub struct AgentConfig {
     pub runtime_endpoint: Option<String>,
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
-    pub control_plane: bool,
     pub kubelet_version: String,
     /// `/etc/krab/registries.yaml`.
     pub registries: PathBuf,
@@ -278,7 +277,6 @@ async fn run_kubelet(
         cri.clone(),
         kubelet::node::NodeConfig {
             name: config.node_name.clone(),
-            control_plane: config.control_plane,
             node_ip: config.node_ip.clone(),
             secondary_node_ips: config.secondary_node_ips.clone(),
             external_ips: config.external_ips.clone(),

@@ -70,7 +70,6 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         cluster_dns: vec![args.cluster_dns.to_string()],
         cluster_domain: args.cluster_domain.clone(),
-        control_plane: false,
         kubelet_version: crate::apiserver::kube_version(),
         registries: std::path::PathBuf::from("/etc/krab/registries.yaml"),
         pod_log_root: std::path::PathBuf::from("/var/log/pods"),

@@ -287,7 +287,11 @@ async fn handle(
             &user.name,
         ),
     };
-    let reg = &state.registry.for_request(dry_run).managed_by(&manager);
+    let reg = &state
+        .registry
+        .for_request(dry_run)
+        .managed_by(&manager)
+        .by_node(super::rbac::node::node_of(user));
     let shape = Representation::from_accept(accept);
     let ns = ns.as_deref();
     match (info.verb, sub) {

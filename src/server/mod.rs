@@ -1,6 +1,7 @@
 //! `krab server`: composes the datastore, its etcd endpoint and (as later issues land) the
 //! API server, controllers, scheduler and local agent, in that order, under one supervisor.
 mod kubeconfig;
+mod node_role;
 
 use std::sync::Arc;
 
@@ -290,7 +291,6 @@ fn start_agent(
         runtime_endpoint: args.container_runtime_endpoint.clone(),
         cluster_dns: vec![args.cluster_dns.to_string()],
         cluster_domain: args.cluster_domain.clone(),
-        control_plane: true,
         kubelet_version: crate::apiserver::kube_version(),
         registries: std::path::PathBuf::from("/etc/krab/registries.yaml"),
         pod_log_root: std::path::PathBuf::from("/var/log/pods"),
@@ -328,6 +328,14 @@ fn start_agent(
             )
         }),
     };
+    // The node's role is the cluster's to give (NodeRestriction keeps kubelets from setting
+    // `node-role.kubernetes.io/*`), as k3s's server labels its own node.
+    let labeller =
+        crate::client::in_process(api.router_as("system:krab-server", &["system:masters"]));
+    sup.spawn(
+        "control-plane-label",
+        node_role::label_control_plane(labeller, name.to_string(), shutdown.clone()),
+    );
     crate::agent::spawn(sup, config, client, shutdown).context("failed to start the agent")
 }
 

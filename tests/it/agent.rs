@@ -35,7 +35,9 @@ fn the_local_agent_registers_a_ready_node_with_containerd() {
             .iter()
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
         let cidr = node["spec"]["podCIDR"].as_str().is_some();
-        (ready && cidr).then_some(node)
+        // The server gives its node the control-plane role (its kubelet may not).
+        let role = node["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] == "true";
+        (ready && cidr && role).then_some(node)
     });
     let info = &node["status"]["nodeInfo"];
     assert!(

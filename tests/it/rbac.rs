@@ -208,6 +208,49 @@ fn nodes_reach_only_what_their_pods_reference_and_their_own_objects() {
     let (ok, out) = n2(&["label", "node", "n1", "x=y"]);
     assert!(!ok && out.contains("forbidden"), "{out}");
     assert!(n1(&["label", "node", "n1", "x=y"]).0);
+    // NodeRestriction: no role labels from a kubelet, though an admin may give them.
+    let (ok, out) = n1(&["label", "node", "n1", "node-role.kubernetes.io/worker=true"]);
+    assert!(
+        !ok && out.contains(
+            "nodes \"n1\" is forbidden: node \"n1\" is not allowed to modify labels: node-role.kubernetes.io/worker"
+        ),
+        "{out}"
+    );
+    s.kube_ok(&["label", "node", "n1", "node-role.kubernetes.io/worker=true"]);
+    assert!(n1(&["label", "node", "n1", "x=z", "--overwrite"]).0);
+    // Only mirror pods bound to itself that reference nothing.
+    let (ok, out) = n1(&["create", "-f", &pod]);
+    assert!(
+        !ok && out.contains("node \"n1\" can only create mirror pods"),
+        "{out}"
+    );
+    let mirror = |node: &str, env: &str| {
+        format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{{\"name\":\"m-{node}\",\
+             \"annotations\":{{\"kubernetes.io/config.mirror\":\"h\"}}}},\"spec\":{{\"nodeName\":\"{node}\",\
+             \"containers\":[{{\"name\":\"c\",\"image\":\"busybox\"{env}}}]}}}}"
+        )
+    };
+    let own = crate::support::write(dir.path(), "m1.json", &mirror("n1", ""));
+    let (ok, out) = n1(&["create", "-f", &own]);
+    assert!(ok, "{out}");
+    let other = crate::support::write(dir.path(), "m2.json", &mirror("n2", ""));
+    let (ok, out) = n1(&["create", "-f", &other]);
+    assert!(
+        !ok && out.contains("can only create pods with spec.nodeName set to itself"),
+        "{out}"
+    );
+    let secret_ref = crate::support::write(
+        dir.path(),
+        "m3.json",
+        &mirror("n1", ",\"env\":[{\"name\":\"A\",\"valueFrom\":{\"secretKeyRef\":{\"name\":\"mine\",\"key\":\"a\"}}}]")
+            .replace("m-n1", "m-secret"),
+    );
+    let (ok, out) = n1(&["create", "-f", &secret_ref]);
+    assert!(
+        !ok && out.contains("can not create pods that reference secrets"),
+        "{out}"
+    );
 }
 
 const WIDGETS: &str = "apiVersion: rbac.authorization.k8s.io/v1

@@ -20,7 +20,6 @@ const MAX_PODS: i64 = 110;
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,
-    pub control_plane: bool,
     pub node_ip: String,
     /// The other family's internal address on a dual-stack node.
     pub secondary_node_ips: Vec<String>,
@@ -203,12 +202,6 @@ impl NodeAgent {
                 "krab".to_string(),
             ),
         ]);
-        if self.config.control_plane {
-            l.insert(
-                "node-role.kubernetes.io/control-plane".into(),
-                "true".into(),
-            );
-        }
         l.extend(self.config.extra_labels.clone());
         l
     }

@@ -4,7 +4,7 @@
 //! watch), so a decision never reads the store.
 pub mod bootstrap;
 mod controller_roles;
-mod node;
+pub mod node;
 pub mod review;
 pub mod rules;
 

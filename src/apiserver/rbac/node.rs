@@ -85,6 +85,12 @@ fn refs(pod: &Value) -> PodRefs {
     }
 }
 
+/// The (plural, name) of every API object a pod references (NodeRestriction refuses mirror
+/// pods that have any).
+pub fn references(pod: &Value) -> Vec<(&'static str, String)> {
+    refs(pod).objects.into_iter().collect()
+}
+
 /// Which pods are bound where and what they reference, kept from the store.
 #[derive(Clone, Default)]
 pub struct NodeGraph {
@@ -92,7 +98,7 @@ pub struct NodeGraph {
 }
 
 /// The node a caller is, when it is one.
-fn node_of(user: &User) -> Option<&str> {
+pub fn node_of(user: &User) -> Option<&str> {
     let name = user.name.strip_prefix("system:node:")?;
     user.groups
         .iter()

@@ -7,6 +7,7 @@
 mod delete;
 mod limits;
 mod list;
+mod node_restriction;
 mod quota;
 mod system_objects;
 
@@ -34,6 +35,8 @@ pub struct Registry {
     /// Who this request's writes are managed by (managedFields); the API server itself when
     /// None.
     manager: Option<Arc<str>>,
+    /// The node (kubelet) this request comes from, for NodeRestriction's checks.
+    node: Option<Arc<str>>,
     pub services: Arc<ServiceNetwork>,
     /// LISTs and WATCHes answered from memory (`watch_cache`), filled once the server runs.
     pub cache: super::watch_cache::WatchCache,
@@ -108,6 +111,7 @@ impl Registry {
             ds,
             dry_run: false,
             manager: None,
+            node: None,
             services: Arc::new(services),
             cache: super::watch_cache::WatchCache::default(),
             event_lease: Arc::default(),
@@ -167,6 +171,12 @@ impl Registry {
     /// This registry writing as `manager` (the request's field manager).
     pub fn managed_by(mut self, manager: &str) -> Registry {
         self.manager = Some(Arc::from(manager));
+        self
+    }
+
+    /// This registry writing for node `node` (a kubelet's request), or not.
+    pub fn by_node(mut self, node: Option<&str>) -> Registry {
+        self.node = node.map(Arc::from);
         self
     }
 
@@ -344,6 +354,9 @@ impl Registry {
         }
         protect_storage(r, &mut obj);
         strategy::admit_create(r, &mut obj)?;
+        if let Some(node) = &self.node {
+            node_restriction::admit(r, node, None, &obj, "")?;
+        }
         let key = r.key(ns, &name);
         let is_service = r.group.is_empty() && r.plural == "services";
         // Allocation can race another create for the same address: choose again then.
@@ -467,6 +480,9 @@ impl Registry {
         check_finalizers_while_deleting(r, &stored, &obj)?;
         strategy::prepare_update(r, write, &stored, &mut obj)?;
         let subresource = if write == Write::Status { "status" } else { "" };
+        if let Some(node) = &self.node {
+            node_restriction::admit(r, node, Some(&stored), &obj, subresource)?;
+        }
         super::apply::track_update(r, Some(&stored), &mut obj, self.manager(), subresource);
         let is_service = r.group.is_empty() && r.plural == "services";
         if is_service {
