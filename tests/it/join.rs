@@ -66,6 +66,20 @@ fn a_wrong_join_token_is_refused_with_a_clear_message() {
 
 struct Agent(Child);
 
+impl Agent {
+    /// `krab agent` joined to `s` with the node token, logging to `log`.
+    fn start(s: &Server, data: &std::path::Path, log: &std::path::Path) -> Agent {
+        let log = std::fs::File::create(log).unwrap();
+        Agent(
+            agent_command(s, data, &node_token(s))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -80,14 +94,7 @@ fn an_agent_joins_and_runs_pods_reached_through_the_server() {
     let s = Server::start(&dir.path().join("d"), &[]);
     let data = dir.path().join("a");
     write_busybox_image(&data.join("agent/images"));
-    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let _agent = Agent(
-        agent_command(&s, &data, &node_token(&s))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = Agent::start(&s, &data, &dir.path().join("agent.log"));
     let agent_log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
     wait_for(
         "the joined node to be Ready",
@@ -155,14 +162,7 @@ fn an_agent_renews_its_certificates_before_they_expire() {
         &["--kube-controller-manager-arg=cluster-signing-duration=30s"],
     );
     let data = dir.path().join("a");
-    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let _agent = Agent(
-        agent_command(&s, &data, &node_token(&s))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = Agent::start(&s, &data, &dir.path().join("agent.log"));
     let agent_log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
     let cert = data.join("agent/client-kubelet.crt");
     let first = wait_for("the agent to join", Duration::from_secs(60), || {
