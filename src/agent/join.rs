@@ -101,6 +101,13 @@ fn write(path: &Path, data: &str, private: bool) -> Result<(), JoinError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+fn unreachable(url: &str, e: kube::Error) -> JoinError {
+    JoinError::Unreachable {
+        url: url.to_string(),
+        message: e.to_string(),
+    }
+}
+
 /// Joins the server at `url` as node `node` reachable at `addresses`.
 pub async fn join(
     url: &str,
@@ -112,10 +119,6 @@ pub async fn join(
     let url = url.trim_end_matches('/');
     let token = Token::parse(token);
     let want = token.ca_hash.clone().ok_or(JoinError::NoCaHash)?;
-    let unreachable = |e: kube::Error| JoinError::Unreachable {
-        url: url.to_string(),
-        message: e.to_string(),
-    };
 
     // 1. The CA, unverified, then checked against the token.
     let insecure = raw_client(url, None, None)?;
@@ -126,7 +129,7 @@ pub async fn join(
                 .map_err(|e| JoinError::Kubeconfig(e.to_string()))?,
         )
         .await
-        .map_err(unreachable)?;
+        .map_err(|e| unreachable(url, e))?;
     let got = ca_hash(&ca_pem).unwrap_or_else(|e| format!("no CA ({e})"));
     if got != want {
         return Err(JoinError::CaMismatch {
@@ -177,10 +180,6 @@ async fn request_credentials(
     node: &str,
     addresses: &[String],
 ) -> Result<NodeCredentials, JoinError> {
-    let unreachable = |e: kube::Error| JoinError::Unreachable {
-        url: url.to_string(),
-        message: e.to_string(),
-    };
     let verified = raw_client(url, Some(ca_pem), Some(secret))?;
     let body = serde_json::json!({"nodeName": node, "addresses": addresses}).to_string();
     let request = axum::http::Request::post("/v1-krab/node-credentials")
@@ -193,7 +192,7 @@ async fn request_credentials(
             url: url.to_string(),
             message: s.message,
         }),
-        Err(e) => Err(unreachable(e)),
+        Err(e) => Err(unreachable(url, e)),
     }
 }
 

@@ -390,18 +390,14 @@ pub fn cluster_signing_duration(args: &[String]) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// A duration flag: Go's form (`30s`, `5m`, `1h30m`), or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (try 30s, 5m or 1h)"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("`{s}` is not a duration (try 30s, 5m or 1h)"));
     }
+    crate::resources::duration::parse_go(s)
 }
