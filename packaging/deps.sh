@@ -6,7 +6,7 @@ want=()
 for what in "${@:-run}"; do
   case "$what" in
     build) want+=(protobuf-compiler libprotobuf-dev pkg-config libnftnl-dev libmnl-dev) ;;
-    test) want+=(etcd-server etcd-client curl containerd runc containernetworking-plugins iptables nftables busybox-static iproute2) ;;
+    test) want+=(etcd-server etcd-client curl containerd runc containernetworking-plugins iptables nftables busybox-static iproute2 dbus-daemon) ;;
     run) want+=(containerd runc containernetworking-plugins iptables nftables libnftnl11 libmnl0) ;;
     *) echo "deps.sh: unknown set '$what' (build, test, run)" >&2; exit 2 ;;
   esac

@@ -62,7 +62,8 @@ pub struct AgentConfig {
     pub network_policy: bool,
     /// The cluster DNS server's settings; None without the service proxy.
     pub dns: Option<dns::DnsConfig>,
-    /// The hard eviction thresholds and when unused images are deleted (`--kubelet-arg`).
+    /// The hard eviction thresholds, when unused images are deleted and the node shutdown
+    /// grace periods (`--kubelet-arg`).
     pub kubelet: KubeletSettings,
 }
 
@@ -79,21 +80,24 @@ pub fn kubelet_settings(args: &[String]) -> anyhow::Result<KubeletSettings> {
                     .map_err(|e| anyhow::anyhow!("--kubelet-arg eviction-hard={value:?}: {e}"))?;
                 true
             }
-            other => settings
-                .image_gc
-                .set(other, value)
-                .map_err(|e| anyhow::anyhow!("--kubelet-arg {other}={value:?}: {e}"))?,
+            other => {
+                let named = |e: String| anyhow::anyhow!("--kubelet-arg {other}={value:?}: {e}");
+                settings.image_gc.set(other, value).map_err(named)?
+                    || settings.shutdown.set(other, value).map_err(named)?
+            }
         };
         if !known {
             anyhow::bail!(
                 "--kubelet-arg {name:?} is not a setting krab's kubelet has (it takes eviction-hard, \
-                 image-gc-high-threshold, image-gc-low-threshold, image-minimum-gc-age)"
+                 image-gc-high-threshold, image-gc-low-threshold, image-minimum-gc-age, \
+                 shutdown-grace-period, shutdown-grace-period-critical-pods)"
             );
         }
     }
     settings
         .image_gc
         .validate()
+        .and_then(|()| settings.shutdown.validate())
         .map_err(|e| anyhow::anyhow!("--kubelet-arg: {e}"))?;
     Ok(settings)
 }
@@ -103,6 +107,7 @@ pub fn kubelet_settings(args: &[String]) -> anyhow::Result<KubeletSettings> {
 pub struct KubeletSettings {
     pub eviction: kubelet::eviction::Thresholds,
     pub image_gc: kubelet::image_gc::ImageGcPolicy,
+    pub shutdown: kubelet::node_shutdown::ShutdownPolicy,
 }
 
 impl AgentConfig {
@@ -272,6 +277,7 @@ async fn run_kubelet(
     tracing::info!(runtime = %version.name, version = %version.version, "container runtime connected");
     containerd::recovery::wait_for_cri(&socket, &cri, Duration::from_secs(15)).await;
 
+    let shutdown_state = Arc::new(kubelet::node_shutdown::ShutdownState::default());
     let node_agent = kubelet::node::NodeAgent::new(
         client.clone(),
         cri.clone(),
@@ -285,6 +291,7 @@ async fn run_kubelet(
             extra_labels: config.node_labels.clone(),
             kubelet_port: config.kubelet_port,
             eviction: config.kubelet.eviction,
+            shutdown: shutdown_state.clone(),
         },
     );
     // The API may still be bootstrapping (kube-node-lease, the node's namespace objects).
@@ -320,6 +327,8 @@ async fn run_kubelet(
     );
     kubelet.thresholds = config.kubelet.eviction;
     kubelet.image_gc = kubelet::image_gc::ImageGc::new(config.kubelet.image_gc, imported);
+    kubelet.shutdown_policy = config.kubelet.shutdown;
+    kubelet.shutdown_state = shutdown_state;
     let k = Arc::new(kubelet);
     k.set_allocatable(&node);
     let ipam_dir = config.data_dir.join("agent").join("cni").join("networks");

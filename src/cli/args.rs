@@ -272,7 +272,8 @@ pub struct NodeNetworkArgs {
     pub disable_network_policy: bool,
     /// A kubelet setting as `name=value` (k3s's flag; repeatable): `eviction-hard`
     /// (`memory.available<200Mi,nodefs.available<10%`), `image-gc-high-threshold` (85),
-    /// `image-gc-low-threshold` (80), `image-minimum-gc-age` (2m0s).
+    /// `image-gc-low-threshold` (80), `image-minimum-gc-age` (2m0s), `shutdown-grace-period`
+    /// and `shutdown-grace-period-critical-pods` (0s: graceful node shutdown off).
     #[arg(
         long = "kubelet-arg",
         env = "KRAB_KUBELET_ARG",

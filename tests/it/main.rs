@@ -18,6 +18,7 @@ mod kinds;
 mod kubectl;
 mod metrics;
 mod multinode;
+mod node_shutdown;
 mod pods;
 mod pods_support;
 mod proxy_updates;

@@ -69,16 +69,27 @@ impl Server {
 
     /// Starts a server with its local agent (and so a containerd of its own).
     pub fn start_with_agent(data_dir: &Path, extra: &[&str]) -> Server {
-        let s = Self::launch(data_dir, free_port(), extra, true);
+        Self::start_with_agent_env(data_dir, extra, &[])
+    }
+
+    /// Starts a server with its local agent and these environment variables.
+    pub fn start_with_agent_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let s = Self::launch(data_dir, free_port(), extra, true, env);
         s.wait_api_ready();
         s
     }
 
     pub fn start_on(data_dir: &Path, etcd_port: u16, extra: &[&str]) -> Server {
-        Self::launch(data_dir, etcd_port, extra, false)
+        Self::launch(data_dir, etcd_port, extra, false, &[])
     }
 
-    fn launch(data_dir: &Path, etcd_port: u16, extra: &[&str], agent: bool) -> Server {
+    fn launch(
+        data_dir: &Path,
+        etcd_port: u16,
+        extra: &[&str],
+        agent: bool,
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = data_dir.with_extension(format!("log.{etcd_port}"));
         let mut s = Server {
             data_dir: data_dir.to_path_buf(),
@@ -88,7 +99,11 @@ impl Server {
             log: log.clone(),
             agent,
         };
-        let child = s.command(extra).spawn().expect("failed to start krab");
+        let child = s
+            .command(extra)
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("failed to start krab");
         s.child = Some(child);
         s.wait_ready();
         s

@@ -5,7 +5,6 @@
 //! the larger use above the request, BestEffort before Burstable before Guaranteed for
 //! disk): its containers are stopped at once and it is marked Failed with reason Evicted.
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -120,29 +119,6 @@ impl Thresholds {
 
     pub fn allocatable_disk(&self, capacity: u64) -> u64 {
         capacity.saturating_sub(self.nodefs.bytes(capacity as i64).max(0) as u64)
-    }
-}
-
-/// Pods chosen for eviction, waiting for their workers.
-#[derive(Default)]
-pub struct Evictions {
-    pending: Mutex<HashMap<String, String>>,
-}
-
-impl Evictions {
-    pub fn mark(&self, uid: &str, message: String) {
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(uid.to_string(), message);
-        }
-    }
-
-    /// The eviction message of a pod chosen for eviction (once).
-    pub fn take(&self, uid: &str) -> Option<String> {
-        self.pending.lock().ok()?.remove(uid)
-    }
-
-    pub fn any_pending(&self) -> bool {
-        self.pending.lock().map(|p| !p.is_empty()).unwrap_or(false)
     }
 }
 

@@ -7,13 +7,16 @@ mod events;
 pub mod eviction;
 pub mod image_gc;
 pub mod log_rotation;
+mod logind;
 pub mod node;
+pub mod node_shutdown;
 mod probes;
 mod pull_secrets;
 pub mod resource_metrics;
 pub mod resource_stats;
 pub mod static_pods;
 pub mod status;
+pub mod termination;
 pub mod volumes;
 mod worker;
 
@@ -51,10 +54,14 @@ pub struct Kubelet {
     pub stats: resource_stats::ResourceStats,
     /// `--eviction-hard`.
     pub thresholds: eviction::Thresholds,
-    /// Pods chosen for eviction, for their workers to stop.
-    pub evictions: eviction::Evictions,
+    /// Pods the kubelet ends itself (evictions, node shutdown), for their workers to stop.
+    pub terminations: termination::PodTerminations,
     /// Unused images deleted when the image filesystem fills.
     pub image_gc: image_gc::ImageGc,
+    /// Graceful node shutdown's grace periods (`--kubelet-arg shutdown-grace-period`).
+    pub shutdown_policy: node_shutdown::ShutdownPolicy,
+    /// Whether the node is shutting down (shared with the node's status).
+    pub shutdown_state: Arc<node_shutdown::ShutdownState>,
 }
 
 impl Kubelet {
@@ -77,8 +84,10 @@ impl Kubelet {
             allocatable: RwLock::new(BTreeMap::new()),
             stats: resource_stats::ResourceStats::default(),
             thresholds: eviction::Thresholds::default(),
-            evictions: eviction::Evictions::default(),
+            terminations: termination::PodTerminations::default(),
             image_gc: image_gc::ImageGc::new(image_gc::ImageGcPolicy::default(), []),
+            shutdown_policy: node_shutdown::ShutdownPolicy::default(),
+            shutdown_state: Arc::default(),
         }
     }
 
@@ -156,6 +165,11 @@ pub async fn run(k: Arc<Kubelet>, shutdown: CancellationToken) -> anyhow::Result
     let mut image_gc = tokio::time::interval(Duration::from_secs(30));
     let mut seen_states: HashMap<String, (String, State)> = HashMap::new();
     let mut synced = false;
+    // The shutdown manager reaches pod workers by uid through here.
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<String>();
+    let node_shutdown = node_shutdown::run(k.clone(), store.clone(), wake_tx, stop.clone());
+    tokio::pin!(node_shutdown);
+    let mut node_shutdown_done = false;
     let notify =
         |workers: &mut HashMap<String, WorkerHandle>, running: &mut JoinSet<String>, pod: &Pod| {
             let Some(uid) = pod.metadata.uid.clone() else {
@@ -252,6 +266,17 @@ pub async fn run(k: Arc<Kubelet>, shutdown: CancellationToken) -> anyhow::Result
                 evict_under_pressure(&k, &store, &workers).await;
             }
             _ = image_gc.tick(), if synced => collect_images(&k).await,
+            Some(uid) = wake_rx.recv() => {
+                if let Some(h) = workers.get(&uid) {
+                    let _ = h.wake.try_send(());
+                }
+            }
+            r = &mut node_shutdown, if !node_shutdown_done => {
+                node_shutdown_done = true;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "the node shutdown manager stopped");
+                }
+            }
         }
     }
     stop.cancel();
@@ -281,7 +306,7 @@ async fn evict_under_pressure(
     store: &Store<Pod>,
     workers: &HashMap<String, WorkerHandle>,
 ) {
-    if k.evictions.any_pending() {
+    if k.terminations.any_pending() {
         return;
     }
     let signals = node::signals(&k.pods_dir);
@@ -330,7 +355,15 @@ async fn evict_under_pressure(
         return;
     };
     tracing::warn!(namespace = %pod.metadata.namespace.clone().unwrap_or_default(), pod = %pod.metadata.name.clone().unwrap_or_default(), ?pressure, "evicting");
-    k.evictions.mark(&uid, message);
+    k.terminations.request(
+        &uid,
+        termination::Termination {
+            reason: "Evicted",
+            message,
+            grace: Duration::ZERO,
+            done: None,
+        },
+    );
     if let Some(h) = workers.get(&uid) {
         let _ = h.wake.try_send(());
     }

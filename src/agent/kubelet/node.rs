@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub kubelet_port: u16,
     /// The hard eviction thresholds: pressure conditions and what is allocatable.
     pub eviction: super::eviction::Thresholds,
+    /// Whether the node is shutting down (NotReady then).
+    pub shutdown: std::sync::Arc<super::node_shutdown::ShutdownState>,
 }
 
 /// The eviction signals of the node whose data lives at `dir`.
@@ -210,10 +212,13 @@ impl NodeAgent {
     async fn status(&self, previous: Option<&NodeStatus>) -> NodeStatus {
         let m = machine(&self.config.data_dir);
         let runtime = self.cri.version().await.ok();
-        let not_ready = match self.cri.not_ready().await {
+        let mut not_ready = match self.cri.not_ready().await {
             Ok(list) => list,
             Err(e) => vec![format!("container runtime is down: {e}")],
         };
+        if self.config.shutdown.shutting_down() {
+            not_ready.push(super::node_shutdown::NOT_READY.to_string());
+        }
         let capacity = BTreeMap::from([
             ("cpu".to_string(), q(m.cpus.to_string())),
             ("memory".to_string(), q(format!("{}Ki", m.memory / 1024))),
@@ -422,9 +427,11 @@ impl NodeAgent {
         let mut last_status = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
+            // A node shutdown is reported at once.
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
+                _ = self.config.shutdown.changed() => {}
             }
             let uid = node.metadata.uid.clone().unwrap_or_default();
             if let Err(e) = self.renew_lease(&uid).await {

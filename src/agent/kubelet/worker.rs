@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 
@@ -15,7 +15,7 @@ use super::actions::run_hook;
 use super::probes::{Probes, Running};
 use super::status::{self, Observed};
 use super::volumes::{self, Prepared, Refresh, VolumeContext};
-use super::{env, Kubelet};
+use super::{env, node_shutdown, termination, Kubelet};
 use crate::agent::cri::container::Resources;
 use crate::agent::cri::{ContainerDetail, ContainerSpec, MountSpec, SandboxSpec, State};
 use crate::resources::quantity::milli;
@@ -70,6 +70,9 @@ pub struct PodWorker {
     probes: Probes,
     /// When the pod's sandbox was first seen not ready while its containers still ran.
     sandbox_unready_since: Option<Instant>,
+    /// Set once the kubelet ended or refused the pod itself: it is finished whatever the
+    /// (possibly stale) pod in the store still says.
+    ended: bool,
 }
 
 fn ns_name(pod: &Pod) -> (String, String) {
@@ -102,6 +105,7 @@ impl PodWorker {
             handled_exit: HashMap::new(),
             probes: Probes::default(),
             sandbox_unready_since: None,
+            ended: false,
         }
     }
 
@@ -315,14 +319,35 @@ impl PodWorker {
             .unwrap_or_default();
         let mut next = Duration::from_secs(10);
 
-        if let Some(message) = k.evictions.take(&self.uid) {
-            self.evict(pod, &message).await?;
+        if let Some(t) = k.terminations.take(&self.uid) {
+            self.ended = true;
+            self.terminate(pod, t).await?;
             return Ok(Next::After(Duration::from_secs(60)));
         }
 
         // A finished pod keeps its containers (for logs) but not its sandbox.
-        if phase == "Succeeded" || phase == "Failed" {
+        if self.ended || phase == "Succeeded" || phase == "Failed" {
             self.stop_sandboxes().await?;
+            return Ok(Next::After(Duration::from_secs(60)));
+        }
+
+        // kube's admission: a pod that has not started is not admitted while the node shuts
+        // down.
+        if k.shutdown_state.shutting_down()
+            && !k
+                .cri
+                .list_sandboxes()
+                .await?
+                .iter()
+                .any(|s| s.uid == self.uid)
+        {
+            self.ended = true;
+            self.reject(
+                pod,
+                node_shutdown::REJECTED_REASON,
+                node_shutdown::REJECTED_MESSAGE,
+            )
+            .await;
             return Ok(Next::After(Duration::from_secs(60)));
         }
 
@@ -647,26 +672,7 @@ impl PodWorker {
                 let _ = k.cri.remove_container(&old.id).await;
             }
         }
-        // Fresh runtime state for the status.
-        let mut fresh: BTreeMap<String, Vec<ContainerDetail>> = BTreeMap::new();
-        for c in k
-            .cri
-            .list_containers()
-            .await?
-            .into_iter()
-            .filter(|c| c.pod_uid == self.uid)
-        {
-            if let Ok(d) = k.cri.container_status(&c.id).await {
-                fresh.entry(c.name.clone()).or_default().push(d);
-            }
-        }
-        for list in fresh.values_mut() {
-            list.sort_by(|a, b| {
-                b.attempt
-                    .cmp(&a.attempt)
-                    .then(b.created_at.cmp(&a.created_at))
-            });
-        }
+        let fresh = self.runtime_details().await?;
         let obs = Observed {
             sandbox_ready: true,
             pod_ips,
@@ -702,48 +708,132 @@ impl PodWorker {
         Ok(())
     }
 
-    /// Evicts the pod (the eviction manager chose it): its containers stop at once, it is
-    /// marked Failed with reason Evicted and kube's DisruptionTarget condition, and an
-    /// Evicted event says why.
-    async fn evict(&self, pod: &Pod, message: &str) -> Result<(), crate::agent::cri::Error> {
-        let k = &self.k;
-        self.stop_sandboxes().await?;
-        k.events.pod(pod, None, true, "Evicted", message).await;
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let mut conditions: Vec<serde_json::Value> = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| c.type_ != "DisruptionTarget")
-            .filter_map(|mut c| {
-                if matches!(c.type_.as_str(), "Ready" | "ContainersReady") {
-                    c.status = "False".into();
-                    c.reason = Some("PodFailed".into());
-                    c.last_transition_time = Some(now.clone());
-                }
-                serde_json::to_value(c).ok()
-            })
-            .collect();
-        conditions.push(serde_json::json!({
-            "type": "DisruptionTarget",
-            "status": "True",
-            "reason": "TerminationByKubelet",
-            "message": message,
-            "lastTransitionTime": now,
-        }));
+    /// Refuses the pod, as the kubelet's admission does: a Warning event, and the pod Failed
+    /// with the reason (its QoS class kept).
+    async fn reject(&self, pod: &Pod, reason: &str, message: &str) {
+        self.k.events.pod(pod, None, true, reason, message).await;
         let (ns, name) = ns_name(pod);
         let patch = serde_json::json!({
             "metadata": {"uid": self.uid},
-            "status": {"phase": "Failed", "reason": "Evicted", "message": message, "conditions": conditions},
+            "status": {"phase": "Failed", "reason": reason, "message": format!("Pod was rejected: {message}")},
         });
+        let api: Api<Pod> = Api::namespaced(self.k.client.clone(), &ns);
+        if let Err(e) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(namespace = %ns, pod = %name, reason, error = %e, "recording the pod's rejection failed");
+        }
+    }
+
+    /// Every container the runtime has for this pod, by name, newest attempt first.
+    async fn runtime_details(
+        &self,
+    ) -> Result<BTreeMap<String, Vec<ContainerDetail>>, crate::agent::cri::Error> {
+        let cri = &self.k.cri;
+        let mut fresh: BTreeMap<String, Vec<ContainerDetail>> = BTreeMap::new();
+        for c in cri
+            .list_containers()
+            .await?
+            .into_iter()
+            .filter(|c| c.pod_uid == self.uid)
+        {
+            if let Ok(d) = cri.container_status(&c.id).await {
+                fresh.entry(c.name.clone()).or_default().push(d);
+            }
+        }
+        for list in fresh.values_mut() {
+            list.sort_by(|a, b| {
+                b.attempt
+                    .cmp(&a.attempt)
+                    .then(b.created_at.cmp(&a.created_at))
+            });
+        }
+        Ok(fresh)
+    }
+
+    /// Ends the pod for the kubelet's own reasons (eviction, node shutdown): its running
+    /// containers get `t.grace` (preStop hooks first; none at all when zero), then the pod
+    /// is marked Failed with `t.reason` and kube's DisruptionTarget condition. An evicted
+    /// pod also gets an Evicted event.
+    async fn terminate(
+        &self,
+        pod: &Pod,
+        t: termination::Termination,
+    ) -> Result<(), crate::agent::cri::Error> {
+        let k = &self.k;
+        if !t.grace.is_zero() {
+            let running: Vec<_> = k
+                .cri
+                .list_containers()
+                .await?
+                .into_iter()
+                .filter(|c| c.pod_uid == self.uid && c.state == State::Running)
+                .collect();
+            futures::future::join_all(running.iter().map(|c| async move {
+                k.events
+                    .pod(
+                        pod,
+                        Some(&c.name),
+                        false,
+                        "Killing",
+                        &format!("Stopping container {}", c.name),
+                    )
+                    .await;
+                let spec = container_spec(pod, &c.name);
+                self.stop_one(Some(pod), spec, &c.id, &c.sandbox_id, t.grace)
+                    .await;
+            }))
+            .await;
+        }
+        self.stop_sandboxes().await?;
+        if t.reason == "Evicted" {
+            k.events.pod(pod, None, true, "Evicted", &t.message).await;
+        }
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let previous = pod.status.clone().unwrap_or_default();
+        let obs = Observed {
+            sandbox_ready: false,
+            pod_ips: previous
+                .pod_ips
+                .iter()
+                .flatten()
+                .map(|ip| ip.ip.clone())
+                .collect(),
+            host_ip: k.node_ip.clone(),
+            containers: self.runtime_details().await.unwrap_or_default(),
+            failed: Some((t.reason.to_string(), t.message.clone())),
+            ..Default::default()
+        };
+        let mut fresh = status::compute(pod, &obs, now.clone());
+        let mut conditions: Vec<PodCondition> = fresh
+            .conditions
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.type_ != "DisruptionTarget")
+            .collect();
+        conditions.push(PodCondition {
+            type_: "DisruptionTarget".into(),
+            status: "True".into(),
+            reason: Some("TerminationByKubelet".into()),
+            message: Some(t.message.clone()),
+            last_transition_time: Some(now),
+            ..Default::default()
+        });
+        fresh.conditions = Some(conditions);
+        let (ns, name) = ns_name(pod);
+        let patch =
+            serde_json::json!({"metadata": {"uid": self.uid}, "status": status_json(&fresh)});
         let api: Api<Pod> = Api::namespaced(k.client.clone(), &ns);
         if let Err(e) = api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            tracing::warn!(namespace = %ns, pod = %name, error = %e, "recording the eviction failed");
+            tracing::warn!(namespace = %ns, pod = %name, reason = t.reason, error = %e, "recording the pod's termination failed");
+        }
+        if let Some(done) = t.done {
+            let _ = done.send(());
         }
         Ok(())
     }
