@@ -291,7 +291,8 @@ async fn handle(
         .registry
         .for_request(dry_run)
         .managed_by(&manager)
-        .by_node(super::rbac::node::node_of(user));
+        .by_node(super::rbac::node::node_of(user))
+        .requested_by(user);
     let shape = Representation::from_accept(accept);
     let ns = ns.as_deref();
     match (info.verb, sub) {

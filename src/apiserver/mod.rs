@@ -1,6 +1,7 @@
 //! The Kubernetes API server: the only module that speaks Kubernetes HTTP, writes metav1
 //! Status errors and writes `/registry` keys. HTTPS with client-certificate authentication
 //! for the world, and the same router in-process for krab's own loops (`router_as`).
+mod admission_webhook;
 mod apply;
 mod auth;
 mod crd;
@@ -170,6 +171,11 @@ impl ApiServer {
         )?;
         let policy = self.policy.run(self.registry.clone(), shutdown.clone());
         let crds = self.crds.run(self.registry.clone(), shutdown.clone());
+        let webhooks = self
+            .registry
+            .webhooks
+            .clone()
+            .run(self.registry.clone(), shutdown.clone());
         let cache = {
             let cache = self.registry.cache.clone();
             let ds = self.registry.ds.clone();
@@ -188,11 +194,12 @@ impl ApiServer {
             self.bootstrapped,
             shutdown.clone(),
         );
-        let (served, (), (), (), ()) = tokio::join!(
+        let (served, (), (), (), (), ()) = tokio::join!(
             crate::https::serve(listener, tls, self.router, shutdown),
             bootstrap,
             policy,
             crds,
+            webhooks,
             cache
         );
         // Streams to kubelets end with the shutdown; wait for them to unwind.

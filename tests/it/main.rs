@@ -1,5 +1,6 @@
 //! Black-box tests of the `krab` binary with real tools (etcdctl, etcd-server). One test
 //! binary with modules, so the crate is linked once.
+mod admission_webhooks;
 mod agent;
 mod busybox_image;
 mod cluster;

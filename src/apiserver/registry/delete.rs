@@ -137,6 +137,9 @@ impl Registry {
                 )));
             }
         }
+        if let Some(req) = self.admission(r, "", "DELETE", ns, name) {
+            self.webhooks.validate(self, &req, None, Some(&obj)).await?;
+        }
         if r.group.is_empty() && r.plural == "namespaces" {
             return self
                 .delete_namespace(r, key, current.mod_revision, obj, name)

@@ -37,6 +37,11 @@ pub struct Registry {
     manager: Option<Arc<str>>,
     /// The node (kubelet) this request comes from, for NodeRestriction's checks.
     node: Option<Arc<str>>,
+    /// Who makes this request; admission webhooks are called only for users' requests
+    /// (not for the API server's own writes).
+    user: Option<Arc<super::auth::User>>,
+    /// The admission webhooks, shared by every request.
+    pub webhooks: super::admission_webhook::AdmissionWebhooks,
     pub services: Arc<ServiceNetwork>,
     /// LISTs and WATCHes answered from memory (`watch_cache`), filled once the server runs.
     pub cache: super::watch_cache::WatchCache,
@@ -112,6 +117,8 @@ impl Registry {
             dry_run: false,
             manager: None,
             node: None,
+            user: None,
+            webhooks: super::admission_webhook::AdmissionWebhooks::default(),
             services: Arc::new(services),
             cache: super::watch_cache::WatchCache::default(),
             event_lease: Arc::default(),
@@ -178,6 +185,32 @@ impl Registry {
     pub fn by_node(mut self, node: Option<&str>) -> Registry {
         self.node = node.map(Arc::from);
         self
+    }
+
+    /// This registry writing for `user` (admission webhooks see who asks).
+    pub fn requested_by(mut self, user: &super::auth::User) -> Registry {
+        self.user = Some(Arc::new(user.clone()));
+        self
+    }
+
+    /// The request as admission webhooks see it, when a user makes it.
+    fn admission<'a>(
+        &'a self,
+        r: &'a Resource,
+        subresource: &'a str,
+        operation: &'static str,
+        ns: Option<&'a str>,
+        name: &'a str,
+    ) -> Option<super::admission_webhook::Request<'a>> {
+        Some(super::admission_webhook::Request {
+            r,
+            subresource,
+            operation,
+            namespace: ns,
+            name,
+            user: self.user.as_deref()?,
+            dry_run: self.dry_run,
+        })
     }
 
     fn manager(&self) -> &str {
@@ -352,10 +385,17 @@ impl Registry {
         if r.group.is_empty() && r.plural == "persistentvolumeclaims" {
             self.admit_default_class(&mut obj).await?;
         }
+        let admission = self.admission(r, "", "CREATE", ns, &name);
+        if let Some(req) = &admission {
+            self.webhooks.mutate(self, req, &mut obj, None).await?;
+        }
         protect_storage(r, &mut obj);
         strategy::admit_create(r, &mut obj)?;
         if let Some(node) = &self.node {
             node_restriction::admit(r, node, None, &obj, "")?;
+        }
+        if let Some(req) = &admission {
+            self.webhooks.validate(self, req, Some(&obj), None).await?;
         }
         let key = r.key(ns, &name);
         let is_service = r.group.is_empty() && r.plural == "services";
@@ -478,12 +518,23 @@ impl Registry {
             }
         }
         check_finalizers_while_deleting(r, &stored, &obj)?;
-        strategy::prepare_update(r, write, &stored, &mut obj)?;
         let subresource = if write == Write::Status { "status" } else { "" };
+        let admission = self.admission(r, subresource, "UPDATE", ns, name);
+        if let Some(req) = &admission {
+            self.webhooks
+                .mutate(self, req, &mut obj, Some(&stored))
+                .await?;
+        }
+        strategy::prepare_update(r, write, &stored, &mut obj)?;
         if let Some(node) = &self.node {
             node_restriction::admit(r, node, Some(&stored), &obj, subresource)?;
         }
         super::apply::track_update(r, Some(&stored), &mut obj, self.manager(), subresource);
+        if let Some(req) = &admission {
+            self.webhooks
+                .validate(self, req, Some(&obj), Some(&stored))
+                .await?;
+        }
         let is_service = r.group.is_empty() && r.plural == "services";
         if is_service {
             service::allocate(&self.ds, &self.services, &mut obj, Some(&stored)).await?;

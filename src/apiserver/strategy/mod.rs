@@ -7,7 +7,7 @@ pub mod event;
 mod pod;
 pub mod service;
 pub mod service_alloc;
-mod workload;
+pub mod workload;
 
 use serde_json::{json, Value};
 
