@@ -289,6 +289,26 @@ fn upstream_for(
 }
 
 /// A JSON document from the kubelet of `node` (e.g. `/stats/summary`).
+/// The admission webhooks' say on a CONNECT to a pod.
+async fn connect_admission(
+    state: &ApiState,
+    user: &User,
+    sub: &str,
+    ns: &str,
+    name: &str,
+    options: &Value,
+) -> Result<(), ApiError> {
+    let Some(pods) = super::resources::find("", "v1", "pods") else {
+        return Ok(());
+    };
+    state
+        .registry
+        .clone()
+        .requested_by(user)
+        .admit_connect(pods, sub, ns, name, options)
+        .await
+}
+
 pub async fn fetch_json(state: &ApiState, node: &Value, path: &str) -> Result<Value, ApiError> {
     let name = node
         .pointer("/metadata/name")
@@ -397,6 +417,24 @@ pub async fn serve(
                     if *sub == "exec" && param("command").is_none() {
                         return Err(ApiError::bad_request("you must specify at least 1 command"));
                     }
+                    let flag = |k: &str| matches!(param(k), Some("true" | "1"));
+                    let mut options = serde_json::json!({
+                        "kind": if *sub == "exec" { "PodExecOptions" } else { "PodAttachOptions" },
+                        "apiVersion": "v1",
+                        "stdin": flag("stdin"),
+                        "stdout": flag("stdout"),
+                        "stderr": flag("stderr"),
+                        "tty": flag("tty"),
+                        "container": c,
+                    });
+                    if *sub == "exec" {
+                        options["command"] = pairs
+                            .iter()
+                            .filter(|(k, _)| k == "command")
+                            .map(|(_, v)| Value::String(v.clone()))
+                            .collect();
+                    }
+                    connect_admission(state, user, sub, ns, name, &options).await?;
                     format!("/{sub}/{ns}/{name}/{c}?{}", stream_query(&pairs)?)
                 }
                 _ => {
@@ -405,6 +443,12 @@ pub async fn serve(
                         .filter(|(k, _)| k == "ports")
                         .map(|(_, v)| ("port", v.as_str()))
                         .collect();
+                    let options = serde_json::json!({
+                        "kind": "PodPortForwardOptions",
+                        "apiVersion": "v1",
+                        "ports": ports.iter().filter_map(|(_, p)| p.parse::<u16>().ok()).collect::<Vec<_>>(),
+                    });
+                    connect_admission(state, user, sub, ns, name, &options).await?;
                     let q = serde_urlencoded::to_string(&ports).unwrap_or_default();
                     format!("/portForward/{ns}/{name}?{q}")
                 }

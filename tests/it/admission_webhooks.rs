@@ -47,6 +47,15 @@ fn answer(path: &str, review: &Value) -> Value {
                 allowed
             }
         }
+        "/connect" => {
+            let what = format!(
+                "{} {} {}",
+                req["operation"].as_str().unwrap_or(""),
+                req["kind"]["kind"].as_str().unwrap_or(""),
+                req["object"]["command"][0].as_str().unwrap_or("")
+            );
+            json!({"uid": uid, "allowed": false, "status": {"message": format!("{what}: exec to pod '{}' is not allowed", req["name"].as_str().unwrap_or(""))}})
+        }
         "/deny-all" => json!({"uid": uid, "allowed": false}),
         _ => allowed,
     }
@@ -258,6 +267,41 @@ fn webhooks_deny_mutate_and_fail_as_kube_documents() {
     );
     s.kube_ok(&["label", "cm", "good", "protected-"]);
     s.kube_ok(&["delete", "cm", "good"]);
+
+    // CONNECTs are reviewed with their options.
+    let connect = format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: deny-exec\nwebhooks:\n{}",
+        webhook(
+            "deny-exec.krab.test",
+            port,
+            &ca,
+            "/connect",
+            "  rules:\n  - operations: [\"CONNECT\"]\n    apiGroups: [\"\"]\n    apiVersions: [\"v1\"]\n    resources: [\"pods/exec\", \"pods/attach\"]\n"
+        )
+    );
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "connect.yaml", &connect)]);
+    s.kube_ok(&[
+        "apply",
+        "-f",
+        &write(
+            dir.path(),
+            "pod.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: target\nspec:\n  nodeName: elsewhere\n  containers:\n  - name: c\n    image: busybox\n",
+        ),
+    ]);
+    let err = crate::support::wait_for(
+        "the exec webhook in effect",
+        Duration::from_secs(20),
+        || {
+            let out = s.kubectl(&["exec", "target", "--", "ls"]);
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            err.contains("denied the request").then_some(err)
+        },
+    );
+    assert!(
+        err.contains("admission webhook \"deny-exec.krab.test\" denied the request: CONNECT PodExecOptions ls: exec to pod 'target' is not allowed"),
+        "{err}"
+    );
 
     // A webhook that does not answer in time fails the request under Fail, not under Ignore.
     let slow = |policy: &str, resource: &str| {

@@ -47,7 +47,7 @@ pub struct AdmissionWebhooks {
 pub struct Request<'a> {
     pub r: &'a Resource,
     pub subresource: &'a str,
-    /// CREATE, UPDATE or DELETE.
+    /// CREATE, UPDATE, DELETE or CONNECT.
     pub operation: &'static str,
     pub namespace: Option<&'a str>,
     pub name: &'a str,
@@ -253,6 +253,19 @@ impl AdmissionWebhooks {
         Ok(changed)
     }
 
+    /// A CONNECT (exec, attach, port-forward): both kinds of webhooks see the options
+    /// object (`PodExecOptions`, ...); a mutating webhook's patch changes nothing.
+    pub async fn connect(
+        &self,
+        registry: &Registry,
+        req: &Request<'_>,
+        options: &Value,
+    ) -> Result<(), ApiError> {
+        let mut scratch = options.clone();
+        self.mutate(registry, req, &mut scratch, None).await?;
+        self.validate(registry, req, Some(options), None).await
+    }
+
     /// Runs the validating webhooks (all at once); `object` is None for a DELETE.
     pub async fn validate(
         &self,
@@ -371,16 +384,26 @@ async fn namespace_labels(
 /// The AdmissionReview sent for `req`.
 fn review(req: &Request<'_>, uid: &str, object: Option<&Value>, old: Option<&Value>) -> Value {
     let r = req.r;
-    let options_kind = match req.operation {
-        "CREATE" => "CreateOptions",
-        "UPDATE" => "UpdateOptions",
-        _ => "DeleteOptions",
+    let options = match req.operation {
+        "CREATE" => json!({"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}),
+        "UPDATE" => json!({"apiVersion": "meta.k8s.io/v1", "kind": "UpdateOptions"}),
+        "DELETE" => json!({"apiVersion": "meta.k8s.io/v1", "kind": "DeleteOptions"}),
+        _ => Value::Null,
+    };
+    // A CONNECT's object is its options (PodExecOptions, ...), and so is its kind.
+    let kind = match (req.operation, object) {
+        ("CONNECT", Some(o)) => json!({
+            "group": "",
+            "version": "v1",
+            "kind": o.get("kind").and_then(Value::as_str).unwrap_or(""),
+        }),
+        _ => json!({"group": r.group, "version": r.version, "kind": r.kind}),
     };
     let mut request = json!({
         "uid": uid,
-        "kind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "kind": kind,
         "resource": {"group": r.group, "version": r.version, "resource": r.plural},
-        "requestKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "requestKind": kind,
         "requestResource": {"group": r.group, "version": r.version, "resource": r.plural},
         "name": req.name,
         "operation": req.operation,
@@ -388,7 +411,7 @@ fn review(req: &Request<'_>, uid: &str, object: Option<&Value>, old: Option<&Val
         "object": object.cloned().unwrap_or(Value::Null),
         "oldObject": old.cloned().unwrap_or(Value::Null),
         "dryRun": req.dry_run,
-        "options": {"apiVersion": "meta.k8s.io/v1", "kind": options_kind},
+        "options": options,
     });
     if !req.subresource.is_empty() {
         request["subResource"] = json!(req.subresource);

@@ -213,6 +213,22 @@ impl Registry {
         })
     }
 
+    /// Admission of a CONNECT (`pods/exec`, `pods/attach`, `pods/portforward`): the
+    /// webhooks see the options object.
+    pub async fn admit_connect(
+        &self,
+        r: &Resource,
+        subresource: &str,
+        ns: &str,
+        name: &str,
+        options: &Value,
+    ) -> Result<(), ApiError> {
+        match self.admission(r, subresource, "CONNECT", Some(ns), name) {
+            Some(req) => self.webhooks.connect(self, &req, options).await,
+            None => Ok(()),
+        }
+    }
+
     fn manager(&self) -> &str {
         self.manager.as_deref().unwrap_or("kube-apiserver")
     }
