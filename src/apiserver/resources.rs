@@ -444,7 +444,26 @@ pub const RESOURCES: &[Resource] = &[
         false,
     )
     .sub(STATUS),
-    // admissionregistration.k8s.io/v1 (stored; webhooks are not called yet)
+    // flowcontrol.apiserver.k8s.io/v1 (stored; requests are not queued by them)
+    res(
+        "flowcontrol.apiserver.k8s.io",
+        "flowschemas",
+        "flowschema",
+        "FlowSchema",
+        false,
+    )
+    .sub(STATUS)
+    .generation(),
+    res(
+        "flowcontrol.apiserver.k8s.io",
+        "prioritylevelconfigurations",
+        "prioritylevelconfiguration",
+        "PriorityLevelConfiguration",
+        false,
+    )
+    .sub(STATUS)
+    .generation(),
+    // admissionregistration.k8s.io/v1 (webhooks called by `admission_webhook`; policies stored)
     res(
         "admissionregistration.k8s.io",
         "mutatingwebhookconfigurations",

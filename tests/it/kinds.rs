@@ -731,3 +731,46 @@ fn priority_classes_set_pod_priority_and_the_kubernetes_service_has_endpoints() 
     ]);
     assert_eq!(slice, "127.0.0.1");
 }
+
+#[test]
+fn api_priority_and_fairness_objects_are_served_with_kubes_defaults_and_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let objects = crate::support::write(
+        dir.path(),
+        "apf.yaml",
+        "apiVersion: flowcontrol.apiserver.k8s.io/v1\nkind: PriorityLevelConfiguration\nmetadata:\n  name: queued\nspec:\n  type: Limited\n  limited:\n    limitResponse:\n      type: Queue\n      queuing:\n        queues: 16\n---\napiVersion: flowcontrol.apiserver.k8s.io/v1\nkind: FlowSchema\nmetadata:\n  name: mine\nspec:\n  priorityLevelConfiguration:\n    name: queued\n  distinguisherMethod:\n    type: ByUser\n  rules:\n  - subjects:\n    - kind: Group\n      group:\n        name: system:authenticated\n    nonResourceRules:\n    - verbs: [\"*\"]\n      nonResourceURLs: [\"*\"]\n",
+    );
+    s.kube_ok(&["apply", "-f", &objects]);
+    let levels = s.kube_ok(&["get", "prioritylevelconfigurations", "queued"]);
+    let mut lines = levels.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        [
+            "NAME",
+            "TYPE",
+            "NOMINALCONCURRENCYSHARES",
+            "QUEUES",
+            "HANDSIZE",
+            "QUEUELENGTHLIMIT",
+            "AGE"
+        ]
+    );
+    assert_eq!(
+        lines
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .take(6)
+            .collect::<Vec<_>>(),
+        ["queued", "Limited", "30", "16", "8", "50"]
+    );
+    let schemas = s.kube_ok(&["get", "flowschemas", "mine", "--no-headers"]);
+    assert_eq!(
+        schemas.split_whitespace().take(4).collect::<Vec<_>>(),
+        ["mine", "queued", "1000", "ByUser"]
+    );
+    assert!(s
+        .kube_ok(&["explain", "flowschema.spec.matchingPrecedence"])
+        .contains("matchingPrecedence"));
+}

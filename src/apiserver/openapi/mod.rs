@@ -118,6 +118,12 @@ static V3: &[(&str, &[u8])] = &[
         include_bytes!("../../../embedded/openapi/v3/apis__events.k8s.io__v1.json.gz"),
     ),
     (
+        "apis/flowcontrol.apiserver.k8s.io/v1",
+        include_bytes!(
+            "../../../embedded/openapi/v3/apis__flowcontrol.apiserver.k8s.io__v1.json.gz"
+        ),
+    ),
+    (
         "apis/networking.k8s.io/v1",
         include_bytes!("../../../embedded/openapi/v3/apis__networking.k8s.io__v1.json.gz"),
     ),

@@ -4,6 +4,7 @@
 //! knows nothing about any particular kind.
 mod core;
 pub mod event;
+mod flowcontrol;
 mod pod;
 pub mod service;
 pub mod service_alloc;
@@ -56,6 +57,7 @@ pub fn default_create(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
         },
         "apps" | "batch" => workload::default(r, obj),
         "apiextensions.k8s.io" => super::crd::definition::default(obj),
+        "flowcontrol.apiserver.k8s.io" => flowcontrol::default(r, obj),
         _ => {}
     }
     Ok(())

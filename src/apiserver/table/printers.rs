@@ -835,6 +835,14 @@ pub fn printer(r: &Resource) -> (Vec<Column>, Cells) {
             ],
             binding_cells,
         ),
+        ("flowcontrol.apiserver.k8s.io", "flowschemas") => (
+            super::flowcontrol::flow_schema_columns(),
+            super::flowcontrol::flow_schema_cells,
+        ),
+        ("flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations") => (
+            super::flowcontrol::priority_level_columns(),
+            super::flowcontrol::priority_level_cells,
+        ),
         ("scheduling.k8s.io", "priorityclasses") => (
             vec![
                 NAME,
