@@ -10,7 +10,7 @@ GROUP_VERSIONS="api__v1 apis__apps__v1 apis__authentication.k8s.io__v1
   apis__networking.k8s.io__v1 apis__node.k8s.io__v1 apis__policy__v1
   apis__rbac.authorization.k8s.io__v1 apis__scheduling.k8s.io__v1 apis__storage.k8s.io__v1
   apis__admissionregistration.k8s.io__v1 apis__apiextensions.k8s.io__v1 apis__events.k8s.io__v1
-  apis__flowcontrol.apiserver.k8s.io__v1"
+  apis__flowcontrol.apiserver.k8s.io__v1 apis__apiregistration.k8s.io__v1"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 curl -fsSL -o "$tmp/k.zip" "https://proxy.golang.org/k8s.io/kubernetes/@v/$VERSION.zip"

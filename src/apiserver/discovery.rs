@@ -87,18 +87,31 @@ fn named_groups(customs: &[Resource]) -> Vec<(&'static str, Vec<&'static str>)> 
     out
 }
 
+fn group_entry(g: &str, versions: &[&str]) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    json!({"name": g, "versions": versions, "preferredVersion": versions.first()})
+}
+
 pub fn groups(customs: &[Resource]) -> Value {
     let groups: Vec<Value> = named_groups(customs)
         .into_iter()
-        .map(|(g, versions)| {
-            let versions: Vec<Value> = versions
-                .iter()
-                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
-                .collect();
-            json!({"name": g, "versions": versions, "preferredVersion": versions.first()})
-        })
+        .map(|(g, versions)| group_entry(g, &versions))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/<group>`: the APIGroup document of one served group, or None.
+pub fn group(name: &str, customs: &[Resource]) -> Option<Value> {
+    let (g, versions) = named_groups(customs)
+        .into_iter()
+        .find(|(g, _)| *g == name)?;
+    let mut doc = group_entry(g, &versions);
+    doc["kind"] = json!("APIGroup");
+    doc["apiVersion"] = json!("v1");
+    Some(doc)
 }
 
 /// The APIResourceList of one group version, or None if it is not served.

@@ -786,6 +786,7 @@ fn serve_discovery(
         _ => {
             let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
             match parts.as_slice() {
+                ["apis", group] => discovery::group(group, customs),
                 ["apis", group, version] => discovery::resources(group, version, customs),
                 _ => return None,
             }

@@ -222,6 +222,10 @@ async fn bootstrap(
         let attempt = async {
             registry.ensure_system_namespaces().await?;
             registry.ensure_system_priority_classes().await?;
+            // Not essential to serving: a failure is reported, not retried forever.
+            if let Err(e) = registry.ensure_local_api_services().await {
+                tracing::warn!(error = %e, "cannot create the local APIServices");
+            }
             rbac::bootstrap::ensure(&registry).await?;
             registry.ensure_kubernetes_service(port).await?;
             registry.ensure_kube_dns_service().await?;

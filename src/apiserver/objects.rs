@@ -71,8 +71,9 @@ pub fn validate_name(r: &Resource, name: &str) -> Result<(), ApiError> {
              with an alphabetic character, and end with an alphanumeric character (e.g. \
              'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
         ),
-        // RBAC objects are named by any valid path segment (`system:node`).
-        ("rbac.authorization.k8s.io", _) => match name {
+        // RBAC objects are named by any valid path segment (`system:node`), and so are
+        // APIServices (`v1.` for the core group).
+        ("rbac.authorization.k8s.io", _) | ("apiregistration.k8s.io", _) => match name {
             "." => Some("may not be '.'"),
             ".." => Some("may not be '..'"),
             n if n.contains('/') => Some("may not contain '/'"),

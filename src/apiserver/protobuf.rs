@@ -218,6 +218,27 @@ fn message(m: &DynamicMessage) -> Value {
         "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON" => {
             return raw_json(m, "raw")
         }
+        // The schema unions print as one of their cases, as their Go MarshalJSON does.
+        "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrArray" => {
+            return match m.get_field_by_name("jSONSchemas").as_deref() {
+                Some(PValue::List(l)) if !l.is_empty() => value(&PValue::List(l.clone())),
+                _ => present(m, "schema").unwrap_or(Value::Null),
+            };
+        }
+        "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrBool" => {
+            return present(m, "schema").unwrap_or_else(|| {
+                json!(matches!(
+                    m.get_field_by_name("allows").as_deref(),
+                    Some(PValue::Bool(true))
+                ))
+            });
+        }
+        "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrStringArray" => {
+            return match m.get_field_by_name("property").as_deref() {
+                Some(PValue::List(l)) if !l.is_empty() => value(&PValue::List(l.clone())),
+                _ => present(m, "schema").unwrap_or(Value::Null),
+            };
+        }
         _ => {}
     }
     // Slice aliases (ExtraValue, ...) are a message with one repeated `items` field.
@@ -230,6 +251,12 @@ fn message(m: &DynamicMessage) -> Value {
     let mut out = Map::new();
     fill(m, &mut out);
     Value::Object(out)
+}
+
+/// A message field's JSON when the field is set.
+fn present(m: &DynamicMessage, field: &str) -> Option<Value> {
+    let f = m.descriptor().get_field_by_name(field)?;
+    m.has_field(&f).then(|| value(&m.get_field(&f)))
 }
 
 fn fill(m: &DynamicMessage, out: &mut Map<String, Value>) {
@@ -398,5 +425,33 @@ mod tests {
         assert_eq!(message(&ios), json!("http"));
         assert!(decode(b"{}").is_err());
         assert_eq!(go_duration(3_723_000_000_000), "1h2m3s");
+    }
+
+    #[test]
+    fn schema_unions_print_as_the_case_they_hold() {
+        let pool = POOL.as_ref().unwrap();
+        let v1 = "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1";
+        let msg =
+            |n: &str| DynamicMessage::new(pool.get_message_by_name(&format!("{v1}.{n}")).unwrap());
+        let mut item = msg("JSONSchemaProps");
+        item.set_field_by_name("type", PValue::String("string".into()));
+        let mut items = msg("JSONSchemaPropsOrArray");
+        items.set_field_by_name("schema", PValue::Message(item.clone()));
+        let mut extra = msg("JSONSchemaPropsOrBool");
+        extra.set_field_by_name("allows", PValue::Bool(true));
+        let mut array = msg("JSONSchemaProps");
+        array.set_field_by_name("type", PValue::String("array".into()));
+        array.set_field_by_name("items", PValue::Message(items));
+        array.set_field_by_name("additionalItems", PValue::Message(extra));
+        assert_eq!(
+            message(&array),
+            json!({"type": "array", "items": {"type": "string"}, "additionalItems": true})
+        );
+        let mut deps = msg("JSONSchemaPropsOrStringArray");
+        deps.set_field_by_name("property", PValue::List(vec![PValue::String("a".into())]));
+        assert_eq!(message(&deps), json!(["a"]));
+        let mut with_schema = msg("JSONSchemaPropsOrBool");
+        with_schema.set_field_by_name("schema", PValue::Message(item));
+        assert_eq!(message(&with_schema), json!({"type": "string"}));
     }
 }

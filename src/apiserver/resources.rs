@@ -444,6 +444,15 @@ pub const RESOURCES: &[Resource] = &[
         false,
     )
     .sub(STATUS),
+    // apiregistration.k8s.io/v1 (the local APIServices of the served groups; no aggregation)
+    res(
+        "apiregistration.k8s.io",
+        "apiservices",
+        "apiservice",
+        "APIService",
+        false,
+    )
+    .sub(STATUS),
     // flowcontrol.apiserver.k8s.io/v1 (stored; requests are not queued by them)
     res(
         "flowcontrol.apiserver.k8s.io",

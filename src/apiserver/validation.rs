@@ -177,6 +177,11 @@ impl FieldErrors {
 }
 
 /// kube's DNS-1123 label check (names of namespaces, services, containers, ports).
+/// `[a-z]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (kube's IsDNS1035Label).
+pub fn dns1035_label(s: &str) -> bool {
+    dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
 pub fn dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()

@@ -774,3 +774,33 @@ fn api_priority_and_fairness_objects_are_served_with_kubes_defaults_and_columns(
         .kube_ok(&["explain", "flowschema.spec.matchingPrecedence"])
         .contains("matchingPrecedence"));
 }
+
+#[test]
+fn each_group_has_its_discovery_document_and_a_local_api_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let group: serde_json::Value =
+        serde_json::from_str(&s.kube_ok(&["get", "--raw", "/apis/admissionregistration.k8s.io"]))
+            .unwrap();
+    assert_eq!(group["kind"], "APIGroup");
+    assert_eq!(
+        group["preferredVersion"]["groupVersion"],
+        "admissionregistration.k8s.io/v1"
+    );
+    assert!(s
+        .kube_err(&["get", "--raw", "/apis/nothing.example.com"])
+        .contains("NotFound"));
+    let services =
+        crate::support::wait_for("the local APIServices", Duration::from_secs(10), || {
+            let out = s.kube_ok(&["get", "apiservices", "--no-headers"]);
+            out.contains("v1.apps").then_some(out)
+        });
+    let core: Vec<&str> = services
+        .lines()
+        .find(|l| l.starts_with("v1. "))
+        .unwrap()
+        .split_whitespace()
+        .take(3)
+        .collect();
+    assert_eq!(core, ["v1.", "Local", "True"]);
+}

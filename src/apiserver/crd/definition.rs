@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::schema::Schema;
 use crate::apiserver::resources::{self, intern, intern_list, Resource};
-use crate::apiserver::validation::{dns1123_label, dns1123_subdomain, FieldErrors};
+use crate::apiserver::validation::{dns1035_label, dns1123_label, dns1123_subdomain, FieldErrors};
 
 /// The finalizer that holds a deleted CRD until its objects are gone.
 pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
@@ -266,9 +266,8 @@ pub fn validate(crd: &Value, old: Option<&Value>, errs: &mut FieldErrors) {
     let kind = s(crd, "/spec/names/kind");
     if kind.is_empty() {
         errs.required("spec.names.kind", "");
-    } else if !kind.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        || !kind.chars().all(|c| c.is_ascii_alphanumeric())
-    {
+    } else if !dns1035_label(&kind.to_ascii_lowercase()) {
+        // kube checks the lowercased kind as a DNS-1035 label.
         errs.invalid(
             "spec.names.kind",
             &json!(kind),
@@ -482,6 +481,19 @@ mod tests {
         let mut errs = FieldErrors::default();
         validate(&crd(), None, &mut errs);
         assert!(errs.is_empty(), "{errs:?}");
+        // Kinds are checked lowercased, dashes allowed (the conformance suite's kinds).
+        for (kind, ok) in [
+            ("e2e-test-crd-1", true),
+            ("MyKind2", true),
+            ("2Kind", false),
+            ("Kind_x", false),
+        ] {
+            let mut c = crd();
+            c["spec"]["names"]["kind"] = json!(kind);
+            let mut errs = FieldErrors::default();
+            validate(&c, None, &mut errs);
+            assert_eq!(errs.is_empty(), ok, "{kind}: {errs:?}");
+        }
     }
 
     #[test]

@@ -90,6 +90,10 @@ static V3: &[(&str, &[u8])] = &[
         include_bytes!("../../../embedded/openapi/v3/apis__authorization.k8s.io__v1.json.gz"),
     ),
     (
+        "apis/apiregistration.k8s.io/v1",
+        include_bytes!("../../../embedded/openapi/v3/apis__apiregistration.k8s.io__v1.json.gz"),
+    ),
+    (
         "apis/apps/v1",
         include_bytes!("../../../embedded/openapi/v3/apis__apps__v1.json.gz"),
     ),

@@ -1,5 +1,6 @@
 //! The objects every cluster has, created when missing on each start: the system
-//! namespaces, the two system PriorityClasses, the `kubernetes` Service with its Endpoints
+//! namespaces, the two system PriorityClasses, the local APIServices of the built-in group
+//! versions, the `kubernetes` Service with its Endpoints
 //! and EndpointSlice (this server's address), and the `kube-dns` Service. Another server of
 //! the cluster may create them at the same time; that is no error.
 use axum::http::StatusCode;
@@ -30,6 +31,52 @@ impl Registry {
             });
             match self.create(r, None, pc).await {
                 Ok(_) | Err(ApiError { reason: "AlreadyExists", .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// An APIService per served built-in group version ("v1.", "v1.apps", ...), Local and
+    /// Available, as kube-apiserver's autoregistration keeps them.
+    pub async fn ensure_local_api_services(&self) -> Result<(), ApiError> {
+        let Some(r) = resources::find("apiregistration.k8s.io", "v1", "apiservices") else {
+            return Ok(());
+        };
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for res in resources::RESOURCES.iter() {
+            if !seen.contains(&(res.group, res.version)) {
+                seen.push((res.group, res.version));
+            }
+        }
+        for (group, version) in seen {
+            let name = format!("{version}.{group}");
+            let service = json!({
+                "apiVersion": "apiregistration.k8s.io/v1",
+                "kind": "APIService",
+                "metadata": {"name": name, "labels": {"kube-aggregator.kubernetes.io/automanaged": "onstart"}},
+                "spec": {
+                    "group": group,
+                    "version": version,
+                    "groupPriorityMinimum": group_priority(group),
+                    "versionPriority": if version == "v1" { 15 } else { 30 },
+                },
+            });
+            match self.create(r, None, service).await {
+                Ok(mut created) => {
+                    created["status"] = json!({"conditions": [{
+                        "type": "Available",
+                        "status": "True",
+                        "lastTransitionTime": crate::apiserver::objects::now_rfc3339(),
+                        "reason": "Local",
+                        "message": "Local APIServices are always available",
+                    }]});
+                    self.update(r, None, &name, created, Write::Status).await?;
+                }
+                Err(ApiError {
+                    reason: "AlreadyExists",
+                    ..
+                }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -190,5 +237,31 @@ impl Registry {
             Err(e) => return Err(e),
         }
         Ok(())
+    }
+}
+
+/// kube-aggregator's groupPriorityMinimum of the built-in groups (higher comes first).
+fn group_priority(group: &str) -> i64 {
+    match group {
+        "" => 18000,
+        "apps" => 17800,
+        "events.k8s.io" => 17750,
+        "authentication.k8s.io" => 17700,
+        "authorization.k8s.io" => 17600,
+        "autoscaling" => 17500,
+        "batch" => 17400,
+        "certificates.k8s.io" => 17300,
+        "networking.k8s.io" => 17200,
+        "policy" => 17100,
+        "rbac.authorization.k8s.io" => 17000,
+        "storage.k8s.io" => 16800,
+        "admissionregistration.k8s.io" => 16700,
+        "scheduling.k8s.io" => 16600,
+        "coordination.k8s.io" => 16500,
+        "apiextensions.k8s.io" => 16400,
+        "node.k8s.io" => 16300,
+        "discovery.k8s.io" => 16200,
+        "flowcontrol.apiserver.k8s.io" => 16100,
+        _ => 1000,
     }
 }

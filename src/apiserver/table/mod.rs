@@ -1,8 +1,8 @@
 //! `as=Table` responses: the columns kube-apiserver prints for each kind, so `kubectl get`
 //! looks as users know it (wide columns at priority 1 for `-o wide`). Rows carry the
 //! object's metadata (PartialObjectMetadata). The printers live in `printers`.
-mod flowcontrol;
 mod printers;
+mod server_groups;
 
 use serde_json::{json, Value};
 

@@ -835,13 +835,17 @@ pub fn printer(r: &Resource) -> (Vec<Column>, Cells) {
             ],
             binding_cells,
         ),
+        ("apiregistration.k8s.io", "apiservices") => (
+            super::server_groups::api_service_columns(),
+            super::server_groups::api_service_cells,
+        ),
         ("flowcontrol.apiserver.k8s.io", "flowschemas") => (
-            super::flowcontrol::flow_schema_columns(),
-            super::flowcontrol::flow_schema_cells,
+            super::server_groups::flow_schema_columns(),
+            super::server_groups::flow_schema_cells,
         ),
         ("flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations") => (
-            super::flowcontrol::priority_level_columns(),
-            super::flowcontrol::priority_level_cells,
+            super::server_groups::priority_level_columns(),
+            super::server_groups::priority_level_cells,
         ),
         ("scheduling.k8s.io", "priorityclasses") => (
             vec![

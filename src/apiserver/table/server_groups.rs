@@ -1,5 +1,5 @@
-//! kube's printer columns for the API Priority and Fairness kinds (FlowSchema,
-//! PriorityLevelConfiguration).
+//! kube's printer columns for the kinds of the API server's own groups: API Priority and
+//! Fairness (FlowSchema, PriorityLevelConfiguration) and the aggregator's APIService.
 use serde_json::{json, Value};
 
 use super::{age, col, int, Column};
@@ -70,6 +70,34 @@ pub fn priority_level_cells(o: &Value) -> Vec<Value> {
         field(queuing, "queues"),
         field(queuing, "handSize"),
         field(queuing, "queueLengthLimit"),
+        json!(age(o)),
+    ]
+}
+
+pub fn api_service_columns() -> Vec<Column> {
+    vec![col("Name"), col("Service"), col("Available"), col("Age")]
+}
+
+pub fn api_service_cells(o: &Value) -> Vec<Value> {
+    let service = match s(o, "/spec/service/name") {
+        "" => "Local".to_string(),
+        name => format!("{}/{name}", s(o, "/spec/service/namespace")),
+    };
+    let available = o
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Available"));
+    let available = match available {
+        Some(c) if s(c, "/status") == "True" => "True".to_string(),
+        Some(c) => format!("{} ({})", s(c, "/status"), s(c, "/reason")),
+        None => "Unknown".to_string(),
+    };
+    vec![
+        json!(s(o, "/metadata/name")),
+        json!(service),
+        json!(available),
         json!(age(o)),
     ]
 }
