@@ -366,3 +366,32 @@ fn custom_objects_live_and_die_with_their_crd_namespace_and_owners() {
         );
     }
 }
+
+#[test]
+fn defaults_added_to_a_crd_apply_to_objects_already_stored_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let without = CRD.replace("                default: 1\n", "");
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "crd.yaml", &without)]);
+    s.kube_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/crontabs.stable.example.com",
+        "--timeout=20s",
+    ]);
+    let ct = "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: old\nspec:\n  image: busybox\n";
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "ct.yaml", ct)]);
+    assert_eq!(
+        s.kube_ok(&["get", "ct", "old", "-o", "jsonpath={.spec.replicas}"]),
+        ""
+    );
+    // The schema gains a default: the stored object reads with it (get, list, watch).
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "crd2.yaml", CRD)]);
+    wait_for("the default on read", Duration::from_secs(20), || {
+        (s.kube_ok(&["get", "ct", "old", "-o", "jsonpath={.spec.replicas}"]) == "1").then_some(())
+    });
+    assert_eq!(
+        s.kube_ok(&["get", "ct", "-o", "jsonpath={.items[0].spec.replicas}"]),
+        "1"
+    );
+}

@@ -20,6 +20,8 @@ pub struct CustomKind {
     /// Whether other versions are served too (objects then change apiVersion on the way).
     pub multi_version: bool,
     pub schema: Option<Schema>,
+    /// The schema has defaults, which objects read from the store get too.
+    pub defaults_on_read: bool,
     /// The version's `openAPIV3Schema` as written, for the OpenAPI documents.
     pub raw_schema: Value,
     pub scale: Option<ScalePaths>,
@@ -177,6 +179,7 @@ pub fn served(crd: &Value) -> Vec<Resource> {
                 custom: Some(Arc::new(CustomKind {
                     storage_version,
                     multi_version: served.len() > 1,
+                    defaults_on_read: schema.as_ref().is_some_and(Schema::has_defaults),
                     schema,
                     raw_schema,
                     scale,

@@ -283,6 +283,47 @@ impl Schema {
         }
     }
 
+    /// Whether any node of the schema has a default.
+    pub fn has_defaults(&self) -> bool {
+        self.default.is_some()
+            || self.properties.values().any(Schema::has_defaults)
+            || self.additional.as_ref().is_some_and(|a| a.has_defaults())
+            || self.items.as_ref().is_some_and(|i| i.has_defaults())
+    }
+
+    /// Fills in missing defaults and nothing else: what kube does to objects read from the
+    /// store (written before the default existed).
+    pub fn fill_defaults(&self, v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if let Some(values) = &self.additional {
+                    for x in m.values_mut() {
+                        values.fill_defaults(x);
+                    }
+                    return;
+                }
+                for (k, p) in &self.properties {
+                    match m.get_mut(k) {
+                        Some(x) => p.fill_defaults(x),
+                        None => {
+                            if let Some(d) = &p.default {
+                                let mut d = d.clone();
+                                p.fill_defaults(&mut d);
+                                m.insert(k.clone(), d);
+                            }
+                        }
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(item) = &self.items {
+                    items.iter_mut().for_each(|x| item.fill_defaults(x));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Validates `v` at `path`, adding kube's field errors.
     pub fn validate(&self, v: &Value, path: &str, errs: &mut FieldErrors) {
         let shown = if path.is_empty() { "body" } else { path };

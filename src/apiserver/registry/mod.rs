@@ -71,7 +71,10 @@ fn encode(obj: &Value) -> Vec<u8> {
 /// resource served at several versions is stored at one (its conversion is None, so the
 /// apiVersion is all that differs).
 pub fn converts(r: &Resource) -> bool {
-    r.custom.as_ref().is_some_and(|c| c.multi_version) || is_events_v1(r)
+    r.custom
+        .as_ref()
+        .is_some_and(|c| c.multi_version || c.defaults_on_read)
+        || is_events_v1(r)
 }
 
 /// events.k8s.io/v1 Events are core/v1 Events under other field names.
@@ -83,8 +86,24 @@ fn is_events_v1(r: &Resource) -> bool {
 pub fn served_at(r: &Resource, obj: &mut Value) {
     if is_events_v1(r) {
         *obj = strategy::event::to_v1(obj);
-    } else if converts(r) {
-        obj["apiVersion"] = json!(r.api_version());
+    } else if let Some(c) = &r.custom {
+        if c.multi_version {
+            obj["apiVersion"] = json!(r.api_version());
+        }
+        // Defaults apply to what was stored before they existed, as kube reads it.
+        if let (true, Some(schema), Some(o)) = (c.defaults_on_read, &c.schema, obj.as_object_mut())
+        {
+            let held: Vec<(String, Value)> = ["apiVersion", "kind", "metadata"]
+                .iter()
+                .filter_map(|k| o.remove(*k).map(|v| (k.to_string(), v)))
+                .collect();
+            let mut rest = Value::Object(std::mem::take(o));
+            schema.fill_defaults(&mut rest);
+            if let Value::Object(m) = rest {
+                *o = m;
+            }
+            o.extend(held);
+        }
     }
 }
 
