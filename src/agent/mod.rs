@@ -75,9 +75,18 @@ pub fn kubelet_settings(args: &[String]) -> anyhow::Result<KubeletSettings> {
         let arg = arg.trim_start_matches("--");
         let (name, value) = arg.split_once('=').unwrap_or((arg, ""));
         let known = match name {
-            "eviction-hard" => {
-                settings.eviction = kubelet::eviction::Thresholds::parse(value)
-                    .map_err(|e| anyhow::anyhow!("--kubelet-arg eviction-hard={value:?}: {e}"))?;
+            "eviction-hard"
+            | "eviction-soft"
+            | "eviction-soft-grace-period"
+            | "eviction-max-pod-grace-period" => {
+                let t = &mut settings.eviction;
+                match name {
+                    "eviction-hard" => t.set_hard(value),
+                    "eviction-soft" => t.set_soft(value),
+                    "eviction-soft-grace-period" => t.set_soft_grace(value),
+                    _ => t.set_max_pod_grace(value),
+                }
+                .map_err(|e| anyhow::anyhow!("--kubelet-arg {name}={value:?}: {e}"))?;
                 true
             }
             other => {
@@ -89,6 +98,7 @@ pub fn kubelet_settings(args: &[String]) -> anyhow::Result<KubeletSettings> {
         if !known {
             anyhow::bail!(
                 "--kubelet-arg {name:?} is not a setting krab's kubelet has (it takes eviction-hard, \
+                 eviction-soft, eviction-soft-grace-period, eviction-max-pod-grace-period, \
                  image-gc-high-threshold, image-gc-low-threshold, image-minimum-gc-age, \
                  shutdown-grace-period, shutdown-grace-period-critical-pods)"
             );
@@ -98,6 +108,7 @@ pub fn kubelet_settings(args: &[String]) -> anyhow::Result<KubeletSettings> {
         .image_gc
         .validate()
         .and_then(|()| settings.shutdown.validate())
+        .and_then(|()| settings.eviction.validate())
         .map_err(|e| anyhow::anyhow!("--kubelet-arg: {e}"))?;
     Ok(settings)
 }

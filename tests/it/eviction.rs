@@ -181,3 +181,79 @@ fn memory_pressure_evicts_best_effort_pods_before_guaranteed_ones() {
         );
     }
 }
+
+#[test]
+fn soft_thresholds_evict_after_their_grace_period_and_give_pods_time_to_stop() {
+    let _net = PodNetwork::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    write_busybox_image(&data.join("agent/images"));
+    let available = meminfo_kib("MemAvailable:");
+    let used = meminfo_kib("MemTotal:") - available;
+    let soft = format!(
+        "--kubelet-arg=eviction-soft=memory.available<{}Ki",
+        available + (used / 2).min(512 << 10)
+    );
+    let s = Server::start_with_agent(
+        &data,
+        &[
+            &soft,
+            "--kubelet-arg=eviction-soft-grace-period=memory.available=20s",
+            "--kubelet-arg=eviction-max-pod-grace-period=5",
+        ],
+    );
+    let pod = "apiVersion: v1
+kind: Pod
+metadata: {name: soft}
+spec:
+  terminationGracePeriodSeconds: 30
+  tolerations:
+  - {key: node.kubernetes.io/memory-pressure, operator: Exists, effect: NoSchedule}
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: [sh, -c, \"trap 'exit 0' TERM; while true; do sleep 1; done\"]
+";
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "soft.yaml", pod)]);
+    // The condition shows at once; the pod runs until the threshold has held for 20 s.
+    let since = wait_for("memory pressure reported", Duration::from_secs(60), || {
+        let out = s.kube_ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[0].status.conditions[?(@.type==\"MemoryPressure\")].status}",
+        ]);
+        (out == "True").then(std::time::Instant::now)
+    });
+    wait_for("the pod running", Duration::from_secs(60), || {
+        (s.kube_ok(&["get", "pod", "soft", "-o", "jsonpath={.status.phase}"]) == "Running")
+            .then_some(())
+    });
+    let evicted: Value = wait_for("the pod evicted", Duration::from_secs(120), || {
+        let out = s.kubectl(&["get", "pod", "soft", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["status"]["reason"] == "Evicted").then_some(v)
+    });
+    assert!(
+        since.elapsed() >= Duration::from_secs(12),
+        "evicted {:?} after the pressure showed, before its 20 s grace period",
+        since.elapsed()
+    );
+    let message = evicted["status"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("The node was low on resource: memory. Threshold quantity: "),
+        "{message}"
+    );
+    // Its container got SIGTERM and time to act on it (exit 0), not an immediate kill.
+    let exit = wait_for("the container's exit", Duration::from_secs(30), || {
+        let out = s.kube_ok(&[
+            "get",
+            "pod",
+            "soft",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.terminated.exitCode}",
+        ]);
+        (!out.is_empty()).then_some(out)
+    });
+    assert_eq!(exit, "0");
+}

@@ -52,8 +52,10 @@ pub struct Kubelet {
     allocatable: RwLock<BTreeMap<String, String>>,
     /// The last CPU and memory sample of the node and its containers (`/stats/summary`).
     pub stats: resource_stats::ResourceStats,
-    /// `--eviction-hard`.
+    /// `--eviction-hard`, `--eviction-soft` and their settings.
     pub thresholds: eviction::Thresholds,
+    /// Since when each soft threshold has been crossed.
+    pub soft_clock: eviction::SoftClock,
     /// Pods the kubelet ends itself (evictions, node shutdown), for their workers to stop.
     pub terminations: termination::PodTerminations,
     /// Unused images deleted when the image filesystem fills.
@@ -84,6 +86,7 @@ impl Kubelet {
             allocatable: RwLock::new(BTreeMap::new()),
             stats: resource_stats::ResourceStats::default(),
             thresholds: eviction::Thresholds::default(),
+            soft_clock: eviction::SoftClock::default(),
             terminations: termination::PodTerminations::default(),
             image_gc: image_gc::ImageGc::new(image_gc::ImageGcPolicy::default(), []),
             shutdown_policy: node_shutdown::ShutdownPolicy::default(),
@@ -310,13 +313,13 @@ async fn evict_under_pressure(
         return;
     }
     let signals = node::signals(&k.pods_dir);
-    let pressure = if k.thresholds.memory_pressure(&signals) {
-        eviction::Pressure::Memory
-    } else if k.thresholds.disk_pressure(&signals) {
-        eviction::Pressure::Disk
-    } else {
+    let Some(trigger) = k
+        .thresholds
+        .trigger(&signals, &k.soft_clock, std::time::Instant::now())
+    else {
         return;
     };
+    let pressure = trigger.pressure;
     if pressure == eviction::Pressure::Disk {
         match k.image_gc.delete_unused(&k.cri).await {
             Ok(done) if done.freed > 0 => {
@@ -347,7 +350,8 @@ async fn evict_under_pressure(
         })
         .unwrap_or_default();
     let pods = store.state();
-    let Some((pod, message)) = eviction::victim(&pods, &usage, pressure, &k.thresholds, &signals)
+    let Some((pod, message)) =
+        eviction::victim(&pods, &usage, pressure, trigger.threshold, &signals)
     else {
         return;
     };
@@ -360,7 +364,14 @@ async fn evict_under_pressure(
         termination::Termination {
             reason: "Evicted",
             message,
-            grace: Duration::ZERO,
+            // A soft threshold's eviction lets the pod end within the max pod grace period.
+            grace: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .map_or(trigger.max_grace, |g| {
+                    Duration::from_secs(g.max(0) as u64).min(trigger.max_grace)
+                }),
             done: None,
         },
     );
