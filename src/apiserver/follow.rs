@@ -1,6 +1,7 @@
 //! An in-memory view of one resource kept by the store: listed once, then every change
 //! applied from a store watch (listed again when the watch ends or history was compacted).
 //! What the authorizers decide from, so that a decision never reads the store.
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,6 +18,21 @@ pub enum Change {
     Reset(Vec<(Vec<u8>, Value)>),
     Put(Vec<u8>, Value),
     Delete(Vec<u8>),
+}
+
+impl Change {
+    /// Applies the change to a view kept by store key.
+    pub fn apply_to(self, view: &mut BTreeMap<Vec<u8>, Value>) {
+        match self {
+            Change::Reset(items) => *view = items.into_iter().collect(),
+            Change::Put(key, obj) => {
+                view.insert(key, obj);
+            }
+            Change::Delete(key) => {
+                view.remove(&key);
+            }
+        }
+    }
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {

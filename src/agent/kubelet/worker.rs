@@ -495,19 +495,7 @@ impl PodWorker {
         };
 
         // What ran, newest attempt first, per container name.
-        let mut details: BTreeMap<String, Vec<ContainerDetail>> = BTreeMap::new();
-        for c in &all {
-            if let Ok(d) = k.cri.container_status(&c.id).await {
-                details.entry(c.name.clone()).or_default().push(d);
-            }
-        }
-        for list in details.values_mut() {
-            list.sort_by(|a, b| {
-                b.attempt
-                    .cmp(&a.attempt)
-                    .then(b.created_at.cmp(&a.created_at))
-            });
-        }
+        let details = self.details_of(&all).await;
         let in_sandbox: HashMap<String, String> = all
             .iter()
             .filter(|c| c.sandbox_id == sandbox_id)
@@ -730,26 +718,36 @@ impl PodWorker {
     async fn runtime_details(
         &self,
     ) -> Result<BTreeMap<String, Vec<ContainerDetail>>, crate::agent::cri::Error> {
-        let cri = &self.k.cri;
-        let mut fresh: BTreeMap<String, Vec<ContainerDetail>> = BTreeMap::new();
-        for c in cri
+        let mine: Vec<_> = self
+            .k
+            .cri
             .list_containers()
             .await?
             .into_iter()
             .filter(|c| c.pod_uid == self.uid)
-        {
-            if let Ok(d) = cri.container_status(&c.id).await {
-                fresh.entry(c.name.clone()).or_default().push(d);
+            .collect();
+        Ok(self.details_of(&mine).await)
+    }
+
+    /// The runtime's details of `containers`, by name, newest attempt first.
+    async fn details_of(
+        &self,
+        containers: &[crate::agent::cri::Container],
+    ) -> BTreeMap<String, Vec<ContainerDetail>> {
+        let mut details: BTreeMap<String, Vec<ContainerDetail>> = BTreeMap::new();
+        for c in containers {
+            if let Ok(d) = self.k.cri.container_status(&c.id).await {
+                details.entry(c.name.clone()).or_default().push(d);
             }
         }
-        for list in fresh.values_mut() {
+        for list in details.values_mut() {
             list.sort_by(|a, b| {
                 b.attempt
                     .cmp(&a.attempt)
                     .then(b.created_at.cmp(&a.created_at))
             });
         }
-        Ok(fresh)
+        details
     }
 
     /// Ends the pod for the kubelet's own reasons (eviction, node shutdown): its running

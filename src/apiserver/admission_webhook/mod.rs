@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use self::call::Target;
 use self::rules::RequestShape;
 use super::auth::User;
-use super::follow::{self, Change};
+use super::follow;
 use super::patch::{self, PatchType};
 use super::registry::Registry;
 use super::resources::{self, Resource};
@@ -81,15 +81,7 @@ impl AdmissionWebhooks {
                     } else {
                         &mut c.validating
                     };
-                    match change {
-                        Change::Reset(items) => *map = items.into_iter().collect(),
-                        Change::Put(key, obj) => {
-                            map.insert(key, obj);
-                        }
-                        Change::Delete(key) => {
-                            map.remove(&key);
-                        }
-                    }
+                    change.apply_to(map);
                 })
                 .await;
             }

@@ -119,15 +119,7 @@ impl CustomResources {
         let Ok(mut c) = self.inner.write() else {
             return;
         };
-        match change {
-            Change::Reset(items) => c.crds = items.into_iter().collect(),
-            Change::Put(key, obj) => {
-                c.crds.insert(key, obj);
-            }
-            Change::Delete(key) => {
-                c.crds.remove(&key);
-            }
-        }
+        change.apply_to(&mut c.crds);
         c.rows = rows_of(c.crds.values());
         drop(c);
         self.changed.send_modify(|n| *n += 1);

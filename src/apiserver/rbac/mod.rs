@@ -8,7 +8,7 @@ pub mod node;
 pub mod review;
 pub mod rules;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::rules::{rule_allows, subject_is, Attributes};
 use super::auth::User;
-use super::follow::{self, Change};
+use super::follow;
 use super::registry::Registry;
 use super::resources;
 use super::status::ApiError;
@@ -33,7 +33,7 @@ const KINDS: [&str; 4] = [
 /// The RBAC objects by kind, each by store key.
 #[derive(Default)]
 struct Policy {
-    objects: HashMap<&'static str, HashMap<Vec<u8>, Value>>,
+    objects: HashMap<&'static str, BTreeMap<Vec<u8>, Value>>,
 }
 
 /// The RBAC objects in memory, and whether all four kinds have been loaded once.
@@ -84,15 +84,7 @@ impl PolicyCache {
                 return;
             };
             let map = p.objects.entry(kind).or_default();
-            match change {
-                Change::Reset(items) => *map = items.into_iter().collect(),
-                Change::Put(key, obj) => {
-                    map.insert(key, obj);
-                }
-                Change::Delete(key) => {
-                    map.remove(&key);
-                }
-            }
+            change.apply_to(map);
             drop(p);
             if std::mem::take(&mut first) {
                 self.loaded_tx.send_modify(|n| *n += 1);
