@@ -204,7 +204,10 @@ impl FieldSelector {
             };
             let field = field.trim();
             let known = matches!(field, "metadata.name" | "metadata.namespace")
-                || field_labels(r).contains(&field);
+                || field_labels(r).contains(&field)
+                || r.custom
+                    .as_ref()
+                    .is_some_and(|c| c.selectable_fields.iter().any(|f| f == field));
             if !known {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"

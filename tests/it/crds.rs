@@ -395,3 +395,74 @@ fn defaults_added_to_a_crd_apply_to_objects_already_stored_when_read() {
         "1"
     );
 }
+
+#[test]
+fn selectable_fields_make_custom_resources_filterable_by_field_selectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let with_fields = CRD.replace(
+        "    subresources:\n",
+        "    selectableFields:\n    - jsonPath: .spec.mode\n    - jsonPath: .spec.replicas\n    subresources:\n",
+    );
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "crd.yaml", &with_fields)]);
+    s.kube_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/crontabs.stable.example.com",
+        "--timeout=20s",
+    ]);
+    let ct = |name: &str, mode: &str, replicas: u32| {
+        format!("apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: {name}\nspec:\n  image: busybox\n  mode: {mode}\n  replicas: {replicas}\n---\n")
+    };
+    let objects = format!("{}{}", ct("a", "Allow", 1), ct("f", "Forbid", 2));
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "cts.yaml", &objects)]);
+    let names = |selector: &str| {
+        s.kube_ok(&[
+            "get",
+            "ct",
+            "--field-selector",
+            selector,
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+    };
+    wait_for(
+        "the selectable fields served",
+        Duration::from_secs(20),
+        || {
+            let out = s.kubectl(&[
+                "get",
+                "ct",
+                "--field-selector",
+                "spec.mode=Forbid",
+                "-o",
+                "name",
+            ]);
+            out.status.success().then_some(())
+        },
+    );
+    assert_eq!(names("spec.mode=Forbid"), "f");
+    assert_eq!(names("spec.mode!=Forbid"), "a");
+    assert_eq!(names("spec.replicas=1"), "a");
+    let err = s.kube_err(&["get", "ct", "--field-selector", "spec.image=busybox"]);
+    assert!(
+        err.contains("field label not supported: spec.image"),
+        "{err}"
+    );
+    // A selectable field must name a scalar of the schema.
+    let bad = CRD
+        .replace("crontabs.stable.example.com", "others.stable.example.com")
+        .replace("plural: crontabs", "plural: others")
+        .replace("singular: crontab", "singular: other")
+        .replace("kind: CronTab", "kind: Other")
+        .replace("shortNames: [ct]", "shortNames: [ot]")
+        .replace(
+            "    subresources:\n",
+            "    selectableFields:\n    - jsonPath: .spec.missing\n    subresources:\n",
+        );
+    let err = s.kube_err(&["apply", "-f", &write(dir.path(), "bad.yaml", &bad)]);
+    assert!(
+        err.contains("spec.versions[0].selectableFields[0].jsonPath: Invalid value: \".spec.missing\": is an invalid path: does not refer to a valid field"),
+        "{err}"
+    );
+}

@@ -28,6 +28,9 @@ pub struct CustomKind {
     pub columns: Vec<PrinterColumn>,
     /// The CRD is being deleted: its objects may be read and deleted, not created.
     pub terminating: bool,
+    /// `selectableFields`: the fields field selectors may name (`spec.color`), beyond
+    /// metadata.name and metadata.namespace.
+    pub selectable_fields: Vec<String>,
 }
 
 /// `subresources.scale`: where the replica counts and the selector are.
@@ -185,6 +188,13 @@ pub fn served(crd: &Value) -> Vec<Resource> {
                     scale,
                     columns,
                     terminating,
+                    selectable_fields: v
+                        .get("selectableFields")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(|f| s(f, "/jsonPath").trim_start_matches('.').to_string())
+                        .collect(),
                 })),
             }
         })
@@ -330,6 +340,7 @@ pub fn validate(crd: &Value, old: Option<&Value>, errs: &mut FieldErrors) {
                 let at = format!("{path}.schema.openAPIV3Schema");
                 match Schema::parse(raw, &at) {
                     Ok(schema) => {
+                        validate_selectable_fields(v, &schema, &path, errs);
                         if schema.ty.as_deref() != Some("object") {
                             errs.invalid(
                                 format!("{at}.type"),
@@ -411,6 +422,53 @@ pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
         (1, 0) => std::cmp::Ordering::Less,
         (0, 1) => std::cmp::Ordering::Greater,
         _ => a.cmp(b),
+    }
+}
+
+/// kube's checks of a version's `selectableFields`: at most 8, each a simple path to a
+/// string, integer or boolean field of the schema, none twice.
+fn validate_selectable_fields(v: &Value, schema: &Schema, path: &str, errs: &mut FieldErrors) {
+    let fields = v
+        .get("selectableFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if fields.len() > 8 {
+        errs.invalid(
+            format!("{path}.selectableFields"),
+            &json!(fields.len()),
+            "must have at most 8 items",
+        );
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        let at = format!("{path}.selectableFields[{i}].jsonPath");
+        let json_path = f.get("jsonPath").and_then(Value::as_str).unwrap_or("");
+        let Some(rest) = json_path.strip_prefix('.').filter(|r| !r.is_empty()) else {
+            errs.required(at, "");
+            continue;
+        };
+        let mut node = Some(schema);
+        for part in rest.split('.') {
+            node = node.and_then(|n| n.properties.get(part));
+        }
+        match node.and_then(|n| n.ty.as_deref()) {
+            None => errs.invalid(
+                &at,
+                &json!(json_path),
+                "is an invalid path: does not refer to a valid field",
+            ),
+            Some("string" | "integer" | "boolean") => {}
+            Some(_) => errs.invalid(
+                &at,
+                &json!(json_path),
+                "must point to a field of type string, boolean or integer. Enum string fields and strings with formats are allowed.",
+            ),
+        }
+        if seen.contains(&json_path) {
+            errs.duplicate(at, &json!(json_path));
+        }
+        seen.push(json_path);
     }
 }
 
