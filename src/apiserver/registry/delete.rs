@@ -108,7 +108,28 @@ fn deleted_answer(r: &Resource, obj: Value, name: &str) -> Value {
 }
 
 impl Registry {
+    /// DELETE: without preconditions, a write that lost a race with another (a controller
+    /// writing status while a finalizer or deletionTimestamp is added) is tried again on
+    /// the new object, as kube's guaranteed update does; with them, the conflict is the
+    /// client's.
     pub async fn delete(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<(StatusCode, Value), ApiError> {
+        let retry = opts.precondition_uid.is_none() && opts.precondition_resource_version.is_none();
+        let mut attempts = 0;
+        loop {
+            match self.delete_once(r, ns, name, opts).await {
+                Err(e) if retry && e.reason == "Conflict" && attempts < 5 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn delete_once(
         &self,
         r: &Resource,
         ns: Option<&str>,
