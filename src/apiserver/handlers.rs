@@ -262,10 +262,27 @@ async fn handle(
         dry_run |= delete_opts.dry_run;
     }
     let validation = FieldValidation::parse(query.get("fieldValidation").map(String::as_str))?;
-    // Decoding a body into the kind's type: unknown fields dropped (reported or refused).
-    let decode = |obj: &mut Value| match r.custom {
-        Some(_) => super::crd::decode(r, obj, validation),
-        None => openapi::normalize(r.group, r.version, r.kind, obj, validation),
+    // Decoding a body into the kind's type: unknown fields dropped and, with duplicate
+    // fields of a JSON body, reported or refused.
+    let duplicates = match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        _ if validation == FieldValidation::Ignore || body.is_empty() => Vec::new(),
+        Some(ct) if ct.contains("yaml") || ct.starts_with(protobuf::MEDIA_TYPE) => Vec::new(),
+        _ => super::json_duplicates::duplicate_fields(&body),
+    };
+    let decode = |obj: &mut Value| {
+        let mut findings = match r.custom {
+            Some(_) => super::crd::decode(r, obj, FieldValidation::Warn),
+            None => openapi::normalize(r.group, r.version, r.kind, obj, FieldValidation::Warn),
+        }?;
+        findings.extend(
+            duplicates
+                .iter()
+                .map(|d| format!("duplicate field \"{d}\"")),
+        );
+        validation.settle(r.kind, r.version, findings)
     };
     if info.verb == "create" && r.custom.as_ref().is_some_and(|c| c.terminating) {
         return Err(ApiError::method_not_allowed()

@@ -11,6 +11,7 @@ mod follow;
 mod handlers;
 mod health;
 mod impersonation;
+mod json_duplicates;
 mod kubelet_proxy;
 mod metrics;
 mod node_join;

@@ -804,3 +804,48 @@ fn each_group_has_its_discovery_document_and_a_local_api_service() {
         .collect();
     assert_eq!(core, ["v1.", "Local", "True"]);
 }
+
+#[test]
+fn duplicate_fields_are_refused_under_strict_validation_and_warned_about_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let body = write(
+        dir.path(),
+        "dup.json",
+        r#"{"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "my-dep", "labels": {"app": "nginx"}},
+            "spec": {"unknownField": "foo", "replicas": 2, "replicas": 3,
+                     "selector": {"matchLabels": {"app": "nginx"}},
+                     "template": {"metadata": {"labels": {"app": "nginx"}},
+                                  "spec": {"containers": [{"name": "nginx", "image": "nginx:latest"}]}}}}"#,
+    );
+    let err = s.kube_err(&[
+        "create",
+        "--raw",
+        "/apis/apps/v1/namespaces/default/deployments?fieldValidation=Strict",
+        "-f",
+        &body,
+    ]);
+    assert!(
+        err.contains(r#"strict decoding error: unknown field "spec.unknownField", duplicate field "spec.replicas""#),
+        "{err}"
+    );
+    let out = s.kubectl(&[
+        "create",
+        "--raw",
+        "/apis/apps/v1/namespaces/default/deployments?fieldValidation=Warn",
+        "-f",
+        &body,
+    ]);
+    assert!(out.status.success());
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warnings.contains(r#"duplicate field "spec.replicas""#),
+        "{warnings}"
+    );
+    // The last value wins, as in kube.
+    assert_eq!(
+        s.kube_ok(&["get", "deploy", "my-dep", "-o", "jsonpath={.spec.replicas}"]),
+        "3"
+    );
+}

@@ -41,6 +41,17 @@ impl FieldValidation {
             .iter()
             .map(|f| format!("unknown field \"{f}\""))
             .collect();
+        self.settle(kind, version, messages)
+    }
+
+    /// What strict decoding's findings (`unknown field "x"`, `duplicate field "y"`) come
+    /// to under this setting.
+    pub fn settle(
+        self,
+        kind: &str,
+        version: &str,
+        messages: Vec<String>,
+    ) -> Result<Vec<String>, ApiError> {
         match self {
             FieldValidation::Ignore => Ok(Vec::new()),
             FieldValidation::Warn => Ok(messages),
