@@ -409,6 +409,17 @@ async fn handle(
             )
             .await
         }
+        // Reviews are answers, not objects with metadata: no Table or metadata-only form.
+        ("create", None)
+            if shape != Representation::Object
+                && (r.plural == "selfsubjectreviews" || r.group == "authorization.k8s.io") =>
+        {
+            Err(ApiError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "NotAcceptable",
+                "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf",
+            ))
+        }
         ("create", None) if r.plural == "selfsubjectreviews" => {
             // `kubectl auth whoami`: who the server takes the caller to be.
             parse_body(headers, &body)?;

@@ -481,8 +481,23 @@ fn invalid_objects_get_kube_shaped_field_errors() {
 
 /// curl as the admin, with an Accept header kubectl cannot set; returns (body, status).
 fn admin_curl(s: &Server, path: &str, accept: &str) -> (String, String) {
+    admin_curl_post(s, path, accept, None)
+}
+
+/// `admin_curl`, POSTing `body` (JSON) when given.
+fn admin_curl_post(s: &Server, path: &str, accept: &str, body: Option<&str>) -> (String, String) {
     let tls = s.data_dir.join("server/tls");
     let mut cmd = std::process::Command::new("curl");
+    if let Some(b) = body {
+        cmd.args([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-raw",
+            b,
+        ]);
+    }
     cmd.args(["-s", "-w", "\n%{http_code}", "-H"])
         .arg(format!("Accept: {accept}"))
         .arg("--cacert")
@@ -848,4 +863,24 @@ fn duplicate_fields_are_refused_under_strict_validation_and_warned_about_otherwi
         s.kube_ok(&["get", "deploy", "my-dep", "-o", "jsonpath={.spec.replicas}"]),
         "3"
     );
+}
+
+#[test]
+fn reviews_have_no_table_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let review = r#"{"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"nonResourceAttributes": {"path": "/", "verb": "get"}}}"#;
+    let path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+    let (body, code) = admin_curl_post(
+        &s,
+        path,
+        "application/json;as=Table;v=v1;g=meta.k8s.io",
+        Some(review),
+    );
+    assert_eq!(code, "406", "{body}");
+    assert!(body.contains("\"reason\":\"NotAcceptable\""), "{body}");
+    let (body, code) = admin_curl_post(&s, path, "application/json", Some(review));
+    assert_eq!(code, "201", "{body}");
+    assert!(body.contains("\"allowed\":true"), "{body}");
 }
