@@ -490,8 +490,34 @@ impl Registry {
     }
 
     /// PUT of the object (`Write::Main`) or its status (`Write::Status`); a resourceVersion
-    /// in the body must match the stored one.
+    /// in the body must match the stored one. Without one the update is unconditional: a
+    /// write that lost a race is applied again to the new object, as kube's guaranteed
+    /// update does.
     pub async fn update(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        obj: Value,
+        write: Write,
+    ) -> Result<Value, ApiError> {
+        let unconditional = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty);
+        if !unconditional {
+            return self.update_once(r, ns, name, obj, write).await;
+        }
+        let mut attempts = 0;
+        loop {
+            match self.update_once(r, ns, name, obj.clone(), write).await {
+                Err(e) if e.reason == "Conflict" && attempts < 5 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn update_once(
         &self,
         r: &Resource,
         ns: Option<&str>,
