@@ -731,3 +731,45 @@ spec:
     s.kube_ok(&["delete", "pod", "chatty", "--timeout=60s"]);
     s.stop();
 }
+
+#[test]
+fn privileged_containers_run_with_every_capability() {
+    let _net = PodNetwork::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    write_busybox_image(&data.join("agent/images"));
+    let s = Server::start_with_agent(&data, &[]);
+    let pod = format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: priv}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sleep, \"600\"]
+    securityContext: {{privileged: true}}
+"
+    );
+    s.kube_ok(&["apply", "-f", &write(dir.path(), "priv.yaml", &pod)]);
+    wait_for(
+        "the privileged pod running",
+        Duration::from_secs(90),
+        || {
+            (s.kube_ok(&["get", "pod", "priv", "-o", "jsonpath={.status.phase}"]) == "Running")
+                .then_some(())
+        },
+    );
+    let status = s.kube_ok(&["exec", "priv", "--", "cat", "/proc/1/status"]);
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    // CAP_SYS_ADMIN (bit 21) and the rest, not the runtime's default set (00000000a80425fb).
+    let caps = u64::from_str_radix(&effective, 16).unwrap_or(0);
+    assert!(caps & (1 << 21) != 0, "{effective}");
+    assert!(caps.count_ones() > 30, "{effective}");
+}

@@ -202,6 +202,9 @@ impl SandboxSpec {
                     run_as_user: int64(psc.run_as_user),
                     run_as_group: int64(psc.run_as_group),
                     supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),
+                    // containerd refuses a privileged container in an unprivileged
+                    // sandbox; the kubelet makes the sandbox privileged for any.
+                    privileged: has_privileged_container(&spec),
                     ..Default::default()
                 }),
                 sysctls,
@@ -215,6 +218,22 @@ impl SandboxSpec {
     pub fn log_directory(&self) -> &str {
         &self.config.log_directory
     }
+}
+
+/// Whether any container of the pod (init, app or ephemeral) asks to be privileged.
+fn has_privileged_container(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    let privileged = |sc: Option<&k8s_openapi::api::core::v1::SecurityContext>| {
+        sc.and_then(|s| s.privileged) == Some(true)
+    };
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| privileged(c.security_context.as_ref()))
+        || spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .any(|c| privileged(c.security_context.as_ref()))
 }
 
 #[cfg(test)]
@@ -298,5 +317,28 @@ mod tests {
             s.config.linux.unwrap().cgroup_parent,
             "/kubepods/besteffort/podu1"
         );
+    }
+
+    #[test]
+    fn a_privileged_container_makes_a_privileged_sandbox() {
+        let pod = |privileged: bool| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+                "spec": {
+                    "initContainers": [{"name": "i", "securityContext": {"privileged": privileged}}],
+                    "containers": [{"name": "c"}],
+                },
+            }))
+            .unwrap()
+        };
+        let privileged = |p: &Pod| {
+            SandboxSpec::for_pod(p, 0, &ctx())
+                .config
+                .linux
+                .and_then(|l| l.security_context)
+                .map(|s| s.privileged)
+        };
+        assert_eq!(privileged(&pod(true)), Some(true));
+        assert_eq!(privileged(&pod(false)), Some(false));
     }
 }
