@@ -884,3 +884,36 @@ fn reviews_have_no_table_form() {
     assert_eq!(code, "201", "{body}");
     assert!(body.contains("\"allowed\":true"), "{body}");
 }
+
+#[test]
+fn updates_get_the_kinds_defaults_as_creates_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let deployment = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: c\n        image: {image}\n"
+        )
+    };
+    s.kube_ok(&[
+        "create",
+        "-f",
+        &write(dir.path(), "d1.yaml", &deployment("busybox:1")),
+    ]);
+    // A PUT of the bare object: its defaults (restartPolicy, dnsPolicy, strategy...) are
+    // filled in before validation, as on create.
+    s.kube_ok(&[
+        "replace",
+        "-f",
+        &write(dir.path(), "d2.yaml", &deployment("busybox:2")),
+    ]);
+    assert_eq!(
+        s.kube_ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.restartPolicy} {.spec.template.spec.containers[0].image} {.spec.strategy.type}",
+        ]),
+        "Always busybox:2 RollingUpdate"
+    );
+}

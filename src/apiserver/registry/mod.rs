@@ -579,6 +579,11 @@ impl Registry {
             }
         }
         check_finalizers_while_deleting(r, &stored, &obj)?;
+        // What the client sent gets the kind's defaults, as kube decodes every body (a
+        // Namespace's come from its stored self).
+        if write == Write::Main && !(r.group.is_empty() && r.plural == "namespaces") {
+            strategy::kind_defaults(r, &mut obj)?;
+        }
         let subresource = if write == Write::Status { "status" } else { "" };
         let admission = self.admission(r, subresource, "UPDATE", ns, name);
         if let Some(req) = &admission {

@@ -48,6 +48,12 @@ pub fn default_create(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
     } else if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("generation");
     }
+    kind_defaults(r, obj)
+}
+
+/// The kind's defaults, which kube applies to every object a client sends (creates and
+/// updates alike).
+pub fn kind_defaults(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
     match r.group {
         "" => match r.plural {
             "pods" => pod::default(obj),
