@@ -452,6 +452,7 @@ pub const RESOURCES: &[Resource] = &[
         "APIService",
         false,
     )
+    .stored_as("apiregistration.k8s.io/apiservices")
     .sub(STATUS),
     // flowcontrol.apiserver.k8s.io/v1 (stored; requests are not queued by them)
     res(

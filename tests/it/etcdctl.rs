@@ -50,7 +50,7 @@ fn put_get_prefix_delete_and_revisions() {
     // Counting and limits: the service left, plus the API server's own objects: four
     // namespaces, two system PriorityClasses, the `kubernetes` Service (and the key holding
     // its address), its Endpoints and EndpointSlice, the `kube-dns` Service (and its
-    // address key), and the default RBAC policy.
+    // address key), the default RBAC policy and the local APIServices.
     let rbac: serde_json::Value = serde_json::from_str(&s.ok(&[
         "get",
         "/registry/clusterrole",
@@ -74,7 +74,19 @@ fn put_get_prefix_delete_and_revisions() {
         "json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["count"], 13 + rbac);
+    // And a local APIService per built-in group version.
+    let api_services: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "/registry/apiregistration.k8s.io/apiservices/",
+        "--prefix",
+        "--keys-only",
+        "-w",
+        "json",
+    ]))
+    .unwrap();
+    let api_services = api_services["count"].as_i64().unwrap_or(0);
+    assert!(api_services >= 20, "{api_services} APIServices");
+    assert_eq!(v["count"], 13 + api_services + rbac);
     assert_eq!(v["more"], true);
     assert_eq!(v["kvs"].as_array().unwrap().len(), 2);
 }
