@@ -1,8 +1,11 @@
 //! The garbage collector: a graph of every object's ownerReferences, kept from watches of
-//! every listable, deletable resource the API serves. Objects whose owners are all gone are
-//! deleted (background propagation); an owner being deleted in the foreground
-//! (`foregroundDeletion` finalizer) first loses its blocking dependents, one deleted with
-//! `orphan` first has its dependents' references to it removed; then the finalizer goes.
+//! every listable, deletable resource the API serves, acted on as kube's collector does. A
+//! dependent with an owner still standing only loses its references to owners that are
+//! gone or being deleted in the foreground; one whose owners are all gone is deleted
+//! (background, or as its own finalizers ask), in the foreground when an owner waits for
+//! it, with its references made non-blocking first when that would close a cycle. An owner
+//! deleted in the foreground (`foregroundDeletion`) keeps its finalizer until no dependent
+//! blocks it; one deleted with `orphan` first has its dependents' references to it removed.
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -212,97 +215,197 @@ fn api_for(client: &kube::Client, n: &Node) -> Api<DynamicObject> {
     }
 }
 
+/// What one pass acts on, read from the graph under its lock.
+struct Pass {
+    /// Objects to look at as kube's `attemptToDeleteItem` does: some owner is gone or is
+    /// waiting for its dependents, or a foreground owner waits for them.
+    attempts: Vec<Attempt>,
+    /// Owners deleted in the foreground that no dependent blocks any more.
+    unblocked: Vec<Node>,
+    /// Owners deleted with `orphan`, with their dependents.
+    orphaning: Vec<Deleting>,
+}
+
+/// One dependent and how its owners stand.
+struct Attempt {
+    uid: String,
+    node: Node,
+    /// Owners (uids) that exist and are not waiting for their dependents.
+    solid: usize,
+    /// Owners that are gone or being deleted in the foreground: their references go.
+    stale: Vec<String>,
+    waiting: bool,
+    /// One of its own dependents is itself waiting for its dependents (a possible cycle).
+    dependent_waiting: bool,
+}
+
+fn waits_for_dependents(n: &Node) -> bool {
+    n.deleting && n.finalizers.iter().any(|f| f == "foregroundDeletion")
+}
+
+fn plan(g: &Graph) -> Pass {
+    let dependents_of = |uid: &str| -> Vec<Dependent> {
+        g.nodes
+            .iter()
+            .filter_map(|(u, n)| {
+                n.owners
+                    .iter()
+                    .find(|(o, _)| o == uid)
+                    .map(|(_, block)| (u.clone(), n.clone(), *block))
+            })
+            .collect()
+    };
+    let attempt = |uid: &str, n: &Node| -> Option<Attempt> {
+        let (mut solid, mut stale, mut waiting) = (0, Vec::new(), false);
+        for (owner, _) in &n.owners {
+            match g.nodes.get(owner) {
+                None => stale.push(owner.clone()),
+                Some(o) if waits_for_dependents(o) => {
+                    waiting = true;
+                    stale.push(owner.clone());
+                }
+                Some(_) => solid += 1,
+            }
+        }
+        if stale.is_empty() {
+            return None;
+        }
+        let dependent_waiting = waiting
+            && dependents_of(uid)
+                .iter()
+                .any(|(_, d, _)| waits_for_dependents(d));
+        Some(Attempt {
+            uid: uid.to_string(),
+            node: n.clone(),
+            solid,
+            stale,
+            waiting,
+            dependent_waiting,
+        })
+    };
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut unblocked = Vec::new();
+    // Foreground owners: done when no dependent blocks them; else their blocking
+    // dependents are attempted (unless they wait for their own dependents).
+    for (uid, owner) in g.nodes.iter().filter(|(_, n)| waits_for_dependents(n)) {
+        let blocking: Vec<Dependent> = dependents_of(uid)
+            .into_iter()
+            .filter(|(_, _, block)| *block)
+            .collect();
+        if blocking.is_empty() {
+            unblocked.push(owner.clone());
+        }
+        for (du, d, _) in blocking {
+            if !waits_for_dependents(&d) && !d.deleting && seen.insert(du.clone()) {
+                attempts.extend(attempt(&du, &d));
+            }
+        }
+    }
+    // Objects with a gone or waiting owner; objects being deleted are not touched.
+    for (uid, n) in g
+        .nodes
+        .iter()
+        .filter(|(_, n)| !n.owners.is_empty() && !n.deleting)
+    {
+        if seen.insert(uid.clone()) {
+            attempts.extend(attempt(uid, n));
+        }
+    }
+    let orphaning: Vec<Deleting> = g
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.deleting && n.finalizers.iter().any(|f| f == "orphan"))
+        .map(|(u, n)| (u.clone(), n.clone(), dependents_of(u)))
+        .collect();
+    Pass {
+        attempts,
+        unblocked,
+        orphaning,
+    }
+}
+
 /// One pass over the graph.
 async fn collect(client: &kube::Client, graph: &Shared) -> Result<(), kube::Error> {
-    let (orphans, foreground, orphaning) = {
+    let pass = {
         let Ok(g) = graph.lock() else { return Ok(()) };
         if !g.syncing.is_empty() {
             return Ok(());
         }
-        // Dependents whose every owner is gone.
-        let orphans: Vec<(String, Node)> = g
-            .nodes
-            .iter()
-            .filter(|(_, n)| !n.owners.is_empty() && !n.deleting)
-            .filter(|(_, n)| n.owners.iter().all(|(o, _)| !g.nodes.contains_key(o)))
-            .map(|(u, n)| (u.clone(), n.clone()))
-            .collect();
-        let dependents_of = |uid: &str| -> Vec<Dependent> {
-            g.nodes
-                .iter()
-                .filter_map(|(u, n)| {
-                    n.owners
-                        .iter()
-                        .find(|(o, _)| o == uid)
-                        .map(|(_, block)| (u.clone(), n.clone(), *block))
-                })
-                .collect()
-        };
-        let foreground: Vec<Deleting> = g
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.deleting && n.finalizers.iter().any(|f| f == "foregroundDeletion"))
-            .map(|(u, n)| (u.clone(), n.clone(), dependents_of(u)))
-            .collect();
-        let orphaning: Vec<Deleting> = g
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.deleting && n.finalizers.iter().any(|f| f == "orphan"))
-            .map(|(u, n)| (u.clone(), n.clone(), dependents_of(u)))
-            .collect();
-        (orphans, foreground, orphaning)
+        plan(&g)
     };
-    for (uid, n) in orphans {
-        // The graph may lag; delete only what is still the object we saw (uid precondition).
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::background()
-        };
-        tracing::info!(kind = %n.resource.kind, namespace = ?n.namespace, name = %n.name, "deleting an object whose owners are gone");
-        ignore_gone(api_for(client, &n).delete(&n.name, &dp).await.map(|_| ()))?;
+    for a in pass.attempts {
+        attempt_to_delete(client, a).await?;
     }
-    for (_, owner, dependents) in foreground {
-        let blocking: Vec<&Dependent> = dependents.iter().filter(|(_, _, b)| *b).collect();
-        for (uid, d, _) in &dependents {
-            if !d.deleting {
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: Some(uid.clone()),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::foreground()
-                };
-                ignore_gone(api_for(client, d).delete(&d.name, &dp).await.map(|_| ()))?;
-            }
-        }
-        if blocking.is_empty() {
-            remove_finalizer(client, &owner, "foregroundDeletion").await?;
-        }
+    for owner in pass.unblocked {
+        remove_finalizer(client, &owner, "foregroundDeletion").await?;
     }
-    for (owner_uid, owner, dependents) in orphaning {
+    for (owner_uid, owner, dependents) in pass.orphaning {
         for (_, d, _) in &dependents {
-            let api = api_for(client, d);
-            if let Some(obj) = api.get_opt(&d.name).await? {
-                let refs: Vec<_> = obj
-                    .owner_references()
-                    .iter()
-                    .filter(|r| r.uid != owner_uid)
-                    .cloned()
-                    .collect();
-                let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": obj.resource_version()}});
-                ignore_gone(
-                    api.patch(&d.name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                        .map(|_| ()),
-                )?;
-            }
+            edit_owner_references(client, d, |refs| refs.retain(|r| r.uid != owner_uid)).await?;
         }
         remove_finalizer(client, &owner, "orphan").await?;
     }
     Ok(())
+}
+
+/// kube's `attemptToDeleteItem`: a dependent with an owner still standing only loses its
+/// references to the gone and waiting owners; otherwise it is deleted (in the foreground
+/// when an owner waits for it, after making its own references non-blocking if one of its
+/// dependents waits too, which breaks ownership cycles).
+async fn attempt_to_delete(client: &kube::Client, a: Attempt) -> Result<(), kube::Error> {
+    let n = &a.node;
+    if a.solid > 0 {
+        tracing::info!(kind = %n.resource.kind, namespace = ?n.namespace, name = %n.name, "removing references to owners that are gone or being deleted");
+        return edit_owner_references(client, n, |refs| refs.retain(|r| !a.stale.contains(&r.uid)))
+            .await;
+    }
+    if a.dependent_waiting {
+        edit_owner_references(client, n, |refs| {
+            for r in refs.iter_mut() {
+                r.block_owner_deletion = Some(false);
+            }
+        })
+        .await?;
+    }
+    let has = |f: &str| n.finalizers.iter().any(|x| x == f);
+    let policy = if has("orphan") {
+        DeleteParams::orphan()
+    } else if a.waiting || has("foregroundDeletion") {
+        DeleteParams::foreground()
+    } else {
+        DeleteParams::background()
+    };
+    // The graph may lag; delete only what is still the object we saw (uid precondition).
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(a.uid.clone()),
+            resource_version: None,
+        }),
+        ..policy
+    };
+    tracing::info!(kind = %n.resource.kind, namespace = ?n.namespace, name = %n.name, "deleting an object whose owners are gone or being deleted");
+    ignore_gone(api_for(client, n).delete(&n.name, &dp).await.map(|_| ()))
+}
+
+/// Rewrites an object's ownerReferences (read fresh, written at that resourceVersion).
+async fn edit_owner_references(
+    client: &kube::Client,
+    n: &Node,
+    edit: impl FnOnce(&mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>),
+) -> Result<(), kube::Error> {
+    let api = api_for(client, n);
+    let Some(obj) = api.get_opt(&n.name).await? else {
+        return Ok(());
+    };
+    let mut refs = obj.owner_references().to_vec();
+    edit(&mut refs);
+    let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": obj.resource_version()}});
+    ignore_gone(
+        api.patch(&n.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ()),
+    )
 }
 
 async fn remove_finalizer(

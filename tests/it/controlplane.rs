@@ -545,3 +545,88 @@ fn pods_of_a_node_that_is_gone_are_collected() {
         left.trim().is_empty().then_some(())
     });
 }
+
+#[test]
+fn foreground_deletion_spares_dependents_with_another_owner_and_breaks_ownership_cycles() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let uid = |name: &str| s.kube_ok(&["get", "cm", name, "-o", "jsonpath={.metadata.uid}"]);
+    let owned_by = |name: &str, owners: &[&str]| {
+        let refs: Vec<serde_json::Value> = owners
+            .iter()
+            .map(|o| {
+                serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "name": o,
+                                   "uid": uid(o), "blockOwnerDeletion": true})
+            })
+            .collect();
+        let patch = serde_json::json!({"metadata": {"ownerReferences": refs}}).to_string();
+        s.kube_ok(&["patch", "cm", name, "--type=merge", "-p", &patch]);
+    };
+    for name in ["owner1", "owner2", "shared", "only1", "c1", "c2", "c3"] {
+        s.kube_ok(&["create", "cm", name]);
+    }
+    owned_by("shared", &["owner1", "owner2"]);
+    owned_by("only1", &["owner1"]);
+    s.kube_ok(&[
+        "delete",
+        "cm",
+        "owner1",
+        "--cascade=foreground",
+        "--timeout=60s",
+    ]);
+    let left = s.kube_ok(&["get", "cm", "-o", "name"]);
+    assert!(
+        !left.contains("configmap/owner1") && !left.contains("configmap/only1"),
+        "{left}"
+    );
+    // The dependent with a standing owner stays, its reference to the deleted one gone.
+    assert_eq!(
+        s.kube_ok(&[
+            "get",
+            "cm",
+            "shared",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[*].name}"
+        ]),
+        "owner2"
+    );
+    // A cycle of blocking references (c1 <- c3 <- c2 <- c1) does not hold a foreground
+    // deletion forever.
+    owned_by("c1", &["c3"]);
+    owned_by("c2", &["c1"]);
+    owned_by("c3", &["c2"]);
+    s.kube_ok(&["delete", "cm", "c1", "--cascade=foreground", "--wait=false"]);
+    wait_for("the whole cycle deleted", Duration::from_secs(60), || {
+        let left = s.kube_ok(&["get", "cm", "-o", "name"]);
+        left.lines()
+            .all(|l| !matches!(l, "configmap/c1" | "configmap/c2" | "configmap/c3"))
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_replica_set_adopts_the_matching_pods_no_controller_owns() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stray\n  labels: {app: adopt}\nspec:\n  containers:\n  - name: c\n    image: busybox\n";
+    s.kube_ok(&["create", "-f", &write(dir.path(), "pod.yaml", pod)]);
+    let rs = "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: adopter\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: adopt}\n  template:\n    metadata:\n      labels: {app: adopt}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n";
+    s.kube_ok(&["create", "-f", &write(dir.path(), "rs.yaml", rs)]);
+    wait_for("the stray pod adopted", Duration::from_secs(30), || {
+        let owner = s.kube_ok(&[
+            "get",
+            "pod",
+            "stray",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[?(@.controller==true)].name}",
+        ]);
+        (owner == "adopter").then_some(())
+    });
+    // It counts as the one replica: no other pod was made.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        s.kube_ok(&["get", "pods", "-l", "app=adopt", "-o", "name"])
+            .trim(),
+        "pod/stray"
+    );
+}
