@@ -79,6 +79,38 @@ pub fn owned_by(pod: &Pod, uid: &str) -> bool {
         .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
+/// Whether no controller owns the pod.
+fn is_orphan(pod: &Pod) -> bool {
+    !pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true))
+}
+
+/// Makes `owner` the pod's controller (a strategic merge by uid, pinned to the pod's uid);
+/// None when the pod changed or went meanwhile.
+async fn adopt(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    owner: &OwnerReference,
+) -> Result<Option<Pod>, kube::Error> {
+    let patch =
+        serde_json::json!({"metadata": {"ownerReferences": [owner], "uid": pod.metadata.uid}});
+    match pods
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+    {
+        Ok(p) => Ok(Some(p)),
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Deletion preference, kube's order: unscheduled, then pending, then not ready, first.
 fn deletion_rank(pod: &Pod) -> (u8, u8, u8) {
     let scheduled = pod
@@ -163,25 +195,31 @@ pub async fn sync(w: &Replicated, ctx: &Context) -> Result<Counts, Error> {
     let pods = pods_api
         .list(&ListParams::default().labels(&selector))
         .await?;
-    let mine: Vec<Pod> = pods
-        .items
-        .into_iter()
-        .filter(|p| owned_by(p, uid))
-        .collect();
+    let owner = OwnerReference {
+        api_version: w.api_version.clone(),
+        kind: w.kind.clone(),
+        name: name.clone(),
+        uid: uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let mut mine: Vec<Pod> = Vec::new();
+    for p in pods.items {
+        if owned_by(&p, uid) {
+            mine.push(p);
+        } else if !w.deleting && is_orphan(&p) && p.metadata.deletion_timestamp.is_none() {
+            // kube's controller ref manager: a matching pod no controller owns is adopted.
+            if let Some(adopted) = adopt(&pods_api, &p, &owner).await? {
+                mine.push(adopted);
+            }
+        }
+    }
     let mut active: Vec<&Pod> = mine.iter().filter(|p| is_active(p)).collect();
     let want = w.replicas.max(0) as usize;
     let events = ctx.events.for_component(w.component);
     if !w.deleting {
         if active.len() < want {
             let template = &w.template;
-            let owner = OwnerReference {
-                api_version: w.api_version.clone(),
-                kind: w.kind.clone(),
-                name: name.clone(),
-                uid: uid.clone(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            };
             for _ in active.len()..want {
                 let pod = Pod {
                     metadata: ObjectMeta {

@@ -1,7 +1,8 @@
 //! ResourceQuota usage (kube's resourcequota controller): `status.hard` follows the spec
 //! and `status.used` is what the namespace's objects use of each limited resource, counted
 //! by `resources::quota`. Recomputed when a quota changes, when an object kube replenishes
-//! quota for (pods, services, claims, config maps, secrets, replication controllers)
+//! quota for (pods, services, claims, config maps, secrets, replication controllers) or a
+//! workload (replica sets, deployments, stateful sets, daemon sets, jobs, cron jobs)
 //! changes in its namespace, and every 5 minutes for the other `count/*` kinds. The API
 //! server's ResourceQuota admission raises `used` as it admits; this loop brings it back
 //! down as objects go.
@@ -10,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota,
     ResourceQuotaStatus, Secret, Service,
@@ -51,14 +54,9 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         watcher::Config::default(),
     );
     let quotas = controller.store();
-    let (q1, q2, q3, q4, q5, q6) = (
-        quotas.clone(),
-        quotas.clone(),
-        quotas.clone(),
-        quotas.clone(),
-        quotas.clone(),
-        quotas,
-    );
+    let q = || quotas.clone();
+    let (q1, q2, q3, q4, q5, q6) = (q(), q(), q(), q(), q(), q());
+    let (q7, q8, q9, q10, q11, q12) = (q(), q(), q(), q(), q(), q());
     // Only an object's namespace matters here: metadata-only watches keep the traffic
     // small (secrets and config maps can be large).
     let cfg = watcher::Config::default;
@@ -89,9 +87,41 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
             move |o| quotas_of(&q5, &o),
         )
         .watches(
-            Api::<PartialObjectMeta<ReplicationController>>::all(client),
+            Api::<PartialObjectMeta<ReplicationController>>::all(client.clone()),
             cfg(),
             move |o| quotas_of(&q6, &o),
+        )
+        // The workload kinds quotas commonly count (`count/replicasets.apps`, ...), which
+        // kube's quota monitor follows too.
+        .watches(
+            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
+            cfg(),
+            move |o| quotas_of(&q7, &o),
+        )
+        .watches(
+            Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+            cfg(),
+            move |o| quotas_of(&q8, &o),
+        )
+        .watches(
+            Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
+            cfg(),
+            move |o| quotas_of(&q9, &o),
+        )
+        .watches(
+            Api::<PartialObjectMeta<DaemonSet>>::all(client.clone()),
+            cfg(),
+            move |o| quotas_of(&q10, &o),
+        )
+        .watches(
+            Api::<PartialObjectMeta<Job>>::all(client.clone()),
+            cfg(),
+            move |o| quotas_of(&q11, &o),
+        )
+        .watches(
+            Api::<PartialObjectMeta<CronJob>>::all(client),
+            cfg(),
+            move |o| quotas_of(&q12, &o),
         )
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)

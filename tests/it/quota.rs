@@ -323,3 +323,37 @@ fn an_autoscaler_keeps_its_target_within_bounds_and_says_why_it_cannot_read_metr
         (c == "FailedGetScale").then_some(())
     });
 }
+
+#[test]
+fn workload_counts_come_back_down_when_the_objects_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("d"), &[]);
+    s.kube_ok(&[
+        "create",
+        "quota",
+        "workloads",
+        "--hard=count/replicasets.apps=2,count/deployments.apps=2",
+    ]);
+    let used = || {
+        s.kube_ok(&[
+            "get",
+            "quota",
+            "workloads",
+            "-o",
+            "jsonpath={.status.used.count/replicasets\\.apps}",
+        ])
+    };
+    wait_for("the quota counted", Duration::from_secs(20), || {
+        (used() == "0").then_some(())
+    });
+    let rs = "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: rs\nspec:\n  replicas: 0\n  selector:\n    matchLabels: {app: rs}\n  template:\n    metadata:\n      labels: {app: rs}\n    spec:\n      containers:\n      - name: c\n        image: busybox\n";
+    s.kube_ok(&["create", "-f", &write(dir.path(), "rs.yaml", rs)]);
+    wait_for("the replica set counted", Duration::from_secs(20), || {
+        (used() == "1").then_some(())
+    });
+    s.kube_ok(&["delete", "rs", "rs"]);
+    // Released at once (not at the 5-minute resync).
+    wait_for("the count released", Duration::from_secs(20), || {
+        (used() == "0").then_some(())
+    });
+}
